@@ -1,0 +1,1 @@
+"""The ``canopy`` command line (Typer + rich). ``canopy --help`` lists the command groups."""

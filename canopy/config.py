@@ -1,0 +1,244 @@
+"""One settings model for every neuron: flags, environment and an optional config file.
+
+Callers: ``neurons/*.py`` (via ``load_settings``), the ``canopy`` CLI, tests. Flags follow
+the bittensor convention that pm2 users already type (``--netuid``, ``--network``,
+``--wallet.name``, ``--wallet.hotkey``, ``--wallet.path``, ``--axon.port``,
+``--axon.external_ip``, ``--logging.debug``). Precedence, highest first: command-line
+flags, ``CANOPY_*`` environment variables (nested with ``__``, e.g.
+``CANOPY_WALLET__NAME``), the TOML file named by ``--config`` / ``CANOPY_CONFIG``, then
+the defaults below. Every value is validated; a bad one ends the program with one line
+that names the flag and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+#: Networks bittensor knows by name, and the devnet that Canopy embeds.
+NAMED_NETWORKS = ("finney", "test", "local", "archive", "latent-lite", "devnet")
+DEFAULT_BITTENSOR_WALLETS = "~/.bittensor/wallets"
+_WS_URL = re.compile(r"^wss?://[^\s/]+(:\d+)?(/\S*)?$")
+#: The ``--config`` file of the load in progress (flags are parsed after the sources run).
+_CONFIG_FLAG: ContextVar[str | None] = ContextVar("canopy_config_flag", default=None)
+
+
+def canopy_home() -> Path:
+    """Project-local state (devnet chain, devnet wallets, pids): ``$CANOPY_HOME`` or ./.canopy."""
+    return Path(os.environ.get("CANOPY_HOME", ".canopy")).expanduser().resolve()
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names the flag and the fix."""
+
+
+class WalletSettings(BaseModel):
+    name: str = Field("default", description="Coldkey (wallet) name, as in `btcli wallet create --wallet.name`.")
+    hotkey: str = Field("default", description="Hotkey name inside the wallet.")
+    path: str | None = Field(
+        None,
+        description="Wallets folder. Default: ~/.bittensor/wallets on a real network, "
+        "$CANOPY_HOME/wallets on the devnet.",
+    )
+
+    @field_validator("name", "hotkey")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not value or "/" in value or value in (".", ".."):
+            raise ValueError("must be a plain name without '/' (e.g. 'miner1')")
+        return value
+
+
+class AxonSettings(BaseModel):
+    port: int = Field(8091, ge=1, le=65535, description="Port the axon listens on.")
+    ip: str = Field("0.0.0.0", description="Interface the axon binds to.")
+    external_ip: str | None = Field(
+        None, description="IP published on chain for clients to reach (default: --axon.ip, or 127.0.0.1 on the devnet)."
+    )
+    external_port: int | None = Field(None, ge=1, le=65535, description="Port published on chain (default: --axon.port).")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted, in bytes.")
+    max_concurrency: int = Field(64, ge=1, description="Requests served at once; past it the lowest-stake callers get 429.")
+    min_stake: float = Field(0.0, ge=0, description="Least stake (TAO) a caller must hold to be served.")
+    require_permit: bool = Field(True, description="Serve only callers with a validator permit.")
+
+
+class LoggingSettings(BaseModel):
+    debug: bool = Field(False, description="Log debug lines.")
+    trace: bool = Field(False, description="Log trace lines (very verbose).")
+    logging_dir: str | None = Field(None, description="Also write rotating log files here.")
+
+
+class DevnetSettings(BaseModel):
+    path: str | None = Field(None, description="The devnet chain file (default: $CANOPY_HOME/devnet.sqlite).")
+    block_time: float = Field(1.0, gt=0, le=60, description="Seconds per devnet block.")
+
+
+class NeuronSettings(BaseSettings):
+    """Settings shared by the miner, the validator and the API."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CANOPY_",
+        env_nested_delimiter="__",
+        cli_implicit_flags=True,
+        cli_avoid_json=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    netuid: int = Field(1, ge=0, le=65535, description="The subnet's uid.")
+    network: str = Field(
+        "devnet",
+        description="finney | test | local | archive | devnet (the embedded local chain) | ws://host:port.",
+    )
+    wallet: WalletSettings = Field(default_factory=WalletSettings)
+    axon: AxonSettings = Field(default_factory=AxonSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    devnet: DevnetSettings = Field(default_factory=DevnetSettings)
+    redis_url: str | None = Field(None, description="redis://host:port/db shared by replicas (nonces, rate limits).")
+    config: str | None = Field(None, description="A TOML file with any of these settings (flags override it).")
+
+    @field_validator("network")
+    @classmethod
+    def _known_network(cls, value: str) -> str:
+        if value in NAMED_NETWORKS or _WS_URL.match(value):
+            return value
+        raise ValueError(f"unknown network {value!r}: use one of {', '.join(NAMED_NETWORKS)} or a ws://host:port URL")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_network_defaults(self) -> "NeuronSettings":
+        if self.wallet.path is None:
+            self.wallet.path = (
+                str(canopy_home() / "wallets") if self.is_devnet else DEFAULT_BITTENSOR_WALLETS
+            )
+        if self.devnet.path is None:
+            self.devnet.path = str(canopy_home() / "devnet.sqlite")
+        if self.axon.external_ip is None and self.is_devnet:
+            self.axon.external_ip = "127.0.0.1"
+        return self
+
+    @property
+    def is_devnet(self) -> bool:
+        return self.network == "devnet"
+
+    @property
+    def published_ip(self) -> str:
+        return self.axon.external_ip or self.axon.ip
+
+    @property
+    def published_port(self) -> int:
+        return self.axon.external_port or self.axon.port
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlFileSource(settings_cls))
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by ``--config``, else by the CANOPY_CONFIG variable."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self.path = _CONFIG_FLAG.get() or os.environ.get("CANOPY_CONFIG")
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return read_config_file(self.path) if self.path else {}
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a TOML settings file; raise ConfigError naming the file on any problem."""
+    file = Path(path).expanduser()
+    try:
+        with file.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist: fix --config / CANOPY_CONFIG") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {file} is not valid TOML: {error}") from None
+
+
+def _flag_name(loc: Sequence[Any]) -> str:
+    return "--" + ".".join(str(part) for part in loc if not isinstance(part, int))
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per wrong setting, named as the flag a user types."""
+    lines = []
+    for problem in error.errors():
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "is not a known setting (see --help)"
+        lines.append(f"{_flag_name(problem['loc'])}: {message}")
+    return "; ".join(lines)
+
+
+def load_settings(
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str = "canopy",
+    settings_cls: type[NeuronSettings] = NeuronSettings,
+    **overrides: Any,
+) -> NeuronSettings:
+    """Build settings from flags (``argv``; None reads none), env and the config file.
+
+    Raises ConfigError with a readable message on a bad value; ``--help`` prints the
+    flags and exits 0 as argparse does.
+    """
+    args = list(argv) if argv is not None else []
+    token = _CONFIG_FLAG.set(_peek_config_flag(args))
+    try:
+        if argv is None:
+            return settings_cls(**overrides)
+        return settings_cls(_cli_parse_args=args, _cli_prog_name=prog, **overrides)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from None
+    finally:
+        _CONFIG_FLAG.reset(token)
+
+
+def _peek_config_flag(args: Sequence[str]) -> str | None:
+    for index, arg in enumerate(args):
+        if arg == "--config" and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def load_settings_or_exit(argv: Sequence[str] | None = None, *, prog: str = "canopy", **overrides: Any) -> NeuronSettings:
+    """``load_settings`` for entry points: a bad setting prints one line and exits 2."""
+    try:
+        return load_settings(argv, prog=prog, **overrides)
+    except ConfigError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+

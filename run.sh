@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Canopy's front door. `./run.sh demo` and `./run.sh test` set everything up on a fresh
+# clone (virtualenv, pinned dependencies, the redis-server the tests use) and run.
+# Re-running installs nothing new unless requirements*.txt or setup.py changed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+export CANOPY_HOME="${CANOPY_HOME:-$ROOT/.canopy}"
+
+usage() {
+  cat <<'USAGE'
+Usage: ./run.sh COMMAND [ARGS...]
+
+  demo [--once]        start a local devnet, register wallets, and show the subnet
+  test [PYTEST ARGS]   run the whole test suite (slow devnet tests included)
+  miner [FLAGS]        run a miner       (flags: python neurons/miner.py --help)
+  validator [FLAGS]    run a validator   (flags: python neurons/validator.py --help)
+  api [FLAGS]          run the public API (flags: python neurons/api.py --help)
+  canopy [ARGS]        the canopy CLI (devnet, keys, ...)
+  bench NAME           run bench/NAME.py (e.g. ./run.sh bench protocol)
+  setup                only create .venv and install dependencies
+
+Environment: PYTHON picks the interpreter (3.11+), CANOPY_HOME the state folder (.canopy).
+USAGE
+}
+
+find_python() {
+  for candidate in "${PYTHON:-}" python3.12 python3.11 python3.13 python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info < (3, 15) else 1)' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  echo "run.sh: Python 3.11 to 3.14 is required (set PYTHON=/path/to/python3.11)" >&2
+  return 1
+}
+
+ensure_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    local python; python=$(find_python)
+    echo "==> creating .venv with $($python --version)"
+    "$python" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.canopy-installed" digest
+  digest=$(cat requirements.txt requirements-dev.txt setup.py | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+    echo "==> installing pinned dependencies into .venv (first run only)"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
+    echo "$digest" > "$stamp"
+  fi
+}
+
+ensure_redis() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing redis-server from Debian packages (used by the multi-replica tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    # The package starts a system service on :6379; the tests start their own on a free port.
+    (service redis-server stop || true) >/dev/null 2>&1
+  else
+    echo "run.sh: redis-server is missing; install it (sudo apt-get install redis-server)" >&2
+    return 1
+  fi
+}
+
+command=${1:-help}
+[ $# -gt 0 ] && shift
+case "$command" in
+  setup)
+    ensure_venv ;;
+  test)
+    ensure_venv
+    ensure_redis
+    export CANOPY_REQUIRE_REDIS=1
+    set +e
+    "$VENV/bin/python" -m pytest "$@"
+    status=$?
+    set -e
+    if [ "$status" = 5 ]; then
+      echo "run.sh: pytest collected no tests; that is a failure, not a pass" >&2
+      exit 1
+    fi
+    exit "$status" ;;
+  demo)
+    ensure_venv
+    exec "$VENV/bin/python" -m canopy.demo "$@" ;;
+  miner|validator|api)
+    ensure_venv
+    exec "$VENV/bin/python" "neurons/$command.py" "$@" ;;
+  canopy)
+    ensure_venv
+    exec "$VENV/bin/canopy" "$@" ;;
+  bench)
+    ensure_venv
+    name=${1:?usage: ./run.sh bench NAME}; shift
+    exec "$VENV/bin/python" "bench/$name.py" "$@" ;;
+  help|-h|--help)
+    usage ;;
+  *)
+    echo "run.sh: unknown command '$command'" >&2; usage >&2; exit 2 ;;
+esac
