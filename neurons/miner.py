@@ -14,10 +14,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from canopy.neuron import NeuronContext, run_neuron  # noqa: E402
 from protocol.axon import Axon  # noqa: E402
+from protocol.nonces import RedisNonceStore  # noqa: E402
 
 
 async def main(ctx: NeuronContext) -> None:
-    axon = Axon(ctx.wallet, ctx.chain, ctx.settings.netuid, ctx.settings.axon, metagraph_refresh_s=12.0)
+    # With --redis_url, replicas of one hotkey share replay protection; otherwise in-process.
+    nonce_store = RedisNonceStore(ctx.settings.redis_url) if ctx.settings.redis_url else None
+    axon = Axon(ctx.wallet, ctx.chain, ctx.settings.netuid, ctx.settings.axon,
+                nonce_store=nonce_store, metagraph_refresh_s=12.0)
     await axon.start()
     try:
         await ctx.stop.wait()

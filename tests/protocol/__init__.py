@@ -1,0 +1,1 @@
+"""Tests for the wire (protocol/): axon, dendrite, nonce stores, admission, devnet integration."""
