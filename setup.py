@@ -1,7 +1,7 @@
 """Packaging: `pip install -e .` installs the Canopy packages and the `canopy` console script.
 
 Runtime pins live in requirements.txt (read here, so there is one list). GPU-only
-packages are extras: `pip install -e .[gpu]` (CUDA GraVal backends) and `.[vllm]`
+packages are extras: `pip install -e .[gpu]` (CUDA GraVal backends, NVML readings) and `.[vllm]`
 (the vLLM LLM chute); CI and the demo install neither.
 """
 
@@ -25,9 +25,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.15",
     packages=find_packages(include=["canopy*", "chain*", "protocol*", "miner*", "validator*", "api*", "neurons*"]),
+    package_data={"protocol.graval": ["gpus.toml"]},
     install_requires=requirements("requirements.txt"),
     extras_require={
-        "gpu": ["torch>=2.4", "cupy-cuda12x>=13.0"],
+        "gpu": ["torch>=2.4", "cupy-cuda12x>=13.0", "nvidia-ml-py==13.615.71"],
         "vllm": ["vllm>=0.6"],
         "dev": requirements("requirements-dev.txt"),
     },

@@ -47,6 +47,7 @@ import aiohttp  # noqa: E402
 import bittensor as bt  # noqa: E402
 import uvloop  # noqa: E402
 
+from bench.report import print_table  # noqa: E402
 from canopy.config import AxonSettings  # noqa: E402
 from canopy.wallets import create_devnet_wallet  # noqa: E402
 from chain.base import Chain, Hyperparameters, Metagraph, Neuron, WeightsSubmission  # noqa: E402
@@ -287,12 +288,6 @@ async def measure(args: argparse.Namespace, wallet_path: str) -> dict:
 
 
 def report(results: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="canopy wire benchmark (loopback, server in child processes)")
-    for column in ("metric", "value", "target", "met"):
-        table.add_column(column)
     over = results["fanout_over_delay"]
     checks = {
         "seq_rps": (f">= {TARGETS['seq_rps']:g}", results["seq_rps"] >= TARGETS["seq_rps"]),
@@ -300,11 +295,7 @@ def report(results: dict) -> None:
         "fanout_over_delay": (f"<= {TARGETS['fanout_over_delay']:g}", None if over is None else over <= TARGETS["fanout_over_delay"]),
         "fanout_ok_min": (f"= {results['fanout_n']}", results["fanout_ok_min"] == results["fanout_n"]),
     }
-    for key, value in results.items():
-        target, met = checks.get(key, ("", None))
-        shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
-        table.add_row(key, shown, target, "" if met is None else ("yes" if met else "NO"))
-    Console().print(table)
+    print_table("canopy wire benchmark (loopback, server in child processes)", results, checks)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

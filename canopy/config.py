@@ -85,6 +85,16 @@ class DevnetSettings(BaseModel):
     block_time: float = Field(1.0, gt=0, le=60, description="Seconds per devnet block.")
 
 
+class GravalSettings(BaseModel):
+    backend: str = Field("auto", description="Prover backend: auto, torch-cuda, cupy, numpy or torch-cpu.")
+    cpu_devices: int = Field(0, ge=0, le=8, description="CPU pseudo-devices to offer (devnet only; refused on real networks).")
+    cpu_memory_mb: int = Field(64, ge=16, le=65536, description="Memory the CPU pseudo-device claims, in MiB.")
+    session_ttl_s: float = Field(120.0, gt=0, description="How long a committed challenge waits for its opening.")
+    reverify_s: float = Field(3600.0, gt=0, description="Validator: mean seconds between re-verifications of a miner.")
+    retry_s: float = Field(60.0, gt=0, description="Validator: first retry delay after a failed verification (doubles).")
+    allow_cpu: bool = Field(False, description="Validator: accept CPU pseudo-devices (devnet only).")
+
+
 class NeuronSettings(BaseSettings):
     """Settings shared by the miner, the validator and the API."""
 
@@ -106,7 +116,11 @@ class NeuronSettings(BaseSettings):
     axon: AxonSettings = Field(default_factory=AxonSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     devnet: DevnetSettings = Field(default_factory=DevnetSettings)
+    graval: GravalSettings = Field(default_factory=GravalSettings)
     redis_url: str | None = Field(None, description="redis://host:port/db shared by replicas (nonces, rate limits).")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the validator/API store (default: sqlite in $CANOPY_HOME/<wallet>.sqlite)."
+    )
     config: str | None = Field(None, description="A TOML file with any of these settings (flags override it).")
 
     @field_validator("network")
@@ -131,6 +145,8 @@ class NeuronSettings(BaseSettings):
             )
         if self.devnet.path is None:
             self.devnet.path = str(canopy_home() / "devnet.sqlite")
+        if (self.graval.cpu_devices or self.graval.allow_cpu) and not self.is_devnet:
+            raise ValueError("--graval.cpu_devices and --graval.allow_cpu are for the devnet only: a CPU pseudo-device never earns on a real network")
         if self.axon.external_ip is None and self.is_devnet:
             self.axon.external_ip = "127.0.0.1"
         return self
@@ -196,7 +212,7 @@ def describe_validation_error(error: ValidationError) -> str:
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "is not a known setting (see --help)"
-        lines.append(f"{_flag_name(problem['loc'])}: {message}")
+        lines.append(f"{_flag_name(problem['loc'])}: {message}" if problem["loc"] else message)
     return "; ".join(lines)
 
 

@@ -4,9 +4,10 @@ Callers: ``run.sh demo`` (``python -m canopy.demo``) and the end-to-end test. It
 a fresh devnet under ``$CANOPY_HOME/demo``, makes the wallets (owner/validator and three
 miners), registers and stakes them, starts the miners as real processes
 (``neurons/miner.py``), waits for their axons on chain, pings each over the signed
-protocol from the validator's hotkey, sets liveness weights, waits for the epoch and
-prints the metagraph. ``--once`` exits after printing; otherwise it serves until Ctrl-C.
-The GraVal, chute, scoring and API stages plug in here as their issues land.
+protocol from the validator's hotkey, GraVal-verifies their CPU pseudo-devices, sets
+weights by verified devices, waits for the epoch and prints the metagraph. ``--once``
+exits after printing; otherwise it serves until Ctrl-C. The chute, scoring and API
+stages plug in here as their issues land.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from loguru import logger
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -31,11 +33,15 @@ from canopy.config import canopy_home
 from canopy.wallets import coldkey_ss58, create_devnet_wallet
 from chain.devnet import DevnetChain, DevnetLedger
 from protocol.dendrite import Dendrite
+from protocol.graval.devices import load_gpu_table
 from protocol.synapse import Ping
+from validator.graval.session import GravalVerifier
 
 REPO = Path(__file__).resolve().parent.parent
 NETUID = 1
 MINERS = ("miner1", "miner2", "miner3")
+MINER_DEVICES = (1, 2, 1)  # CPU pseudo-devices each miner offers
+DEVICE_MEMORY_MB = 16  # per device: 9 matrices of 1024 x 1024 and 144 access steps
 VALIDATOR_STAKE = 1000.0
 
 console = Console()
@@ -72,13 +78,14 @@ def _fresh_devnet(paths: DemoPaths, block_time: float, tempo: int) -> DevnetLedg
     return ledger
 
 
-def _start_miner(paths: DemoPaths, name: str, port: int) -> subprocess.Popen:
+def _start_miner(paths: DemoPaths, name: str, port: int, devices: int) -> subprocess.Popen:
     paths.logs.mkdir(parents=True, exist_ok=True)
     log = open(paths.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
     command = [
         sys.executable, str(REPO / "neurons" / "miner.py"), "--network", "devnet", "--netuid", str(NETUID),
         "--wallet.name", name, "--wallet.hotkey", "default", "--wallet.path", str(paths.wallets),
         "--devnet.path", str(paths.chain), "--axon.ip", "127.0.0.1", "--axon.port", str(port),
+        "--graval.cpu_devices", str(devices), "--graval.cpu_memory_mb", str(DEVICE_MEMORY_MB),
     ]
     env = {**os.environ, "CANOPY_HOME": str(paths.home), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
@@ -111,6 +118,18 @@ async def _wait_for_axons(chain: DevnetChain, processes: list[subprocess.Popen],
     raise RuntimeError(f"miners did not publish their axons within {timeout:.0f}s")
 
 
+def _devices_table(graph, rounds) -> Table:
+    table = Table(title="GraVal: devices claimed and verified (CPU pseudo-devices on the devnet)", header_style="bold")
+    for column in ("UID", "HOTKEY", "DEVICE", "RESULT", "PROVE", "THROUGHPUT"):
+        table.add_column(column)
+    for neuron, results in zip(graph.serving_miners(), rounds):
+        for result in results:
+            status = "[green]verified[/]" if result.ok else f"[red]{result.reason}[/]"
+            table.add_row(str(neuron.uid), short(neuron.hotkey), result.uuid, status, f"{result.elapsed_s:.2f} s",
+                          f"{result.throughput_macs_s / 1e9:.1f} GMAC/s")
+    return table
+
+
 def _ping_table(graph, results) -> Table:
     table = Table(title="Signed Ping from the validator (btauth/1)", header_style="bold")
     for column in ("UID", "HOTKEY", "STATUS", "LATENCY"):
@@ -138,25 +157,33 @@ async def _run(paths: DemoPaths, once: bool, block_time: float, tempo: int) -> i
             ledger.add_stake(NETUID, validator.hotkey.ss58_address, VALIDATOR_STAKE)
             progress.advance(step)
 
-            processes = [_start_miner(paths, name, _free_port()) for name in MINERS]
+            processes = [_start_miner(paths, name, _free_port(), devices) for name, devices in zip(MINERS, MINER_DEVICES)]
             await _wait_for_axons(chain, processes, progress, timeout=90)
 
             graph = await chain.metagraph(NETUID)
             async with Dendrite(validator) as dendrite:
                 results = await dendrite.query(graph.serving_miners(), Ping(), timeout=5.0)
-            alive = [n.uid for n, r in zip(graph.serving_miners(), results) if r.ok]
+                if not any(result.ok for result in results):
+                    raise RuntimeError("no miner answered the signed Ping")
+                graval_task = progress.add_task("GraVal challenges", total=1)
+                verifier = GravalVerifier(dendrite, load_gpu_table(), allow_cpu=True)
+                rounds = await asyncio.gather(*(verifier.verify_miner(miner) for miner in graph.serving_miners()))
+                progress.update(graval_task, completed=1)
+            verified = {n.uid: sum(r.ok for r in found) for n, found in zip(graph.serving_miners(), rounds)}
+            alive = [uid for uid, count in verified.items() if count]
             if not alive:
-                raise RuntimeError("no miner answered the signed Ping")
+                raise RuntimeError("no miner had a verified device")
 
-            weights_task = progress.add_task("liveness weights, waiting for the epoch", total=1)
+            weights_task = progress.add_task("weights by verified devices, waiting for the epoch", total=1)
             hyper = await chain.hyperparameters(NETUID)
             await asyncio.sleep(max(0.0, (hyper.weights_rate_limit - (await chain.blocks_since_last_update(NETUID, 0))) * block_time))
-            submission = await chain.set_weights(validator, NETUID, alive, [1.0] * len(alive))
+            submission = await chain.set_weights(validator, NETUID, alive, [float(verified[uid]) for uid in alive])
             while (await chain.metagraph(NETUID)).by_uid(alive[0]).incentive == 0:
                 await asyncio.sleep(block_time / 2)
             progress.update(weights_task, completed=1)
 
         console.print(_ping_table(graph, results))
+        console.print(_devices_table(graph, rounds))
         console.print(f"Weights set at block {submission.block}: " + ", ".join(
             f"uid {uid} = {weight:.3f}" for uid, weight in zip(submission.uids, submission.weights)))
         console.print(metagraph_table(await chain.metagraph(NETUID), width=console.width))
@@ -182,6 +209,8 @@ def main(
 ) -> None:
     """Run a local Canopy subnet on the devnet and show it working."""
     paths = DemoPaths(canopy_home() / "demo")
+    logger.remove()  # the tables tell the story; neuron logs are in the logs folder
+    logger.add(sys.stderr, level="WARNING")
     try:
         code = asyncio.run(_run(paths, once, block_time, tempo))
     except RuntimeError as error:

@@ -141,7 +141,8 @@ class Axon:
 
     def attach(self, synapse: type[Synapse], handler: Handler) -> "Axon":
         """Serve ``synapse`` with ``handler(synapse, caller)``: a coroutine returning the
-        response model (or a dict of its fields), or an async generator of chunks."""
+        response model (or a dict of its fields), or an async generator of chunks. A
+        handler refuses by raising a ``protocol.errors`` error (sent with its status)."""
         if not (isinstance(synapse, type) and issubclass(synapse, Synapse)) or synapse is Synapse:
             raise TypeError("attach() takes a Synapse subclass")
         streaming = inspect.isasyncgenfunction(handler)
@@ -276,6 +277,9 @@ class Axon:
             return
         try:
             reply = self._encode(route, await route.handler(synapse, caller))
+        except errors.ProtocolError as refusal:  # a handler refusing with a typed error (404, 422, 429...)
+            await asgi.send_error(send, refusal)
+            return
         except Exception:
             logger.exception("axon: {} handler failed", route.synapse.__name__)
             await asgi.send_error(send, errors.HandlerError(f"the {route.synapse.__name__} handler failed"))
@@ -301,6 +305,9 @@ class Axon:
             self.gate.release()
             if not isinstance(failure, Exception):
                 raise
+            if isinstance(failure, errors.ProtocolError):
+                await asgi.send_error(send, failure)
+                return
             logger.exception("axon: {} stream failed before its first chunk", route.synapse.__name__)
             await asgi.send_error(send, errors.HandlerError(f"the {route.synapse.__name__} handler failed"))
             return

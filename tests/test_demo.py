@@ -24,10 +24,11 @@ def test_demo_once_prints_pings_weights_and_the_metagraph(tmp_path):
     out = result.stdout
     assert "Signed Ping from the validator" in out
     assert len(re.findall(r"│ ok", out)) == 3
-    assert "Weights set at block" in out and "uid 1 = 0.333" in out
+    assert len(re.findall(r"│ verified", out)) == 4  # 1 + 2 + 1 CPU pseudo-devices, each GraVal-verified
+    assert "Weights set at block" in out and "uid 1 = 0.250, uid 2 = 0.500, uid 3 = 0.250" in out
     rows = [line for line in out.splitlines() if re.match(r"^\s+[0-3]\s+[\d,]+\.\d\d", line)]
     assert len(rows) == 4
     miners = [row for row in rows if "127.0.0.1:" in row]
-    assert len(miners) == 3 and all("0.3333" in row for row in miners)  # equal incentive after the epoch
+    assert len(miners) == 3 and [row.split()[4] for row in miners] == ["0.2500", "0.5000", "0.2500"]  # by verified devices
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftover.stdout.strip() == ""  # every miner process was stopped

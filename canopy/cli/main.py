@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from canopy import __version__
-from canopy.cli import devnet
+from canopy.cli import devnet, graval
 
 app = typer.Typer(
     help="Canopy: a Bittensor subnet of verified GPUs serving chutes. `canopy COMMAND --help` explains each command.",
@@ -13,6 +13,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(devnet.app, name="devnet")
+app.add_typer(graval.app, name="graval")
 
 
 @app.command()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 
+import pytest
 from loguru import logger
 
 from canopy.config import LoggingSettings
@@ -29,7 +31,17 @@ def test_hotkey_addresses_and_short_hex_stay_readable():
     assert redact(text) == text
 
 
-def test_sinks_and_stdlib_records_are_redacted(tmp_path, capsys):
+@pytest.fixture
+def restored_logging():
+    """setup_logging binds capsys's stream; later tests must not write to it once closed."""
+    yield
+    logger.remove()
+    logger.configure(extra={}, patcher=None)
+    logger.add(sys.__stderr__, level="DEBUG")
+    logging.basicConfig(handlers=[logging.StreamHandler(sys.__stderr__)], level=logging.WARNING, force=True)
+
+
+def test_sinks_and_stdlib_records_are_redacted(tmp_path, capsys, restored_logging):
     setup_logging(LoggingSettings(debug=True, logging_dir=str(tmp_path)), role="test")
     logger.info("loaded key {}", SEED)
     logging.getLogger("bittensor.transport").warning("signed with %s", "Bearer cpk_secret_value_123")

@@ -1,0 +1,29 @@
+"""Shared output of the benchmarks: one rich table of figures with their targets.
+
+Callers: every ``bench/*.py`` script, after measuring; each then prints its results as
+one JSON object on the last line (the machine-readable part).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from rich.console import Console
+from rich.table import Table
+
+#: figure name -> (target as shown, met?) where met is None when there is nothing to judge
+Checks = Mapping[str, tuple[str, "bool | None"]]
+
+
+def print_table(title: str, results: Mapping[str, Any], checks: Checks, *, digits: int = 3) -> None:
+    """Print every scalar figure of ``results`` with its target and whether it is met."""
+    table = Table(title=title)
+    for column in ("metric", "value", "target", "met"):
+        table.add_column(column)
+    for key, value in results.items():
+        if isinstance(value, (dict, list)):
+            continue
+        target, met = checks.get(key, ("", None))
+        shown = f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
+        table.add_row(key, shown, target, "" if met is None else ("yes" if met else "NO"))
+    Console().print(table)

@@ -1,0 +1,1 @@
+"""The miner side of GraVal: array backends, the prover, and the axon handlers."""

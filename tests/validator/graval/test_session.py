@@ -1,0 +1,207 @@
+"""GraVal over the wire: a real axon with the miner's GraVal service, the validator's dendrite.
+
+Devices are CPU pseudo-devices matched to test rows of the GPU table. Timing cheats are
+judged against a throughput calibrated in the same test on this machine, so the honest
+prover and the cheat run under the same conditions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from canopy.config import AxonSettings
+from canopy.wallets import create_devnet_wallet
+from chain.base import Metagraph
+from miner.graval import service as service_module
+from miner.graval.prover import Prover
+from miner.graval.service import GravalService
+from miner.inventory import cpu_device
+from protocol.axon import Axon
+from protocol.dendrite import Dendrite
+from protocol.graval.devices import GpuModel, load_gpu_table
+from protocol.graval.spec import ChallengeSpec
+from protocol.graval.synapses import LeafRef, Open, Prove
+from tests.protocol.helpers import NETUID, StaticChain, free_port, neuron
+from tests.validator.graval import cheats
+from validator.graval.session import GravalVerifier
+from validator.store import ValidatorStore
+
+N, B, MEMORY = 512, 8, 4 << 20  # 4 MiB at n=512: 9 matrices (and 6 of workspace), 144 access steps
+
+
+@pytest.fixture(scope="module")
+def wallets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("graval-wallets")
+    return SimpleNamespace(miner=create_devnet_wallet("gminer", "default", root),
+                           validator=create_devnet_wallet("gvalidator", "default", root),
+                           other=create_devnet_wallet("gother", "default", root))
+
+
+def cpu_row(**update) -> GpuModel:
+    row = next(model for model in load_gpu_table() if model.id == "cpu")
+    return row.model_copy(update={"graval_n": N, "graval_b": B, "memory_gb_min": 1 / 1024, **update})
+
+
+@pytest.fixture
+async def miner(wallets):
+    graph = Metagraph(netuid=NETUID, block=10, neurons=(
+        neuron(0, wallets.miner, stake=0.0, permit=False),
+        neuron(1, wallets.validator, stake=1000.0, permit=True),
+        neuron(2, wallets.other, stake=1000.0, permit=True),
+    ))
+    axons: list[Axon] = []
+
+    async def start(devices, service_class=GravalService, **service_options):
+        axon = Axon(wallets.miner, StaticChain(graph), NETUID,
+                    AxonSettings(ip="127.0.0.1", port=free_port(), require_permit=True))
+        service = service_class(devices, **service_options).attach(axon)
+        await axon.start()
+        axons.append(axon)
+        return SimpleNamespace(axon=axon, service=service)
+
+    yield start
+    for axon in axons:
+        await axon.stop()
+
+
+@pytest.fixture
+async def dendrite(wallets):
+    async with Dendrite(wallets.validator) as client:
+        yield client
+
+
+def devices(count: int, salt: str = "a", memory: int = MEMORY):
+    return [cpu_device(memory_bytes=memory, salt=f"{salt}{i}").model_copy(update={"index": i}) for i in range(count)]
+
+
+@pytest.fixture
+async def calibrated_macs_per_s(miner, dendrite) -> float:
+    """This machine's honest throughput, measured over the wire as the validator sees it.
+
+    The best of three honest verifications under a loose window: the same path (axon,
+    prover thread, event loop) as the test that follows, so a cheat's slowdown is judged
+    against the honest prover in the same conditions, not against a bare in-process run.
+    """
+    honest = await miner(devices(1, "calibration"))
+    verifier = GravalVerifier(dendrite, [cpu_row(window_low=0.0001, window_high=10_000)], allow_cpu=True)
+    best = 0.0
+    for _ in range(3):
+        (result,) = await verifier.verify_miner(honest.axon)
+        assert result.ok, result
+        best = max(best, result.throughput_macs_s)
+    return best
+
+
+async def test_honest_devices_pass_and_every_result_is_stored(miner, dendrite, tmp_path):
+    started = await miner(devices(2), prover_factory=lambda spec, backend: Prover(spec, backend))
+    verifier = GravalVerifier(dendrite, [cpu_row()], allow_cpu=True)
+    results = await verifier.verify_miner(started.axon)
+    assert [result.reason for result in results] == ["ok", "ok"]
+    assert all(result.samples == 2 * verifier.samples and result.throughput_macs_s > 0 for result in results)
+
+    store = await ValidatorStore.open(f"sqlite+aiosqlite:///{tmp_path / 'validator.sqlite'}")
+    try:
+        await store.record_device_results(results)
+        latest = await store.latest_verifications()
+        assert set(latest) == {result.uuid for result in results} and all(row.ok for row in latest.values())
+        history = await store.verifications_of(started.axon.hotkey)
+        assert len(history) == 2 and history[0].model_id == "cpu"
+    finally:
+        await store.close()
+
+
+async def test_cpu_devices_are_refused_unless_the_validator_allows_them(miner, dendrite):
+    started = await miner(devices(1))
+    results = await GravalVerifier(dendrite, [cpu_row()], allow_cpu=False).verify_miner(started.axon)
+    assert [result.reason for result in results] == ["cpu_not_allowed"]
+
+
+async def test_a_uuid_claimed_twice_is_refused(miner, dendrite):
+    twice = devices(1) * 2
+    started = await miner(twice)
+    results = await GravalVerifier(dendrite, [cpu_row()], allow_cpu=True).verify_miner(started.axon)
+    assert [result.reason for result in results] == ["duplicate_uuid", "duplicate_uuid"]
+
+
+async def test_live_readings_that_disagree_with_the_claim_are_refused(miner, dendrite, monkeypatch):
+    started = await miner(devices(1))
+    real = service_module.live_info
+    monkeypatch.setattr(service_module, "live_info",
+                        lambda spec: real(spec).model_copy(update={"memory_total_bytes": spec.memory_bytes // 2, "memory_used_bytes": 0}))
+    results = await GravalVerifier(dendrite, [cpu_row()], allow_cpu=True).verify_miner(started.axon)
+    assert [result.reason for result in results] == ["memory_mismatch"]
+
+
+@pytest.mark.parametrize(("cheat", "reason"), [
+    (cheats.Replayed, "wrong_product"),
+    (cheats.OtherUuid, "wrong_product"),
+    (cheats.ForgedOpening, "bad_opening"),
+    (cheats.RandomRoots, "bad_opening"),
+])
+async def test_wire_cheats_are_caught(miner, dendrite, cheat, reason):
+    started = await miner(devices(1), prover_factory=lambda spec, backend: cheat(spec, backend))
+    results = await GravalVerifier(dendrite, [cpu_row()], allow_cpu=True).verify_miner(started.axon)
+    assert [result.reason for result in results] == [reason]
+
+
+async def test_regenerating_missing_matrices_misses_the_window(miner, dendrite, calibrated_macs_per_s):
+    row = cpu_row(challenge_macs_per_s=calibrated_macs_per_s, window_low=0.2, window_high=1.6)
+    honest = await miner(devices(1, "h"))
+    cheat = await miner(devices(1, "r"), prover_factory=lambda spec, backend: cheats.Regenerating(spec, backend))
+    verifier = GravalVerifier(dendrite, [row], allow_cpu=True)
+    assert [result.reason for result in await verifier.verify_miner(honest.axon)] == ["ok"]
+    caught = await verifier.verify_miner(cheat.axon)
+    assert [result.reason for result in caught] == ["too_slow"], caught
+
+
+async def test_a_slower_device_claiming_a_faster_model_misses_the_window(miner, dendrite, calibrated_macs_per_s):
+    faster = cpu_row(challenge_macs_per_s=5 * calibrated_macs_per_s, window_low=0.2, window_high=1.6)
+    started = await miner(devices(1))
+    results = await GravalVerifier(dendrite, [faster], allow_cpu=True).verify_miner(started.axon)
+    assert [result.reason for result in results] == ["too_slow"]
+
+
+class OneDeviceBehindTwoClaims(GravalService):
+    """Claims two devices but has one: proves run one after the other."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.only_device = asyncio.Lock()
+
+    async def prove(self, synapse, caller):
+        async with self.only_device:
+            return await super().prove(synapse, caller)
+
+
+async def test_one_device_cannot_answer_for_two_claims(miner, dendrite, calibrated_macs_per_s):
+    row = cpu_row(challenge_macs_per_s=calibrated_macs_per_s, window_low=0.2, window_high=1.6)
+    started = await miner(devices(2, "d"), service_class=OneDeviceBehindTwoClaims)
+    results = await GravalVerifier(dendrite, [row], allow_cpu=True).verify_miner(started.axon)
+    assert sorted(result.reason for result in results) == ["ok", "too_slow"]
+
+
+async def test_the_miner_refuses_bad_challenges_with_typed_errors(miner, dendrite, wallets):
+    device = devices(1)[0]
+    started = await miner([device])
+    unknown = ChallengeSpec.fresh("CPU-unknown", n=64, b=8, m=2, steps=2)
+    answer = await dendrite.call(started.axon, Prove(spec=unknown))
+    assert answer.http_status == 422 and "no such device" in answer.error.message
+    too_big = ChallengeSpec.fresh(device.uuid, n=1024, b=16, m=64, steps=2)
+    answer = await dendrite.call(started.axon, Prove(spec=too_big))
+    assert answer.http_status == 422 and "needs" in answer.error.message
+    answer = await dendrite.call(started.axon, Open(challenge_id="f" * 32, leaves=[LeafRef(kind="M", index=0, leaf=0)]))
+    assert answer.http_status == 404
+
+    spec = ChallengeSpec.fresh(device.uuid, n=64, b=8, m=2, steps=2)
+    assert (await dendrite.call(started.axon, Prove(spec=spec))).ok
+    outside = Open(challenge_id=spec.challenge_id, leaves=[LeafRef(kind="X", index=0, leaf=0)])
+    assert (await dendrite.call(started.axon, outside)).http_status == 422
+    async with Dendrite(wallets.other) as other:  # another validator cannot open my challenge
+        stolen = Open(challenge_id=spec.challenge_id, leaves=[LeafRef(kind="M", index=0, leaf=0)])
+        assert (await other.call(started.axon, stolen)).http_status == 404
+    mine = Open(challenge_id=spec.challenge_id, leaves=[LeafRef(kind="M", index=0, leaf=0)])
+    assert (await dendrite.call(started.axon, mine)).ok
+    assert (await dendrite.call(started.axon, mine)).http_status == 404  # a session opens once

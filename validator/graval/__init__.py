@@ -1,0 +1,1 @@
+"""The validator side of GraVal: sample picking and checks, and the per-device session."""
