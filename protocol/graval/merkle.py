@@ -95,3 +95,44 @@ def verify_path(root: bytes, index: int, leaves: int, data: bytes, path: Sequenc
         digest = node_hash(sibling, digest) if index & 1 else node_hash(digest, sibling)
         index >>= 1
     return digest == root
+
+
+class PathChecker:
+    """Verifies many openings of one tree, hashing each authenticated node only once.
+
+    Once a path has led to the root, every node on it and every sibling it carried is
+    authenticated (a different value under the same root would be a hash collision), so
+    a later path stops at the first node already known: it passes when its digest equals
+    the known one. With k openings of an n-leaf tree this hashes about k (log n - log k)
+    nodes instead of k log n; the answers are exactly those of ``verify_path``.
+    """
+
+    def __init__(self, root: bytes, leaves: int) -> None:
+        self.root, self.leaves = root, leaves
+        self.depth = leaves.bit_length() - 1
+        self.known: dict[tuple[int, int], bytes] = {(self.depth, 0): root}
+
+    def check(self, index: int, data: bytes | memoryview, path: Sequence[bytes]) -> bool:
+        leaves = self.leaves
+        if leaves <= 0 or leaves & (leaves - 1) or not 0 <= index < leaves:
+            return False
+        if len(path) != self.depth or any(len(sibling) != DIGEST for sibling in path):
+            return False
+        digest = leaf_hash(data)
+        seen: list[tuple[tuple[int, int], bytes]] = []
+        position = index
+        for level, sibling in enumerate(path):
+            known = self.known.get((level, position))
+            if known is not None:
+                break
+            seen.append(((level, position), digest))
+            seen.append(((level, position ^ 1), sibling))
+            digest = node_hash(sibling, digest) if position & 1 else node_hash(digest, sibling)
+            position >>= 1
+        else:
+            level, known = self.depth, self.root
+        if digest != known:
+            return False
+        self.known.update(seen)
+        return True
+

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from protocol.graval.field import P, SBOX, hash_residues
-from protocol.graval.merkle import verify_path
+from protocol.graval.merkle import PathChecker
 from protocol.graval.spec import ChallengeSpec, access_index
 from protocol.graval.synapses import Commitment, LeafRef, Openings
 
@@ -114,6 +114,7 @@ def opened_leaves(spec: ChallengeSpec, commitment: Commitment, openings: Opening
     if openings.challenge_id != spec.challenge_id:
         return Verdict(False, "bad_opening", "the openings are for another challenge")
     opened: dict[LeafRef, np.ndarray] = {}
+    checkers: dict[tuple[str, int], PathChecker] = {}
     for leaf in openings.leaves:
         ref = leaf.ref
         if ref.kind == "M":
@@ -127,7 +128,12 @@ def opened_leaves(spec: ChallengeSpec, commitment: Commitment, openings: Opening
             siblings = leaf.siblings()
         except ValueError:
             return Verdict(False, "bad_opening", f"{ref.kind}{ref.index}[{ref.leaf}] is not valid base64/hex")
-        if not valid_index or len(data) != spec.n or not verify_path(bytes.fromhex(roots[root_at]), ref.leaf, leaves, data, siblings):
+        if not valid_index or len(data) != spec.n:
+            return Verdict(False, "bad_opening", f"{ref.kind}{ref.index}[{ref.leaf}] does not match its root")
+        checker = checkers.get((ref.kind, ref.index))
+        if checker is None:
+            checker = checkers[(ref.kind, ref.index)] = PathChecker(bytes.fromhex(roots[root_at]), leaves)
+        if not checker.check(ref.leaf, data, siblings):
             return Verdict(False, "bad_opening", f"{ref.kind}{ref.index}[{ref.leaf}] does not match its root")
         opened[ref] = _entries(data)
     return opened

@@ -8,7 +8,7 @@ import torch
 from pydantic import ValidationError
 
 from protocol.graval import field
-from protocol.graval.merkle import MerkleTree, leaf_hash, node_hash, verify_path
+from protocol.graval.merkle import MerkleTree, PathChecker, leaf_hash, node_hash, verify_path
 from protocol.graval.spec import ChallengeSpec, access_index, misses_bound, plan, samples_needed
 
 
@@ -60,6 +60,25 @@ def test_merkle_paths_verify_and_refuse_tampering():
     assert not verify_path(tree.root, 4, 8, rows[3].tobytes(), tree.path(3))  # right data, wrong position
     assert not verify_path(tree.root, 3, 16, rows[3].tobytes(), tree.path(3))  # wrong tree size
     assert not verify_path(tree.root, 3, 8, rows[3].tobytes(), tree.path(3)[:-1])
+
+
+def test_the_batched_path_checker_answers_exactly_as_verify_path():
+    rows = np.random.default_rng(3).integers(-125, 126, size=(64, 32), dtype=np.int8)
+    tree = MerkleTree.over_rows(rows)
+    checker = PathChecker(tree.root, 64)
+    rng = np.random.default_rng(4)
+    for index in rng.integers(0, 64, size=200):
+        index = int(index)
+        data, path = rows[index].tobytes(), tree.path(index)
+        assert checker.check(index, data, path) and verify_path(tree.root, index, 64, data, path)
+        # after its neighbours are known, a forged leaf or a forged sibling still fails
+        forged = bytes([data[0] ^ 1]) + data[1:]
+        assert not checker.check(index, forged, path) and not verify_path(tree.root, index, 64, forged, path)
+        # a leaf already authenticated needs no more of its path: its digest is known
+        assert checker.check(index, data, [path[0]] + [bytes(32)] * (len(path) - 1))
+    assert not checker.check(64, rows[0].tobytes(), tree.path(0)) and not checker.check(0, rows[0].tobytes(), tree.path(0)[:-1])
+    fresh = PathChecker(tree.root, 64)
+    assert not fresh.check(5, rows[5].tobytes(), [bytes(32)] * 6)
 
 
 def test_an_inner_node_cannot_pass_as_a_leaf():
