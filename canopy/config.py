@@ -95,6 +95,26 @@ class GravalSettings(BaseModel):
     allow_cpu: bool = Field(False, description="Validator: accept CPU pseudo-devices (devnet only).")
 
 
+class ChutesSettings(BaseModel):
+    """Miner: which chutes to host (``--chutes.config``) and how their instances run."""
+
+    config: str | None = Field(None, description="Miner: TOML file of the chutes to host ([[chutes]] ref = ..., instances = N).")
+    port_min: int = Field(19000, ge=1024, le=65535, description="Miner: lowest local port for chute instances.")
+    port_max: int = Field(19999, ge=1024, le=65535, description="Miner: highest local port for chute instances.")
+    start_timeout_s: float = Field(900.0, gt=0, description="Miner: how long an instance may take to become ready.")
+    health_interval_s: float = Field(5.0, gt=0, description="Miner: seconds between health checks of a ready instance.")
+    invoke_timeout_s: float = Field(600.0, gt=0, description="Miner: longest an Invoke may run on an instance.")
+    max_payload_bytes: int = Field(1 << 20, ge=1, description="Miner: largest Invoke payload (JSON bytes); --axon.max_body_bytes also caps it.")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="Miner: seconds instances get to exit after SIGTERM before SIGKILL.")
+    log_dir: str | None = Field(None, description="Miner: folder of the instances' stdout/stderr logs (default: $CANOPY_HOME/logs).")
+
+    @model_validator(mode="after")
+    def _port_range(self) -> "ChutesSettings":
+        if self.port_max < self.port_min:
+            raise ValueError(f"the instance port range is empty: port_max {self.port_max} < port_min {self.port_min}")
+        return self
+
+
 class NeuronSettings(BaseSettings):
     """Settings shared by the miner, the validator and the API."""
 
@@ -117,6 +137,7 @@ class NeuronSettings(BaseSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     devnet: DevnetSettings = Field(default_factory=DevnetSettings)
     graval: GravalSettings = Field(default_factory=GravalSettings)
+    chutes: ChutesSettings = Field(default_factory=ChutesSettings)
     redis_url: str | None = Field(None, description="redis://host:port/db shared by replicas (nonces, rate limits).")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the validator/API store (default: sqlite in $CANOPY_HOME/<wallet>.sqlite)."

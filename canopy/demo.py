@@ -32,7 +32,13 @@ from canopy.cli.tables import metagraph_table, short
 from canopy.config import canopy_home
 from canopy.wallets import coldkey_ss58, create_devnet_wallet
 from chain.devnet import DevnetChain, DevnetLedger
+from canopy.chains import SSEDecoder
+from canopy.chute import chute_id
+from canopy.templates.llm import BUNDLED_MODEL, _default_name
+from canopy.templates.model_files import models_root
+from protocol.chutes import Invoke
 from protocol.dendrite import Dendrite
+from protocol.graval.synapses import Inventory
 from protocol.graval.devices import load_gpu_table
 from protocol.synapse import Ping
 from validator.graval.session import GravalVerifier
@@ -41,6 +47,8 @@ REPO = Path(__file__).resolve().parent.parent
 NETUID = 1
 MINERS = ("miner1", "miner2", "miner3")
 MINER_DEVICES = (1, 2, 1)  # CPU pseudo-devices each miner offers
+LLM_MINERS = 2  # the first two also host the LLM chute (SmolLM2 on CPU)
+QUESTION = "In one sentence: what is Bittensor?"
 DEVICE_MEMORY_MB = 16  # per device: 9 matrices of 1024 x 1024 and 144 access steps
 VALIDATOR_STAKE = 1000.0
 
@@ -78,7 +86,15 @@ def _fresh_devnet(paths: DemoPaths, block_time: float, tempo: int) -> DevnetLedg
     return ledger
 
 
-def _start_miner(paths: DemoPaths, name: str, port: int, devices: int) -> subprocess.Popen:
+def _chutes_config(paths: DemoPaths, name: str, llm: bool) -> Path:
+    """The miner's hosting file: the echo chute everywhere, the LLM chute where ``llm``."""
+    refs = ["examples.echo_chute:chute"] + (["examples.llm_chute:chute"] if llm else [])
+    path = paths.home / f"{name}-chutes.toml"
+    path.write_text("".join(f'[[chutes]]\nref = "{ref}"\ninstances = 1\n\n' for ref in refs))
+    return path
+
+
+def _start_miner(paths: DemoPaths, name: str, port: int, devices: int, llm: bool) -> subprocess.Popen:
     paths.logs.mkdir(parents=True, exist_ok=True)
     log = open(paths.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
     command = [
@@ -86,8 +102,10 @@ def _start_miner(paths: DemoPaths, name: str, port: int, devices: int) -> subpro
         "--wallet.name", name, "--wallet.hotkey", "default", "--wallet.path", str(paths.wallets),
         "--devnet.path", str(paths.chain), "--axon.ip", "127.0.0.1", "--axon.port", str(port),
         "--graval.cpu_devices", str(devices), "--graval.cpu_memory_mb", str(DEVICE_MEMORY_MB),
+        "--chutes.config", str(_chutes_config(paths, name, llm)), "--chutes.log_dir", str(paths.logs),
     ]
-    env = {**os.environ, "CANOPY_HOME": str(paths.home), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "CANOPY_HOME": str(paths.home), "PYTHONUNBUFFERED": "1",
+           "CANOPY_MODEL_CACHE": str(models_root())}  # one converted model for every run
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
 
 
@@ -130,6 +148,64 @@ def _devices_table(graph, rounds) -> Table:
     return table
 
 
+LLM_CHUTE_ID = chute_id("canopy", _default_name(BUNDLED_MODEL))
+
+
+async def _wait_for_llm(dendrite: Dendrite, miners, timeout: float):
+    """The first miner whose LLM chute has a ready instance."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for miner, result in zip(miners, await dendrite.query(miners, Inventory(), timeout=5.0)):
+            if result.ok and any(c.chute_id == LLM_CHUTE_ID and c.ready_instances for c in result.response.chutes):
+                return miner
+        await asyncio.sleep(1.0)
+    raise RuntimeError(f"no miner had its LLM chute ready within {timeout:.0f}s (see the miner logs)")
+
+
+async def _chat(validator, miner) -> str:
+    """Ask the LLM chute a question through the miner's axon, printing tokens as they stream."""
+    payload = {"model": BUNDLED_MODEL, "messages": [{"role": "user", "content": QUESTION}],
+               "max_tokens": 60, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    decoder, pieces, usage = SSEDecoder(), [], {}
+    console.print(f"[bold]Q[/] (validator → miner uid {miner.uid} → LLM chute): {QUESTION}")
+    console.print("[bold]A[/] ", end="")
+    started = time.perf_counter()
+    async with Dendrite(validator) as dendrite:
+        synapse = Invoke(chute_id=LLM_CHUTE_ID, path="/v1/chat/completions", payload=payload, stream=True)
+        async for chunk in dendrite.stream(miner, synapse, timeout=120):
+            if chunk.error is not None:
+                raise RuntimeError(f"the LLM chute failed: {chunk.error.type}: {chunk.error.message}")
+            for event in decoder.feed(chunk.data or ""):
+                if isinstance(event, dict) and event.get("choices"):
+                    piece = event["choices"][0]["delta"].get("content") or ""
+                    pieces.append(piece)
+                    console.print(piece, end="", markup=False, highlight=False)
+                elif isinstance(event, dict) and event.get("usage"):
+                    usage = event["usage"]
+    elapsed = time.perf_counter() - started
+    console.print()
+    if not "".join(pieces).strip():
+        raise RuntimeError("the LLM chute streamed an empty answer")
+    tokens = usage.get("completion_tokens", len(pieces))
+    return f"[dim]{tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.1f} tok/s), streamed over Invoke[/]"
+
+
+async def _inventories(validator, graph):
+    async with Dendrite(validator) as dendrite:
+        return await dendrite.query(graph.serving_miners(), Inventory(), timeout=5.0)
+
+
+def _chutes_table(graph, inventories) -> Table:
+    table = Table(title="Chutes hosted (Inventory)", header_style="bold")
+    for column in ("UID", "HOTKEY", "CHUTE", "CORDS", "READY"):
+        table.add_column(column)
+    for neuron, result in zip(graph.serving_miners(), inventories):
+        for chute in (result.response.chutes if result.ok else []):
+            table.add_row(str(neuron.uid), short(neuron.hotkey), chute.name, ", ".join(c.path for c in chute.cords),
+                          f"{chute.ready_instances}/{chute.instances}")
+    return table
+
+
 def _ping_table(graph, results) -> Table:
     table = Table(title="Signed Ping from the validator (btauth/1)", header_style="bold")
     for column in ("UID", "HOTKEY", "STATUS", "LATENCY"):
@@ -157,7 +233,8 @@ async def _run(paths: DemoPaths, once: bool, block_time: float, tempo: int) -> i
             ledger.add_stake(NETUID, validator.hotkey.ss58_address, VALIDATOR_STAKE)
             progress.advance(step)
 
-            processes = [_start_miner(paths, name, _free_port(), devices) for name, devices in zip(MINERS, MINER_DEVICES)]
+            processes = [_start_miner(paths, name, _free_port(), devices, llm=index < LLM_MINERS)
+                         for index, (name, devices) in enumerate(zip(MINERS, MINER_DEVICES))]
             await _wait_for_axons(chain, processes, progress, timeout=90)
 
             graph = await chain.metagraph(NETUID)
@@ -169,6 +246,9 @@ async def _run(paths: DemoPaths, once: bool, block_time: float, tempo: int) -> i
                 verifier = GravalVerifier(dendrite, load_gpu_table(), allow_cpu=True)
                 rounds = await asyncio.gather(*(verifier.verify_miner(miner) for miner in graph.serving_miners()))
                 progress.update(graval_task, completed=1)
+                chat_task = progress.add_task("LLM chute ready on a miner (first run converts the model, ~40 s)", total=1)
+                host = await _wait_for_llm(dendrite, graph.serving_miners(), timeout=300)
+                progress.update(chat_task, completed=1)
             verified = {n.uid: sum(r.ok for r in found) for n, found in zip(graph.serving_miners(), rounds)}
             alive = [uid for uid, count in verified.items() if count]
             if not alive:
@@ -184,6 +264,8 @@ async def _run(paths: DemoPaths, once: bool, block_time: float, tempo: int) -> i
 
         console.print(_ping_table(graph, results))
         console.print(_devices_table(graph, rounds))
+        console.print(_chutes_table(graph, await _inventories(validator, graph)))
+        console.print(await _chat(validator, host))
         console.print(f"Weights set at block {submission.block}: " + ", ".join(
             f"uid {uid} = {weight:.3f}" for uid, weight in zip(submission.uids, submission.weights)))
         console.print(metagraph_table(await chain.metagraph(NETUID), width=console.width))

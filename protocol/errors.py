@@ -188,6 +188,34 @@ class DecodeError(ProtocolError):
     status = 0
 
 
+class ChuteUnavailable(ProtocolError):
+    """The chute is hosted here but no instance is ready (starting, restarting or failed)."""
+
+    type = "chute_unavailable"
+    status = 503
+
+
+class RemoteChuteError(ProtocolError):
+    """The cord raised; ``detail`` is ``{"remote": {"type", "message", "traceback"}}``."""
+
+    type = "remote_error"
+    status = 500
+
+
+class InstanceCrashed(ProtocolError):
+    """The chute instance died (or dropped the connection) while serving the request."""
+
+    type = "instance_crashed"
+    status = 502
+
+
+class InstanceTimeout(ProtocolError):
+    """The chute instance did not answer within the miner's invoke timeout."""
+
+    type = "instance_timeout"
+    status = 504
+
+
 ERROR_TYPES: dict[str, type[ProtocolError]] = {
     cls.type: cls
     for cls in (
@@ -195,6 +223,7 @@ ERROR_TYPES: dict[str, type[ProtocolError]] = {
         MalformedAuth, StaleRequest, ReplayedRequest, BadSignature, WrongReceiver,
         UnknownHotkey, NotValidator, LowStake, Busy, Unavailable, HandlerError,
         RequestTimeout, ConnectionFailed, DecodeError,
+        ChuteUnavailable, RemoteChuteError, InstanceCrashed, InstanceTimeout,
     )
 }
 

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from canopy.templates.model_files import models_root
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_demo_once_prints_pings_weights_and_the_metagraph(tmp_path):
-    env = {**os.environ, "CANOPY_HOME": str(tmp_path), "COLUMNS": "160"}
+def test_demo_once_prints_pings_a_chat_answer_weights_and_the_metagraph(tmp_path):
+    # a fresh home, but the converted model of the test session (converting takes ~40 s)
+    env = {**os.environ, "CANOPY_HOME": str(tmp_path), "COLUMNS": "160", "CANOPY_MODEL_CACHE": str(models_root())}
     result = subprocess.run(
         [sys.executable, "-m", "canopy.demo", "--once"], cwd=REPO, env=env, capture_output=True, text=True, timeout=200
     )
@@ -25,6 +28,10 @@ def test_demo_once_prints_pings_weights_and_the_metagraph(tmp_path):
     assert "Signed Ping from the validator" in out
     assert len(re.findall(r"│ ok", out)) == 3
     assert len(re.findall(r"│ verified", out)) == 4  # 1 + 2 + 1 CPU pseudo-devices, each GraVal-verified
+    assert "Chutes hosted (Inventory)" in out and len(re.findall(r"│ smollm2-135m-instruct", out)) == 2
+    answer = re.search(r"^A (.+)$", out, re.MULTILINE)
+    assert answer and len(answer.group(1).split()) >= 3, out  # a real streamed chat answer
+    assert re.search(r"\d+ tokens in [\d.]+ s \([\d.]+ tok/s\), streamed over Invoke", out)
     assert "Weights set at block" in out and "uid 1 = 0.250, uid 2 = 0.500, uid 3 = 0.250" in out
     rows = [line for line in out.splitlines() if re.match(r"^\s+[0-3]\s+[\d,]+\.\d\d", line)]
     assert len(rows) == 4

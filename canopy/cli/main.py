@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from canopy import __version__
-from canopy.cli import devnet, graval
+from canopy.cli import build as build_cli
+from canopy.cli import devnet, graval, run
 
 app = typer.Typer(
     help="Canopy: a Bittensor subnet of verified GPUs serving chutes. `canopy COMMAND --help` explains each command.",
@@ -14,6 +15,8 @@ app = typer.Typer(
 )
 app.add_typer(devnet.app, name="devnet")
 app.add_typer(graval.app, name="graval")
+app.command("run")(run.run)
+app.command(name="build")(build_cli.build)
 
 
 @app.command()

@@ -1,8 +1,9 @@
 """GraVal synapses: what the validator asks a miner's axon and what the miner answers.
 
-``Inventory`` (claimed devices), ``DeviceInfo`` (live readings), ``Prove`` (run a
-challenge on one device, answer with Merkle roots) and ``Open`` (reveal picked rows and
-columns with their paths). Served by ``miner.graval.service``, called by
+``Inventory`` (claimed devices, and the chutes hosted on them), ``DeviceInfo`` (live
+readings), ``Prove`` (run a challenge on one device, answer with Merkle roots) and
+``Open`` (reveal picked rows and columns with their paths). Served by
+``miner.graval.service`` (Inventory's chutes by ``miner.chutes_service``), called by
 ``validator.graval.session``. Data travels as base64 inside JSON, never pickled.
 """
 
@@ -13,6 +14,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from protocol.chutes import MAX_CHUTES, HostedChute, RefusedChute
 from protocol.graval.devices import DeviceSpec, LiveDeviceInfo
 from protocol.graval.merkle import DIGEST
 from protocol.graval.spec import ChallengeSpec
@@ -23,10 +25,14 @@ MAX_OPEN_LEAVES = 4096
 
 class InventoryResponse(SynapseResponse):
     devices: list[DeviceSpec] = Field(default_factory=list, max_length=64)
+    # What the miner hosts on them (miner.chutes_service); empty from a miner hosting nothing.
+    chutes: list[HostedChute] = Field(default_factory=list, max_length=MAX_CHUTES)
+    refused: list[RefusedChute] = Field(default_factory=list, max_length=MAX_CHUTES)
 
 
 class Inventory(Synapse):
-    """Which devices do you offer? (static specs, checked against the GPU table)."""
+    """Which devices do you offer, and which chutes run on them with what load?
+    (device specs are checked against the GPU table)."""
 
     response_model: ClassVar[type[SynapseResponse]] = InventoryResponse
 

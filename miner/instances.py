@@ -1,0 +1,491 @@
+"""InstanceManager: the chute instance processes of a miner, and which one takes a request.
+
+Callers: ``neurons/miner.py`` (builds it from ``miner.hosting.HostingPlan``, starts and
+stops it), ``miner.chutes_service`` (``acquire``/``release`` around each Invoke, the shared
+aiohttp ``session``, ``report_failure`` when an instance drops a request), tests and
+``bench/miner.py``.
+
+Each instance is its own process, in its own process group::
+
+    python -m canopy.instance serve REF --host 127.0.0.1 --port P [--concurrency N]
+
+(run through a few lines of ``-c`` that first ask the kernel for SIGTERM when the miner
+dies, ``PR_SET_PDEATHSIG`` on Linux, so a killed miner leaves no orphans holding GPUs or
+ports), with ``CUDA_VISIBLE_DEVICES`` set to the uuids of its GPUs (uuids, not indexes:
+they mean the same whatever the miner's own CUDA_VISIBLE_DEVICES; empty for the CPU
+pseudo-device) and ``CANOPY_INSTANCE_ID``.
+
+One supervisor task per instance: pick a free port from the configured range, spawn, poll
+``GET /_canopy/health`` until 200 (``cold_start_s`` is spawn to ready) or the start
+timeout, then check health every ``health_interval_s``. A crash, a failed start (e.g. a
+startup hook that raised) or ``health_failures`` failed checks in a row end the process
+and restart it after an exponential backoff (``backoff_base_s`` doubling up to
+``backoff_cap_s``; back to the base once an instance stayed ready ``stable_s``). An
+instance that dropped a request (``report_failure``) leaves routing at once and is checked
+then: restarted if its process died or its health fails, back in routing otherwise.
+``stop`` sends SIGTERM to every instance (in-flight requests get uvicorn's graceful
+shutdown), SIGKILL after ``grace_s``. Each instance's stdout and stderr go to
+``<log_dir>/<instance id>.log``; why an instance failed (its health error, else the log's
+last lines) is logged with loguru.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Sequence
+
+import aiohttp
+from loguru import logger
+
+from protocol.graval.devices import DeviceSpec
+
+HEALTH_PATH = "/_canopy/health"
+# Runs canopy.instance as `python -m` would, after asking for SIGTERM when the miner dies.
+_LAUNCHER = """\
+# canopy chute instance, launched by miner.instances
+import os, runpy, signal, sys
+if sys.platform.startswith("linux"):
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    if os.getppid() != int(os.environ.get("CANOPY_MINER_PID", os.getppid())):
+        sys.exit(3)  # the miner died before prctl took effect
+runpy.run_module("canopy.instance", run_name="__main__", alter_sys=True)
+"""
+
+
+class State(str, Enum):
+    STARTING = "starting"
+    READY = "ready"
+    CHECKING = "checking"  # a request to it failed at the connection: no new requests until checked
+    BACKOFF = "backoff"  # waiting to restart after a failure
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """What to run: one instance of chute ``ref`` on ``devices``."""
+
+    chute_id: str
+    name: str
+    ref: str
+    devices: tuple[DeviceSpec, ...] = ()
+    concurrency: int = 1
+    concurrency_override: bool = False  # pass --concurrency (the hosting config overrides the chute's)
+
+
+class Instance:
+    """One supervised instance process and its live counters."""
+
+    def __init__(self, spec: InstanceSpec, instance_id: str, log_path: Path) -> None:
+        self.spec = spec
+        self.id = instance_id
+        self.log_path = log_path
+        self.port: int | None = None
+        self.url = ""
+        self.process: asyncio.subprocess.Process | None = None
+        self.state = State.STARTING
+        self.in_flight = 0
+        self.served = 0
+        self.starts = 0
+        self.restarts = 0
+        self.cold_start_s: float | None = None  # the latest spawn-to-ready time
+        self.ready_since: float | None = None
+        self.last_error = ""
+        self.failures: deque[str] = deque(maxlen=10)  # why it was restarted, latest last
+        self._poke = asyncio.Event()
+        self._first_outcome = asyncio.Event()  # set once the first start attempt is decided
+
+    @property
+    def available(self) -> bool:
+        return self.state is State.READY and self.in_flight < self.spec.concurrency
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def cuda_visible_devices(self) -> str:
+        return ",".join(device.uuid for device in self.spec.devices if device.kind == "cuda")
+
+    def __repr__(self) -> str:
+        return f"Instance({self.id}, {self.state.value}, port={self.port}, in_flight={self.in_flight})"
+
+
+class InstanceManager:
+    """Runs, supervises and routes to the instances of every hosted chute."""
+
+    def __init__(
+        self,
+        specs: Sequence[InstanceSpec] = (),
+        *,
+        port_range: tuple[int, int] = (19000, 19999),
+        log_dir: str | os.PathLike[str] | None = None,
+        python: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+        start_timeout_s: float = 900.0,
+        health_interval_s: float = 5.0,
+        health_timeout_s: float = 10.0,
+        health_failures: int = 3,
+        backoff_base_s: float = 1.0,
+        backoff_cap_s: float = 60.0,
+        stable_s: float = 60.0,
+        grace_s: float = 10.0,
+    ) -> None:
+        if port_range[1] < port_range[0]:
+            raise ValueError(f"empty port range {port_range}")
+        self.port_range = port_range
+        self.log_dir = Path(log_dir) if log_dir else Path(os.environ.get("CANOPY_HOME", ".canopy")).expanduser() / "logs"
+        self.python = python or sys.executable
+        self.cwd = str(cwd) if cwd else None
+        self.env = env
+        self.start_timeout_s = start_timeout_s
+        self.health_interval_s = health_interval_s
+        self.health_timeout_s = health_timeout_s
+        self.health_failures = health_failures
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.stable_s = stable_s
+        self.grace_s = grace_s
+        self.instances: list[Instance] = []
+        self.by_chute: dict[str, list[Instance]] = {}
+        counts: dict[str, int] = {}
+        # A tag per manager: several miners on one host must never take each other's
+        # instances (same chute, same number) for their own in health checks or logs.
+        tag = secrets.token_hex(3)
+        for spec in specs:
+            number = counts[spec.chute_id] = counts.get(spec.chute_id, 0) + 1
+            safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in spec.name)
+            name = f"{safe}-{spec.chute_id[:8]}-{number}-{tag}"
+            instance = Instance(spec, name, self.log_dir / f"{name}.log")
+            self.instances.append(instance)
+            self.by_chute.setdefault(spec.chute_id, []).append(instance)
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        # start at a random place: miners sharing a host and a range rarely race for a port
+        self._next_port = port_range[0] + secrets.randbelow(port_range[1] - port_range[0] + 1)
+
+    # --- routing (the request path) --------------------------------------------------------
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """One keep-alive client for every instance (closed by ``stop``)."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0, force_close=False)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False,
+                skip_auto_headers=("User-Agent",), raise_for_status=False)
+        return self._session
+
+    def acquire(self, chute_id: str) -> Instance | None:
+        """The ready instance of ``chute_id`` with free capacity and the fewest requests in
+        flight (its count taken), or None. ``release`` it when the request ends."""
+        best: Instance | None = None
+        for instance in self.by_chute.get(chute_id, ()):
+            if instance.available and (best is None or (instance.in_flight, instance.served) < (best.in_flight, best.served)):
+                best = instance
+        if best is not None:
+            best.in_flight += 1
+            best.served += 1
+        return best
+
+    def release(self, instance: Instance) -> None:
+        instance.in_flight = max(0, instance.in_flight - 1)
+
+    def report_failure(self, instance: Instance, reason: str) -> None:
+        """A request to ``instance`` failed at the connection: take it out of routing and
+        have its supervisor check it now (a dead process is restarted, a healthy one returns)."""
+        if instance.state is State.READY:
+            logger.warning("instance {}: {}; checking it", instance.id, reason)
+            instance.state = State.CHECKING
+            instance.last_error = reason
+            instance._poke.set()
+
+    def load(self, chute_id: str) -> tuple[int, int, int]:
+        """(instances, ready instances, requests in flight) of ``chute_id``."""
+        instances = self.by_chute.get(chute_id, [])
+        return len(instances), sum(i.state is State.READY for i in instances), sum(i.in_flight for i in instances)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, *, wait: bool = True) -> None:
+        """Start every instance's supervisor; with ``wait``, return once each instance is
+        ready or its first start failed (a failed one keeps retrying in the background)."""
+        if self._tasks:
+            raise RuntimeError("the instance manager is already started")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._tasks = [asyncio.create_task(self._supervise(i), name=f"instance:{i.id}") for i in self.instances]
+        if wait:
+            await self.wait_started()
+
+    async def wait_started(self) -> None:
+        await asyncio.gather(*(instance._first_outcome.wait() for instance in self.instances))
+
+    async def wait_ready(self, instance: Instance, timeout_s: float) -> bool:
+        """Wait until ``instance`` is ready (again); False after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while instance.state is not State.READY:
+            if time.monotonic() > deadline or self._stopping:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    async def stop(self) -> None:
+        """SIGTERM every instance, SIGKILL after ``grace_s``; safe to call twice."""
+        self._stopping = True
+        for instance in self.instances:
+            instance._poke.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> "InstanceManager":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- supervision -----------------------------------------------------------------------
+
+    async def _supervise(self, instance: Instance) -> None:
+        failures = 0
+        try:
+            while not self._stopping:
+                ready = await self._launch(instance)
+                instance._first_outcome.set()
+                if ready:
+                    await self._watch(instance)
+                was_ready_for = time.monotonic() - instance.ready_since if instance.ready_since else 0.0
+                instance.ready_since = None
+                instance.state = State.BACKOFF  # out of routing while it goes down
+                await self._terminate(instance)
+                if self._stopping:
+                    break
+                if was_ready_for >= self.stable_s:
+                    failures = 0
+                delay = backoff_delay(failures, self.backoff_base_s, self.backoff_cap_s)
+                failures += 1
+                instance.restarts += 1
+                instance.failures.append(instance.last_error)
+                logger.warning("instance {} ({}) restarts in {:.1f}s (restart #{})", instance.id, instance.spec.ref, delay,
+                               instance.restarts)
+                instance._poke.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(instance._poke.wait(), delay)  # stop() pokes
+        except Exception:
+            logger.exception("instance {}: supervisor failed", instance.id)
+        finally:
+            await self._terminate(instance)
+            instance.state = State.STOPPED
+            instance._first_outcome.set()
+
+    def _allocate_port(self) -> int:
+        low, high = self.port_range
+        used = {i.port for i in self.instances if i.alive}
+        for offset in range(high - low + 1):
+            port = low + (self._next_port - low + offset) % (high - low + 1)
+            if port in used or not _bindable(port):
+                continue
+            self._next_port = port + 1 if port < high else low
+            return port
+        raise RuntimeError(f"no free port in {low}..{high} for a chute instance (widen --chutes.port_min/port_max)")
+
+    def _command(self, instance: Instance) -> list[str]:
+        command = [self.python, "-c", _LAUNCHER, "serve", instance.spec.ref, "--host", "127.0.0.1",
+                   "--port", str(instance.port)]
+        if instance.spec.concurrency_override:
+            command += ["--concurrency", str(instance.spec.concurrency)]
+        # in-flight requests get most of our grace period; SIGKILL comes after all of it
+        command += ["--graceful-timeout", f"{max(0.1, self.grace_s * 0.8):g}"]
+        return command
+
+    def _environment(self, instance: Instance) -> dict[str, str]:
+        env = dict(os.environ if self.env is None else self.env)
+        env.update(CUDA_VISIBLE_DEVICES=instance.cuda_visible_devices(), CANOPY_INSTANCE_ID=instance.id,
+                   CANOPY_MINER_PID=str(os.getpid()), PYTHONUNBUFFERED="1")
+        return env
+
+    async def _launch(self, instance: Instance) -> bool:
+        """Spawn the process and wait for its readiness; False (with ``last_error``) if it fails."""
+        instance.state = State.STARTING
+        instance.last_error = ""
+        instance._poke.clear()
+        try:
+            instance.port = self._allocate_port()
+        except RuntimeError as error:
+            instance.last_error = str(error)
+            logger.error("instance {}: {}", instance.id, error)
+            return False
+        instance.url = f"http://127.0.0.1:{instance.port}"
+        instance.starts += 1
+        started = time.monotonic()
+        with open(instance.log_path, "ab") as log:
+            log.write(f"\n=== canopy miner: start #{instance.starts} of {instance.spec.ref} on port {instance.port} "
+                      f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
+            log.flush()
+            try:
+                instance.process = await asyncio.create_subprocess_exec(
+                    *self._command(instance), cwd=self.cwd, env=self._environment(instance),
+                    stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            except OSError as error:
+                instance.last_error = f"cannot start {self.python}: {error}"
+                logger.error("instance {}: {}", instance.id, instance.last_error)
+                return False
+        logger.info("instance {} ({}) starting on port {} (pid {}, devices [{}])", instance.id, instance.spec.ref,
+                    instance.port, instance.process.pid, ", ".join(str(d.index) for d in instance.spec.devices))
+        deadline = started + self.start_timeout_s
+        pause = 0.02
+        while not self._stopping:
+            if not instance.alive:
+                instance.last_error = (f"exited ({_exit_text(instance.process.returncode)}) before it was ready: "
+                                       f"{instance.last_error or self._log_tail(instance)} (log: {instance.log_path})")
+                logger.error("instance {} ({}) failed to start: {}", instance.id, instance.spec.ref, instance.last_error)
+                return False
+            status, body = await self._health(instance)
+            if status == 200:
+                instance.cold_start_s = time.monotonic() - started
+                instance.ready_since = time.monotonic()
+                instance.last_error = ""
+                instance.state = State.READY
+                logger.info("instance {} ({}) ready on port {} after {:.2f}s", instance.id, instance.spec.ref,
+                            instance.port, instance.cold_start_s)
+                return True
+            if isinstance(body, dict) and body.get("status") == "failed":
+                instance.last_error = f"startup failed: {body.get('error') or 'no reason given'}"
+            if time.monotonic() > deadline:
+                instance.last_error = f"not ready within {self.start_timeout_s:g}s"
+                logger.error("instance {} ({}): {}", instance.id, instance.spec.ref, instance.last_error)
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(instance.process.wait(), pause)
+            pause = min(0.25, pause * 1.5)
+        return False
+
+    async def _watch(self, instance: Instance) -> None:
+        """Return when the ready ``instance`` died, failed its health checks, or we stop."""
+        assert instance.process is not None
+        exited = asyncio.ensure_future(instance.process.wait())
+        failed_checks = 0
+        try:
+            while not self._stopping:
+                poked = asyncio.ensure_future(instance._poke.wait())
+                await asyncio.wait({exited, poked}, timeout=self.health_interval_s, return_when=asyncio.FIRST_COMPLETED)
+                poked.cancel()
+                instance._poke.clear()
+                if self._stopping:
+                    return
+                checking = instance.state is State.CHECKING
+                if checking and not exited.done():  # a dropped connection: is the process going down?
+                    await asyncio.wait({exited}, timeout=1.0)
+                if exited.done():
+                    instance.last_error = f"crashed ({_exit_text(instance.process.returncode)}; log: {instance.log_path})"
+                    logger.error("instance {} ({}) {}", instance.id, instance.spec.ref, instance.last_error)
+                    return
+                status, body = await self._health(instance)
+                if status == 200:
+                    failed_checks = 0
+                    if checking:
+                        instance.state = State.READY
+                        logger.info("instance {} is healthy again", instance.id)
+                    continue
+                if checking:
+                    instance.last_error += f"; then health check failed ({status or 'no answer'})"
+                    return
+                failed_checks += 1
+                why = body.get("error") if isinstance(body, dict) else None
+                instance.last_error = f"health check failed ({status or 'no answer'}{': ' + str(why) if why else ''})"
+                logger.warning("instance {}: {} [{} of {}]", instance.id, instance.last_error, failed_checks,
+                               self.health_failures)
+                if failed_checks >= self.health_failures or (isinstance(body, dict) and body.get("status") == "failed"):
+                    return
+        finally:
+            exited.cancel()
+
+    async def _health(self, instance: Instance) -> tuple[int, object]:
+        """(status, JSON body) of the instance's health route; (0, None) when it does not answer."""
+        try:
+            async with self.session.get(instance.url + HEALTH_PATH,
+                                        timeout=aiohttp.ClientTimeout(total=self.health_timeout_s)) as response:
+                try:
+                    body = await response.json(content_type=None)
+                except ValueError:
+                    body = None
+                if isinstance(body, dict) and body.get("instance_id") not in (None, instance.id):
+                    return 0, None  # another process holds our port: not our instance
+                return response.status, body
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return 0, None
+
+    async def _terminate(self, instance: Instance) -> None:
+        """SIGTERM the process (its group), SIGKILL after ``grace_s``; wait for it."""
+        process = instance.process
+        if process is None:
+            return
+        if process.returncode is None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), self.grace_s)
+            except TimeoutError:
+                logger.warning("instance {} ignored SIGTERM for {:g}s: SIGKILL", instance.id, self.grace_s)
+                _signal_group(process.pid, signal.SIGKILL)
+                await process.wait()
+        else:
+            _signal_group(process.pid, signal.SIGKILL)  # whatever the instance left behind in its group
+        instance.process = None
+
+    @staticmethod
+    def _log_tail(instance: Instance, lines: int = 3, limit: int = 8192) -> str:
+        try:
+            with open(instance.log_path, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - limit))
+                text = handle.read().decode("utf-8", "replace")
+        except OSError:
+            return "(no log)"
+        tail = [line.strip() for line in text.split("=== canopy miner:")[-1].splitlines()[1:] if line.strip()]
+        return " | ".join(tail[-lines:]) or "(nothing logged)"
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def backoff_delay(failures: int, base_s: float, cap_s: float) -> float:
+    """Seconds before restart number ``failures + 1`` in a row: base, 2 base, 4 base ... up to cap."""
+    return min(cap_s, base_s * (2 ** min(failures, 32)))
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -1,0 +1,1 @@
+"""Small chutes the miner tests host in real instance processes (see tests/miner/test_*.py)."""

@@ -1,0 +1,178 @@
+"""miner.instances: real instance processes: readiness, pinning, restarts, health, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from miner.instances import Instance, InstanceManager, InstanceSpec, State, backoff_delay
+from tests.miner.conftest import BAD_HOOK, ECHO, ROOT, STUBBORN, cpu_devices, fake_h100s
+from tests.protocol.helpers import free_port
+
+ECHO_ID, BAD_ID, STUBBORN_ID = "5d52d889-b3e4-59ed-b622-940c25cbe07a", "bad-hook-id", "stubborn-id"
+
+
+def port_range(size: int = 40) -> tuple[int, int]:
+    low = free_port()
+    low = min(low, 65535 - size)
+    return low, low + size - 1
+
+
+def manager(specs, tmp_path, **options) -> InstanceManager:
+    settings = dict(port_range=port_range(), log_dir=tmp_path / "logs", cwd=ROOT, backoff_base_s=0.2,
+                    backoff_cap_s=2.0, grace_s=3.0, start_timeout_s=30.0)
+    settings.update(options)
+    return InstanceManager(specs, **settings)
+
+
+async def get(manager: InstanceManager, instance: Instance, path: str) -> dict:
+    async with manager.session.post(instance.url + path) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+def test_backoff_doubles_up_to_the_cap():
+    assert [backoff_delay(n, 0.5, 5.0) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+    assert backoff_delay(10_000, 1.0, 60.0) == 60.0
+
+
+async def test_instances_start_pinned_to_their_gpus_and_stop_gracefully(tmp_path):
+    gpus = fake_h100s(2)
+    specs = [InstanceSpec(ECHO_ID, "echo", ECHO, (gpu,), concurrency=2) for gpu in gpus]
+    instances = manager(specs, tmp_path)
+    await instances.start()
+    try:
+        first, second = instances.instances
+        assert first.state is State.READY and second.state is State.READY
+        assert 0 < first.cold_start_s < 30 and first.port != second.port
+        assert all(instances.port_range[0] <= i.port <= instances.port_range[1] for i in instances.instances)
+        seen = [await get(instances, i, "/whoami") for i in (first, second)]
+        assert [s["cuda_visible_devices"] for s in seen] == [gpu.uuid for gpu in gpus]
+        assert [s["instance"] for s in seen] == [first.id, second.id]
+        assert instances.load(ECHO_ID) == (2, 2, 0)
+        pids = [s["pid"] for s in seen]
+    finally:
+        started = time.monotonic()
+        await instances.stop()
+    assert time.monotonic() - started < 3.0, "SIGTERM is enough for a well-behaved instance"
+    assert all(i.state is State.STOPPED and i.process is None for i in instances.instances)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    log = first.log_path.read_text()
+    assert "serving chute tests/echo" in log and "shutdown hooks" in log, "stdout/stderr go to the instance's log file"
+
+
+async def test_a_cpu_pseudo_device_is_shared_and_hides_the_gpus(tmp_path):
+    [cpu] = cpu_devices(1)
+    instances = manager([InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,), concurrency=3, concurrency_override=True)], tmp_path)
+    async with instances:
+        [instance] = instances.instances
+        assert (await get(instances, instance, "/whoami"))["cuda_visible_devices"] == ""
+        async with instances.session.get(instance.url + "/_canopy/health") as response:
+            assert (await response.json())["concurrency"] == 3, "the hosting config's concurrency reaches the instance"
+
+
+async def test_a_crash_restarts_the_instance_with_backoff_and_the_other_keeps_serving(tmp_path):
+    [cpu] = cpu_devices(1)
+    specs = [InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,), concurrency=2) for _ in range(2)]
+    instances = manager(specs, tmp_path)
+    async with instances:
+        victim, other = instances.instances
+        old_port = victim.port
+        pid = (await get(instances, victim, "/whoami"))["pid"]
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(200):
+            if victim.state is not State.READY:
+                break
+            await asyncio.sleep(0.01)
+        assert victim.state in (State.BACKOFF, State.STARTING)
+        assert instances.acquire(ECHO_ID) is other, "only the live instance takes requests meanwhile"
+        instances.release(other)
+        assert (await get(instances, other, "/whoami"))["instance"] == other.id
+        assert await instances.wait_ready(victim, 20), victim.last_error
+        assert victim.restarts == 1 and victim.starts == 2 and victim.port != old_port
+        assert victim.failures[0].startswith("crashed (killed by SIGKILL")
+        assert (await get(instances, victim, "/whoami"))["pid"] != pid
+
+
+async def test_a_startup_hook_that_raises_is_logged_and_retried_while_others_serve(tmp_path):
+    [cpu] = cpu_devices(1)
+    specs = [InstanceSpec(BAD_ID, "bad-hook", BAD_HOOK, (cpu,)), InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,))]
+    instances = manager(specs, tmp_path, backoff_base_s=0.5)
+    async with instances:
+        bad, echo = instances.instances
+        assert echo.state is State.READY
+        assert bad.state in (State.BACKOFF, State.STARTING)
+        assert "startup failed: RuntimeError: the model file is missing" in bad.last_error
+        assert instances.acquire(BAD_ID) is None and instances.load(BAD_ID) == (1, 0, 0)
+        for _ in range(300):
+            if bad.starts >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert bad.starts >= 2, "a failed start is retried after the backoff"
+        assert "the model file is missing" in bad.log_path.read_text()
+        assert (await get(instances, echo, "/whoami"))["instance"] == echo.id
+
+
+async def test_an_instance_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
+    [cpu] = cpu_devices(1)
+    instances = manager([InstanceSpec(STUBBORN_ID, "stubborn", STUBBORN, (cpu,))], tmp_path, grace_s=0.5)
+    await instances.start()
+    [instance] = instances.instances
+    assert instance.state is State.READY
+    process = instance.process
+    started = time.monotonic()
+    await instances.stop()
+    assert 0.5 <= time.monotonic() - started < 5
+    assert process.returncode == -signal.SIGKILL
+
+
+async def test_an_unresponsive_instance_fails_its_health_checks_and_is_replaced(tmp_path):
+    [cpu] = cpu_devices(1)
+    instances = manager([InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,))], tmp_path, health_interval_s=0.1,
+                        health_timeout_s=0.2, health_failures=2, grace_s=0.3)
+    async with instances:
+        [instance] = instances.instances
+        frozen = instance.process
+        os.kill(frozen.pid, signal.SIGSTOP)  # alive, but answers nothing
+        for _ in range(300):
+            if instance.starts >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert instance.starts >= 2 and "health check failed (no answer)" in instance.failures[0]
+        assert frozen.returncode is not None, "the frozen process was killed"
+        assert await instances.wait_ready(instance, 20)
+
+
+def test_ports_come_from_the_range_and_skip_busy_ones(tmp_path):
+    low, high = port_range(3)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", low))
+        busy.listen()
+        instances = InstanceManager([], port_range=(low, high), log_dir=tmp_path)
+        assert instances._allocate_port() == low + 1
+        assert instances._allocate_port() == low + 2
+        with pytest.raises(ValueError, match="empty port range"):
+            InstanceManager([], port_range=(high, low))
+        full = InstanceManager([], port_range=(low, low), log_dir=tmp_path)
+        with pytest.raises(RuntimeError, match=r"no free port in .* \(widen --chutes.port_min/port_max\)"):
+            full._allocate_port()
+
+
+def test_acquire_picks_the_least_loaded_ready_instance_with_room(tmp_path):
+    [cpu] = cpu_devices(1)
+    instances = InstanceManager([InstanceSpec("c", "c", "x:chute", (cpu,), concurrency=2) for _ in range(3)], log_dir=tmp_path)
+    a, b, c = instances.instances
+    a.state = b.state = State.READY  # c is still starting
+    picked = [instances.acquire("c") for _ in range(4)]
+    assert sorted(i.id for i in picked) == sorted([a.id, a.id, b.id, b.id])
+    assert instances.acquire("c") is None and instances.load("c") == (3, 2, 4)
+    instances.release(b)
+    assert instances.acquire("c") is b
+    assert instances.acquire("unknown") is None
