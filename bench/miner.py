@@ -198,7 +198,7 @@ async def llm_rates(session, dendrite, target, chute: dict, max_tokens: int, req
     from protocol.chutes import Invoke
 
     path = chute["cords"].get(CHAT_PATH, CHAT_PATH)
-    payload = {"model": "bench", "messages": [{"role": "user", "content": "Write a long story about a robot who learns to paint."}],
+    payload = {"messages": [{"role": "user", "content": "Write a long story about a robot who learns to paint."}],
                "max_tokens": max_tokens, "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
     totals = {"direct": [0, 0.0, []], "via": [0, 0.0, []]}  # tokens, seconds, time to first token
 
