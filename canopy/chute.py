@@ -132,7 +132,8 @@ class Chute:
     def cord(self, path: str | None = None, method: str = "POST", stream: bool = False, passthrough: bool = False,
              passthrough_path: str | None = None, passthrough_port: int | None = None,
              public_api_path: str | None = None, public_api_method: str | None = None, input_schema: Any = None,
-             minimal_input_schema: Any = None, output_content_type: str | None = None) -> Callable[[F], Cord]:
+             minimal_input_schema: Any = None, output_content_type: str | None = None, output_schema: Any = None,
+             provision_timeout: int | float | None = None) -> Callable[[F], Cord]:
         """Decorator: make the function a cord (route) of this chute. See ``canopy.cord.Cord``."""
         if callable(path) and not isinstance(path, str):
             raise CordDefinitionError("use @chute.cord() with parentheses")
@@ -142,7 +143,8 @@ class Chute:
                         passthrough_path=passthrough_path, passthrough_port=passthrough_port,
                         public_api_path=public_api_path, public_api_method=public_api_method,
                         input_schema=input_schema, minimal_input_schema=minimal_input_schema,
-                        output_content_type=output_content_type)
+                        output_content_type=output_content_type, output_schema=output_schema,
+                        provision_timeout=provision_timeout)
             for other in self.cords.values():
                 if other.path == cord.path and other.method == cord.method:
                     raise CordDefinitionError(

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from canopy.chute import Chute
 
 RESERVED_PREFIX = "/_canopy"
+#: where a passthrough cord forwards when it names no port (as in the Chutes SDK)
+DEFAULT_PASSTHROUGH_PORT = 8000
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]*$")
 _STREAM_ORIGINS = {"AsyncIterator", "AsyncGenerator", "AsyncIterable", "Iterator", "Generator"}
@@ -56,19 +58,22 @@ class CordInfo(BaseModel):
 
 
 def validate_path(path: Any, what: str = "path") -> str:
-    """``path`` if it is a usable cord route, else CordDefinitionError saying what is wrong."""
-    if not isinstance(path, str) or not path:
-        raise CordDefinitionError(f"cord {what} must be a non-empty string starting with '/', got {path!r}")
-    if not path.startswith("/"):
-        raise CordDefinitionError(f"cord {what} {path!r} must start with '/'")
+    """``path`` as a cord route, else CordDefinitionError saying what is wrong.
+
+    As in the Chutes SDK, ``"echo"`` means ``"/echo"`` and a trailing ``/`` is dropped, so
+    chutes written for it keep their paths."""
+    if not isinstance(path, str) or not path.strip("/"):
+        if path != "/":
+            raise CordDefinitionError(f"cord {what} must be a non-empty string such as '/echo', got {path!r}")
+    path = "/" + path.lstrip("/") if not path.startswith("/") else path
+    if len(path) > 1 and path.endswith("/") and not path.endswith("//"):
+        path = path[:-1]
     if not _PATH_RE.match(path):
         raise CordDefinitionError(f"cord {what} {path!r} may only contain letters, digits and _ . / -")
     if ".." in path or "//" in path:
         raise CordDefinitionError(f"cord {what} {path!r} must not contain '..' or '//'")
     if path.startswith(RESERVED_PREFIX):
         raise CordDefinitionError(f"cord {what} {path!r} is reserved: paths under {RESERVED_PREFIX} belong to the instance")
-    if len(path) > 1 and path.endswith("/"):
-        raise CordDefinitionError(f"cord {what} {path!r} must not end with '/'")
     return path
 
 
@@ -165,7 +170,8 @@ class Cord:
                  stream: bool = False, passthrough: bool = False, passthrough_path: str | None = None,
                  passthrough_port: int | None = None, public_api_path: str | None = None,
                  public_api_method: str | None = None, input_schema: Any = None, minimal_input_schema: Any = None,
-                 output_content_type: str | None = None) -> None:
+                 output_content_type: str | None = None, output_schema: Any = None,
+                 provision_timeout: int | float | None = None) -> None:
         if not callable(func):
             raise CordDefinitionError(f"@cord decorates a function, got {func!r}")
         self.chute = chute
@@ -182,6 +188,8 @@ class Cord:
         self.is_coroutine = inspect.iscoroutinefunction(func)
         self.stream = bool(stream) or self.is_async_gen or self.is_gen
         self.passthrough = bool(passthrough)
+        if self.passthrough and passthrough_port is None:
+            passthrough_port = DEFAULT_PASSTHROUGH_PORT  # the Chutes SDK's default upstream
         self.passthrough_port = passthrough_port
         self.passthrough_path = validate_path(passthrough_path if passthrough_path is not None else self.path,
                                               "passthrough_path")
@@ -191,7 +199,21 @@ class Cord:
         self.output_content_type = output_content_type or ("text/event-stream" if self.stream else "application/json")
         #: the media type of a streamed reply (also when a non-stream cord returns an async iterator)
         self.stream_content_type = output_content_type or "text/event-stream"
+        if provision_timeout is not None and (isinstance(provision_timeout, bool) or not isinstance(
+                provision_timeout, (int, float)) or provision_timeout <= 0):
+            raise CordDefinitionError(f"cord {self.name!r}: provision_timeout must be a positive number of seconds, "
+                                      f"got {provision_timeout!r}")
+        #: accepted for Chutes SDK compatibility (how long a remote caller waits for provisioning)
+        self.provision_timeout = provision_timeout
         self._inspect_signature(input_schema, minimal_input_schema)
+        self._output_schema_override: dict | None = None
+        if isinstance(output_schema, dict):
+            self._output_schema_override = output_schema
+        elif isinstance(output_schema, type) and issubclass(output_schema, BaseModel):
+            self.output_type = output_schema
+        elif output_schema is not None:
+            raise CordDefinitionError(f"cord {self.name!r}: output_schema must be a pydantic model class or a JSON "
+                                      f"schema dict")
         self.__doc__ = func.__doc__
         self.__name__ = self.name
         self.__wrapped__ = func
@@ -248,6 +270,8 @@ class Cord:
         return _schema(self._minimal_input, ref_template)
 
     def output_schema(self, ref_template: str | None = None) -> dict | None:
+        if self._output_schema_override is not None:
+            return self._output_schema_override
         return _schema(self.output_type, ref_template)
 
     def info(self) -> CordInfo:

@@ -146,20 +146,20 @@ class Image:
 
     # -- directives --------------------------------------------------------------------------
 
-    def from_base(self, image: str) -> "Image":
-        """Start from ``image`` (a Docker reference). Calling it again replaces the base."""
-        self.base = validate_reference(image)
+    def from_base(self, base_image: str) -> "Image":
+        """Start from ``base_image`` (a Docker reference). Calling it again replaces the base."""
+        self.base = validate_reference(base_image)
         return self
 
-    def run_command(self, cmd: str) -> "Image":
-        """``RUN cmd`` (one shell line; chain with ``&&`` or call again for more)."""
-        self.directives.append("RUN " + _text(cmd, "run_command", "join steps with '&&' or call run_command again"))
+    def run_command(self, command: str) -> "Image":
+        """``RUN command`` (one shell line; chain with ``&&`` or call again for more)."""
+        self.directives.append("RUN " + _text(command, "run_command", "join steps with '&&' or call run_command again"))
         return self
 
-    def apt_install(self, pkgs: str | Iterable[str]) -> "Image":
+    def apt_install(self, package: str | Iterable[str]) -> "Image":
         """Install Debian packages (space-separated string or list), sorted and de-duplicated,
         with ``--no-install-recommends``, cleaning the apt lists in the same layer."""
-        names = pkgs.split() if isinstance(pkgs, str) else list(pkgs) if pkgs is not None else []
+        names = package.split() if isinstance(package, str) else list(package) if package is not None else []
         if not names:
             raise ValueError("apt_install needs at least one package name (e.g. apt_install(['git', 'curl']))")
         for pkg in names:
@@ -224,9 +224,9 @@ class Image:
         self.directives.append("ADD " + json.dumps([source, dest]))
         return self
 
-    def set_workdir(self, dir: str) -> "Image":  # noqa: A002 - the Chutes SDK's parameter name
-        """``WORKDIR dir`` (an absolute path)."""
-        path = _text(dir, "workdir", "give an absolute path such as '/app'")
+    def set_workdir(self, directory: str) -> "Image":
+        """``WORKDIR directory`` (an absolute path)."""
+        path = _text(directory, "workdir", "give an absolute path such as '/app'")
         if not path.startswith("/"):
             raise ValueError(f"workdir {path!r} must be an absolute path (e.g. '/app')")
         self.directives.append(f"WORKDIR {path}")
@@ -241,8 +241,15 @@ class Image:
         self.directives.append(f"USER {text}")
         return self
 
-    def with_entrypoint(self, entrypoint: str | list[str]) -> "Image":
-        """``ENTRYPOINT [...]`` in exec form; a string is split like a shell would."""
+    def with_entrypoint(self, *args: str | list[str]) -> "Image":
+        """``ENTRYPOINT [...]`` in exec form, from a list, one string (split like a shell would)
+        or several strings (``with_entrypoint("python", "-m", "app")``, as in the Chutes SDK)."""
+        if len(args) == 1:
+            entrypoint: object = args[0]
+        elif len(args) > 1 and all(isinstance(a, str) for a in args):
+            entrypoint = list(args)
+        else:
+            raise ValueError("with_entrypoint takes a list of strings, one string or several strings")
         if isinstance(entrypoint, str):
             try:
                 args = shlex.split(entrypoint)

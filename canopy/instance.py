@@ -253,7 +253,7 @@ def _openapi(app: FastAPI, chute: Chute) -> Callable[[], dict]:
             if cord.takes_input:
                 operation["requestBody"] = {"required": cord.input_type is not None,
                                             "content": {"application/json": {"schema": body or {}}}}
-            out = hoist(cord.output_schema(_REF), cord.output_type)
+            out = hoist(cord.output_schema(_REF), None if cord._output_schema_override else cord.output_type)
             media = cord.output_content_type
             content = {media: {"schema": out or ({"type": "string"} if cord.stream else {})}}
             operation["responses"] = {

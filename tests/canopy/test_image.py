@@ -109,3 +109,25 @@ def test_valid_references_and_users() -> None:
         assert Image("me", "x", "1").from_base(ref).base == ref
     for user in ("nobody", "1000", "1000:1000", "chutes:chutes"):
         assert Image("me", "x", "1").set_user(user).directives == [f"USER {user}"]
+
+
+def test_the_chutes_sdk_keywords_and_varargs_entrypoint_work() -> None:
+    """A chute written for the Chutes SDK ports by changing imports: same keyword names."""
+    image = (
+        Image(username="me", name="x", tag="1", readme="r")
+        .from_base(base_image="python:3.12-slim")
+        .apt_install(package=["git"])
+        .run_command(command="pip install aiohttp")
+        .with_env(key="HF_HOME", value="/cache")
+        .add(source="app.py", dest="/app/app.py")
+        .set_workdir(directory="/app")
+        .set_user(user="nobody")
+        .with_entrypoint("python", "-m", "app")
+    )
+    assert image.base == "python:3.12-slim"
+    assert image.directives[-1] == 'ENTRYPOINT ["python", "-m", "app"]'
+    assert "WORKDIR /app" in image.directives and "RUN pip install aiohttp" in image.directives
+    with pytest.raises(ValueError):
+        Image("me", "x", "1").with_entrypoint()
+    with pytest.raises(ValueError):
+        Image("me", "x", "1").with_entrypoint("python", 1)

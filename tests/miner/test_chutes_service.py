@@ -224,3 +224,15 @@ async def test_chute_error_kinds_survive_the_wire():
     sent = InstanceCrashed("gone", detail={"instance": "a"})
     received = errors.error_from_body(sent.status, sent.to_json())
     assert isinstance(received, InstanceCrashed) and received.status == 502 and received.detail == {"instance": "a"}
+
+
+async def test_invoke_and_inventory_sit_behind_the_axons_signature_and_blacklist_checks(miner, tmp_path_factory):
+    stranger = Dendrite(create_devnet_wallet("cstranger", "default", tmp_path_factory.mktemp("stranger")))
+    try:
+        with pytest.raises(errors.UnknownHotkey):
+            synapse = Invoke(chute_id=miner.echo, path="/echo", payload={"text": "x"})
+            [chunk async for chunk in stranger.stream(miner.axon, synapse, timeout=10)]
+        result = await stranger.call(miner.axon, Inventory(), timeout=10)
+        assert not result.ok and result.http_status == 403 and isinstance(result.error, errors.UnknownHotkey)
+    finally:
+        await stranger.close()

@@ -54,7 +54,7 @@ def test_cord_path_defaults_to_function_name_and_public_path_to_path() -> None:
     assert chute.echo is echo  # cords by function name, as in the Chutes SDK
 
 
-@pytest.mark.parametrize("path", ["echo", "/a b", "/../etc", "/_canopy/health", "/x//y", "/x/", "", "/é"])
+@pytest.mark.parametrize("path", ["/a b", "/../etc", "/_canopy/health", "/x//y", "", "/é", "//"])
 def test_bad_paths_are_refused(path: str) -> None:
     chute = make()
     with pytest.raises(CordDefinitionError):
@@ -96,9 +96,24 @@ def test_bad_signatures_and_methods_are_refused() -> None:
         async def fetch(self, a: dict) -> dict:
             return a
     with pytest.raises(CordDefinitionError, match="passthrough_port"):
-        @chute.cord(passthrough=True)
+        @chute.cord(passthrough=True, passthrough_port=70000)
         async def up(self, a: dict) -> dict:
             return a
+
+
+def test_paths_and_passthrough_port_default_as_in_the_chutes_sdk() -> None:
+    chute = make()
+
+    @chute.cord(path="echo/")
+    async def echo(self, args: dict) -> dict:
+        return args
+
+    @chute.cord(passthrough=True)
+    async def upstream(self, args: dict) -> dict:
+        return args
+
+    assert echo.path == "/echo" and echo.public_api_path == "/echo"
+    assert upstream.passthrough_port == 8000 and upstream.passthrough_path == "/upstream"
 
 
 def test_schemas_come_from_hints_and_input_schema_overrides() -> None:
@@ -192,3 +207,27 @@ def test_image_is_lazily_exported() -> None:
         assert "canopy.image" in str(exc)
     else:
         assert image.__name__ == "Image"
+
+
+def test_chutes_sdk_output_schema_and_provision_timeout_are_accepted() -> None:
+    chute = make()
+    custom = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+
+    @chute.cord(public_api_path="/raw", output_schema=custom, provision_timeout=180)
+    async def raw(self, args: dict) -> dict:
+        return {"ok": True}
+
+    @chute.cord(output_schema=Out)
+    async def typed(self, args: dict):
+        return {"bar": 1}
+
+    assert raw.info().output_schema == custom and raw.provision_timeout == 180
+    assert typed.output_type is Out and typed.info().output_schema["title"] == "Out"
+    with pytest.raises(CordDefinitionError, match="output_schema"):
+        @chute.cord(output_schema="nope")
+        async def bad(self, args: dict) -> dict:
+            return args
+    with pytest.raises(CordDefinitionError, match="provision_timeout"):
+        @chute.cord(provision_timeout=0)
+        async def bad2(self, args: dict) -> dict:
+            return args

@@ -30,6 +30,9 @@ from validator.graval.session import GravalVerifier
 from validator.store import ValidatorStore
 
 N, B, MEMORY = 512, 8, 4 << 20  # 4 MiB at n=512: 9 matrices (and 6 of workspace), 144 access steps
+# The regenerating cheat's slowdown depends on how often the order hits a dropped matrix; with
+# 53 matrices (848 steps) that count varies by ~10% instead of ~25% with 9.
+BIG_MEMORY = 16 << 20
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +80,14 @@ def devices(count: int, salt: str = "a", memory: int = MEMORY):
     return [cpu_device(memory_bytes=memory, salt=f"{salt}{i}").model_copy(update={"index": i}) for i in range(count)]
 
 
-@pytest.fixture
-async def calibrated_macs_per_s(miner, dendrite) -> float:
+async def wire_throughput(miner, dendrite, memory: int = MEMORY) -> float:
     """This machine's honest throughput, measured over the wire as the validator sees it.
 
     The best of three honest verifications under a loose window: the same path (axon,
     prover thread, event loop) as the test that follows, so a cheat's slowdown is judged
     against the honest prover in the same conditions, not against a bare in-process run.
     """
-    honest = await miner(devices(1, "calibration"))
+    honest = await miner(devices(1, f"calibration{memory}", memory))
     verifier = GravalVerifier(dendrite, [cpu_row(window_low=0.0001, window_high=10_000)], allow_cpu=True)
     best = 0.0
     for _ in range(3):
@@ -93,6 +95,11 @@ async def calibrated_macs_per_s(miner, dendrite) -> float:
         assert result.ok, result
         best = max(best, result.throughput_macs_s)
     return best
+
+
+@pytest.fixture
+async def calibrated_macs_per_s(miner, dendrite) -> float:
+    return await wire_throughput(miner, dendrite)
 
 
 async def test_honest_devices_pass_and_every_result_is_stored(miner, dendrite, tmp_path):
@@ -147,10 +154,10 @@ async def test_wire_cheats_are_caught(miner, dendrite, cheat, reason):
     assert [result.reason for result in results] == [reason]
 
 
-async def test_regenerating_missing_matrices_misses_the_window(miner, dendrite, calibrated_macs_per_s):
-    row = cpu_row(challenge_macs_per_s=calibrated_macs_per_s, window_low=0.2, window_high=1.6)
-    honest = await miner(devices(1, "h"))
-    cheat = await miner(devices(1, "r"), prover_factory=lambda spec, backend: cheats.Regenerating(spec, backend))
+async def test_regenerating_missing_matrices_misses_the_window(miner, dendrite):
+    row = cpu_row(challenge_macs_per_s=await wire_throughput(miner, dendrite, BIG_MEMORY), window_low=0.2, window_high=1.6)
+    honest = await miner(devices(1, "h", BIG_MEMORY))
+    cheat = await miner(devices(1, "r", BIG_MEMORY), prover_factory=lambda spec, backend: cheats.Regenerating(spec, backend))
     verifier = GravalVerifier(dendrite, [row], allow_cpu=True)
     assert [result.reason for result in await verifier.verify_miner(honest.axon)] == ["ok"]
     caught = await verifier.verify_miner(cheat.axon)
