@@ -37,6 +37,7 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections import deque
@@ -87,6 +88,31 @@ class InstanceSpec:
     concurrency_override: bool = False  # pass --concurrency (the hosting config overrides the chute's)
 
 
+class ChildProcess:
+    """An instance process as the supervisor sees it: ``pid``, ``returncode``, ``await wait()``.
+
+    Spawned with ``subprocess.Popen`` (CPython's fork/exec child runs no Python and takes
+    no lock before exec) rather than the event loop's subprocess support: under uvloop,
+    spawning while a GraVal proof ran numpy in a thread was seen to hang the miner for
+    good. Exit is noticed by polling, which costs nothing at this rate.
+    """
+
+    POLL_S = 0.05
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    async def wait(self) -> int:
+        while (code := self.popen.poll()) is None:
+            await asyncio.sleep(self.POLL_S)
+        return code
+
+
 class Instance:
     """One supervised instance process and its live counters."""
 
@@ -96,7 +122,7 @@ class Instance:
         self.log_path = log_path
         self.port: int | None = None
         self.url = ""
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: ChildProcess | None = None
         self.state = State.STARTING
         self.in_flight = 0
         self.served = 0
@@ -342,9 +368,9 @@ class InstanceManager:
                       f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
             log.flush()
             try:
-                instance.process = await asyncio.create_subprocess_exec(
-                    *self._command(instance), cwd=self.cwd, env=self._environment(instance),
-                    stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+                instance.process = ChildProcess(subprocess.Popen(
+                    self._command(instance), cwd=self.cwd, env=self._environment(instance),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             except OSError as error:
                 instance.last_error = f"cannot start {self.python}: {error}"
                 logger.error("instance {}: {}", instance.id, instance.last_error)

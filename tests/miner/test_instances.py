@@ -156,8 +156,9 @@ def test_ports_come_from_the_range_and_skip_busy_ones(tmp_path):
         busy.bind(("127.0.0.1", low))
         busy.listen()
         instances = InstanceManager([], port_range=(low, high), log_dir=tmp_path)
-        assert instances._allocate_port() == low + 1
-        assert instances._allocate_port() == low + 2
+        # the scan starts at a random place (miners sharing a host rarely collide) and wraps
+        first, second = instances._allocate_port(), instances._allocate_port()
+        assert first != second and {first, second} <= {low + 1, low + 2}
         with pytest.raises(ValueError, match="empty port range"):
             InstanceManager([], port_range=(high, low))
         full = InstanceManager([], port_range=(low, low), log_dir=tmp_path)
