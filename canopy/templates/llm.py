@@ -108,6 +108,21 @@ def _bad_request(exc: Exception) -> JSONResponse:
     return JSONResponse(oai.error_body(str(exc), "BadRequestError", 400), status_code=400)
 
 
+async def _generate(engine: Any, request: Any, prompt_of: Any, stream: Any, reply: Any) -> Any:
+    """The body of the chat and completion cords: model check, generation, SSE or one reply."""
+    refused = _unknown_model(request.model, engine.model_id)
+    if refused is not None:
+        return refused
+    try:
+        generation = engine.agenerate(prompt_of(engine), **request.engine_kwargs())
+    except ValueError as exc:
+        return _bad_request(exc)
+    if request.stream:
+        return stream(generation, engine.model_id, request.include_usage)
+    text = await generation.read()
+    return reply(engine.model_id, text, generation.finish_reason, generation.usage)
+
+
 # -- CPU engine --------------------------------------------------------------------------------
 
 
@@ -129,36 +144,16 @@ def _add_cpu(chute: Chute, model: str, max_model_len: int | None) -> None:
     @chute.cord(path="/v1/chat/completions", public_api_path="/v1/chat/completions", stream=False)
     async def chat_completions(self: Chute, request: oai.ChatCompletionRequest) -> oai.ChatCompletion:
         """OpenAI chat completions; streams SSE when ``stream`` is true."""
-        engine = self.engine
-        refused = _unknown_model(request.model, engine.model_id)
-        if refused is not None:
-            return refused
-        try:
-            prompt = engine.tokenize(request.plain_messages())
-            generation = engine.agenerate(prompt, **request.engine_kwargs())
-        except ValueError as exc:
-            return _bad_request(exc)
-        if request.stream:
-            return oai.stream_chat(generation, engine.model_id, request.include_usage)
-        text = await generation.read()
-        return oai.chat_completion(engine.model_id, text, generation.finish_reason, generation.usage)
+        return await _generate(self.engine, request, lambda engine: engine.tokenize(request.plain_messages()),
+                               oai.stream_chat, oai.chat_completion)
 
     @chute.cord(path="/v1/completions", public_api_path="/v1/completions")
     async def completions(self: Chute, request: oai.CompletionRequest) -> oai.Completion:
         """OpenAI text completions; streams SSE when ``stream`` is true."""
-        engine = self.engine
-        refused = _unknown_model(request.model, engine.model_id)
-        if refused is not None:
-            return refused
-        try:
-            prompt = engine.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
-            generation = engine.agenerate(prompt, **request.engine_kwargs())
-        except ValueError as exc:
-            return _bad_request(exc)
-        if request.stream:
-            return oai.stream_completion(generation, engine.model_id, request.include_usage)
-        text = await generation.read()
-        return oai.completion(engine.model_id, text, generation.finish_reason, generation.usage)
+        def prompt_of(engine: Any) -> list[int]:
+            return engine.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
+
+        return await _generate(self.engine, request, prompt_of, oai.stream_completion, oai.completion)
 
     @chute.cord(path="/v1/models", method="GET", public_api_path="/v1/models", public_api_method="GET")
     async def models(self: Chute) -> oai.ModelList:

@@ -356,7 +356,10 @@ def _chunk_dict(chunk: BaseModel, include_usage: bool) -> dict[str, Any]:
 
 
 class _StreamFormatter:
+    """Shared by the two formatters: ids, usage and the chunk envelope (``chunk_model``)."""
+
     prefix = "chatcmpl"
+    chunk_model: type[ChatCompletionChunk] | type[Completion] = ChatCompletionChunk
 
     def __init__(self, model: str, include_usage: bool = False, id: str | None = None,  # noqa: A002
                  created: int | None = None) -> None:
@@ -364,7 +367,8 @@ class _StreamFormatter:
         self.id, self.created = id or new_id(self.prefix), created or int(time.time())
 
     def _chunk(self, choices: list[Any], usage: Usage | None = None) -> str:
-        raise NotImplementedError
+        chunk = self.chunk_model(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
+        return sse(_chunk_dict(chunk, self.include_usage))
 
     def usage(self, usage: Usage | dict[str, int]) -> str:
         """The last chunk when include_usage: no choices, the usage."""
@@ -374,10 +378,6 @@ class _StreamFormatter:
 class ChatStreamFormatter(_StreamFormatter):
     """The SSE lines of one streamed chat completion, in order: ``start()`` (role), ``delta(text)``
     for each piece, ``finish(reason)``, ``usage(...)`` when include_usage, then ``SSE_DONE``."""
-
-    def _chunk(self, choices: list[Any], usage: Usage | None = None) -> str:
-        chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
-        return sse(_chunk_dict(chunk, self.include_usage))
 
     def start(self) -> str:
         return self._chunk([ChatChunkChoice(delta=ChoiceDelta(role="assistant", content=""), finish_reason=None)])
@@ -394,10 +394,7 @@ class CompletionStreamFormatter(_StreamFormatter):
     ``usage(...)`` when include_usage, then ``SSE_DONE``."""
 
     prefix = "cmpl"
-
-    def _chunk(self, choices: list[Any], usage: Usage | None = None) -> str:
-        chunk = Completion(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
-        return sse(_chunk_dict(chunk, self.include_usage))
+    chunk_model = Completion
 
     def delta(self, text: str) -> str:
         return self._chunk([CompletionChoice(text=text, finish_reason=None)])
