@@ -13,6 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+
+def spec_version(version: str = __version__) -> int:
+    """The integer a validator sends as ``version_key`` with its weights: 1.2.3 -> 10203."""
+    major, minor, patch = (int(part) for part in version.split(".")[:3])
+    return major * 10000 + minor * 100 + patch
+
+
+__spec_version__ = spec_version()
+
 _EXPORTS = {
     "Chute": "canopy.chute",
     "ChuteInfo": "canopy.chute",
@@ -27,7 +36,7 @@ _EXPORTS = {
     "Image": "canopy.image",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", "__spec_version__", "spec_version", *_EXPORTS]
 
 if TYPE_CHECKING:
     from canopy.chains import RemoteChuteError, depends, run_local

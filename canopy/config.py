@@ -12,6 +12,7 @@ that names the flag and the fix.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -20,7 +21,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -115,6 +116,72 @@ class ChutesSettings(BaseModel):
         return self
 
 
+WEEK_S = 7 * 24 * 3600.0
+#: The scoring formula's parts, in the order of the README's formula (validator/scoring.py).
+COMPONENTS = ("capacity", "compute", "invocations", "chutes", "availability", "latency")
+
+
+class ScoringSettings(BaseModel):
+    """Validator: the scoring formula's knobs (``--scoring.*``; the weights are normalised by their sum)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window_s: float = Field(WEEK_S, gt=0, description="Rolling window the caller aggregates over (seconds).")
+    ema_alpha: float = Field(0.1, gt=0, le=1, description="EMA weight of the newest step; 1 = no smoothing.")
+    weight_capacity: float = Field(0.35, ge=0, description="Verified compute capacity (Σ multipliers).")
+    weight_compute: float = Field(0.25, ge=0, description="Compute served (seconds × multiplier).")
+    weight_invocations: float = Field(0.10, ge=0, description="Successful invocations.")
+    weight_chutes: float = Field(0.10, ge=0, description="Unique chutes served.")
+    weight_availability: float = Field(0.10, ge=0, description="Share of successful synthetic calls.")
+    weight_latency: float = Field(0.10, ge=0, description="Latency quality vs other miners of the same chute.")
+    flag_penalty: float = Field(2.0, ge=0, description="Score lost per flagged/synthetic share (2: half flagged = 0).")
+    untested_availability: float = Field(1.0, ge=0, le=1, description="Availability with no synthetic call yet.")
+
+    @model_validator(mode="after")
+    def _finite_and_positive(self) -> "ScoringSettings":
+        values = [getattr(self, f"weight_{name}") for name in COMPONENTS]
+        if not all(math.isfinite(v) for v in [*values, self.flag_penalty, self.window_s]):
+            raise ValueError("scoring weights, flag_penalty and window_s must be finite")
+        if sum(values) <= 0:
+            raise ValueError("at least one scoring weight must be positive")
+        return self
+
+    def weights(self) -> dict[str, float]:
+        return {name: getattr(self, f"weight_{name}") for name in COMPONENTS}
+
+
+class ValidatorSettings(BaseModel):
+    """Validator: the loop's cadence and budgets (``--validator.*``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step_s: float = Field(12.0, gt=0, le=3600, description="Seconds between the starts of two validator steps.")
+    sync_blocks: int = Field(5, ge=1, description="Re-read the metagraph every this many blocks.")
+    inventory_timeout_s: float = Field(10.0, gt=0, description="How long a miner has to answer Inventory.")
+    max_concurrent_verifications: int = Field(16, ge=1, description="Miners GraVal-verified at the same time.")
+    device_info_interval_s: float = Field(300.0, gt=0, description="Mean seconds between live device-info checks of a verified miner.")
+    synthetic_interval_s: float = Field(300.0, gt=0, description="Mean seconds between two rounds of synthetic calls to one miner.")
+    synthetic_timeout_s: float = Field(60.0, gt=0, description="Longest a synthetic call may take.")
+    synthetic_max_tokens: int = Field(32, ge=1, le=4096, description="max_tokens of the synthetic LLM prompts (greedy).")
+    max_concurrent_synthetic: int = Field(64, ge=1, description="Synthetic calls in flight at once.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Serve Prometheus /metrics on this port (0: off).")
+    metrics_ip: str = Field("127.0.0.1", description="Interface the /metrics server binds to.")
+    weights_retry_blocks: int = Field(2, ge=1, description="First wait (blocks) after a failed set_weights; doubles, capped at the tempo.")
+    top_miners_logged: int = Field(5, ge=1, description="Miners named in the weights log line.")
+    history_every_steps: int = Field(25, ge=1, description="Append the scores to score_history every this many steps (the current scores are saved every step).")
+
+
+class WandbSettings(BaseModel):
+    """Validator: the wandb run of scores per step (``--wandb.*``); offline unless you log in and pick online."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: str = Field("offline", pattern=r"^(online|offline|disabled)$", description="online, offline (default; `wandb sync` later) or disabled.")
+    project: str = Field("canopy-validator", min_length=1, description="wandb project of the run.")
+    entity: str | None = Field(None, description="wandb entity (team or user); default: yours.")
+    dir: str | None = Field(None, description="Where the run files go (default: $CANOPY_HOME/wandb).")
+
+
 class NeuronSettings(BaseSettings):
     """Settings shared by the miner, the validator and the API."""
 
@@ -138,6 +205,9 @@ class NeuronSettings(BaseSettings):
     devnet: DevnetSettings = Field(default_factory=DevnetSettings)
     graval: GravalSettings = Field(default_factory=GravalSettings)
     chutes: ChutesSettings = Field(default_factory=ChutesSettings)
+    validator: ValidatorSettings = Field(default_factory=ValidatorSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    wandb: WandbSettings = Field(default_factory=WandbSettings)
     redis_url: str | None = Field(None, description="redis://host:port/db shared by replicas (nonces, rate limits).")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the validator/API store (default: sqlite in $CANOPY_HOME/<wallet>.sqlite)."

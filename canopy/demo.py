@@ -3,11 +3,13 @@
 Callers: ``run.sh demo`` (``python -m canopy.demo``) and the end-to-end test. It creates
 a fresh devnet under ``$CANOPY_HOME/demo``, makes the wallets (owner/validator and three
 miners), registers and stakes them, starts the miners as real processes
-(``neurons/miner.py``), waits for their axons on chain, pings each over the signed
-protocol from the validator's hotkey, GraVal-verifies their CPU pseudo-devices, sets
-weights by verified devices, waits for the epoch and prints the metagraph. ``--once``
-exits after printing; otherwise it serves until Ctrl-C. The chute, scoring and API
-stages plug in here as their issues land.
+(``neurons/miner.py``; each hosts the echo chute, two the SmolLM2 chute), waits for their
+axons on chain, pings each over the signed protocol from the validator's hotkey, then runs
+the validator's own steps (``validator.loop``: GraVal rounds on the CPU pseudo-devices, a
+synthetic round, scoring) in-process until it sets weights, streams a chat answer from
+the LLM chute, and prints the devices, chutes, scores, weights and the metagraph after
+the epoch. ``--once`` exits after printing; otherwise it serves until Ctrl-C. The API
+stage plugs in here with its issue.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ from protocol.dendrite import Dendrite
 from protocol.graval.synapses import Inventory
 from protocol.graval.devices import load_gpu_table
 from protocol.synapse import Ping
-from validator.graval.session import GravalVerifier
+from canopy.config import load_settings
+from validator.loop import Validator
+from validator.store import ValidatorStore
 
 REPO = Path(__file__).resolve().parent.parent
 NETUID = 1
@@ -71,6 +75,10 @@ class DemoPaths:
     def logs(self) -> Path:
         return self.home / "logs"
 
+    @property
+    def validator_db(self) -> Path:
+        return self.home / "validator.sqlite"
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -79,8 +87,9 @@ def _free_port() -> int:
 
 
 def _fresh_devnet(paths: DemoPaths, block_time: float, tempo: int) -> DevnetLedger:
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm"):  # a fresh chain and a fresh validator store
         Path(f"{paths.chain}{suffix}").unlink(missing_ok=True)
+        Path(f"{paths.validator_db}{suffix}").unlink(missing_ok=True)
     ledger = DevnetLedger(paths.chain, block_time=block_time)
     ledger.create_subnet(NETUID, tempo=tempo, weights_rate_limit=2, stake_threshold=100.0)
     return ledger
@@ -152,14 +161,16 @@ LLM_CHUTE_ID = chute_id("canopy", _default_name(BUNDLED_MODEL))
 
 
 async def _wait_for_llm(dendrite: Dendrite, miners, timeout: float):
-    """The first miner whose LLM chute has a ready instance."""
+    """The first miner hosting the LLM chute, once every LLM host has a ready instance (so the
+    validator's synthetic round measures them all)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for miner, result in zip(miners, await dendrite.query(miners, Inventory(), timeout=5.0)):
-            if result.ok and any(c.chute_id == LLM_CHUTE_ID and c.ready_instances for c in result.response.chutes):
-                return miner
+        ready = [miner for miner, result in zip(miners, await dendrite.query(miners, Inventory(), timeout=5.0))
+                 if result.ok and any(c.chute_id == LLM_CHUTE_ID and c.ready_instances for c in result.response.chutes)]
+        if len(ready) >= LLM_MINERS:
+            return ready[0]
         await asyncio.sleep(1.0)
-    raise RuntimeError(f"no miner had its LLM chute ready within {timeout:.0f}s (see the miner logs)")
+    raise RuntimeError(f"the LLM chute was not ready on {LLM_MINERS} miners within {timeout:.0f}s (see the miner logs)")
 
 
 async def _chat(validator, miner) -> str:
@@ -206,6 +217,52 @@ def _chutes_table(graph, inventories) -> Table:
     return table
 
 
+def _validator_settings(paths: DemoPaths):
+    return load_settings(["--network", "devnet", "--netuid", str(NETUID), "--devnet.path", str(paths.chain),
+                          "--wallet.name", "owner", "--wallet.hotkey", "validator", "--wallet.path", str(paths.wallets),
+                          "--graval.allow_cpu", "--wandb.mode", "disabled"])
+
+
+async def _validate(paths: DemoPaths, wallet, chain: DevnetChain, store: ValidatorStore, dendrite: Dendrite,
+                    progress: Progress, max_steps: int = 30):
+    """Validator steps (GraVal rounds, a synthetic round, scoring) until the first weights are set."""
+    task = progress.add_task("validator: GraVal, synthetic calls, scores, weights", total=None)
+    validator = Validator(wallet=wallet, chain=chain, settings=_validator_settings(paths), store=store,
+                          dendrite=dendrite, table=load_gpu_table())
+    try:
+        for _ in range(max_steps):
+            report = await validator.step(wait=True)
+            progress.advance(task)
+            if report.weights is not None and report.weights.ok:
+                progress.update(task, total=1, completed=1)
+                return report
+            await asyncio.sleep(1.0)
+    finally:
+        await validator.close()
+    raise RuntimeError(f"the validator set no weights within {max_steps} steps")
+
+
+async def _verifications(store: ValidatorStore, graph) -> list[list]:
+    """Each serving miner's devices, newest verification first (as the store holds them)."""
+    latest = await store.latest_verifications()
+    return [sorted((row for row in latest.values() if row.miner_hotkey == neuron.hotkey), key=lambda row: row.uuid)
+            for neuron in graph.serving_miners()]
+
+
+def _scores_table(graph, rounds, activity, report) -> Table:
+    table = Table(title="Validator scores (README: Scoring) and the weights set", header_style="bold")
+    for column in ("UID", "HOTKEY", "GPUS OK", "SYNTH OK", "FLAGGED", "RAW", "SCORE", "WEIGHT"):
+        table.add_column(column)
+    weights = dict(zip(report.weights.uids, report.weights.weights)) if report.weights else {}
+    for neuron, rows in zip(graph.serving_miners(), rounds):
+        record = activity.get(neuron.hotkey)
+        table.add_row(str(neuron.uid), short(neuron.hotkey), f"{sum(r.ok for r in rows)}/{len(rows)}",
+                      f"{record.synthetic_ok}/{record.synthetic_total}" if record else "-",
+                      str(record.flagged) if record else "-", f"{report.raw.get(neuron.hotkey, 0.0):.3f}",
+                      f"{report.scores.get(neuron.hotkey, 0.0):.3f}", f"{weights.get(neuron.uid, 0.0):.3f}")
+    return table
+
+
 def _ping_table(graph, results) -> Table:
     table = Table(title="Signed Ping from the validator (btauth/1)", header_style="bold")
     for column in ("UID", "HOTKEY", "STATUS", "LATENCY"):
@@ -238,27 +295,23 @@ async def _run(paths: DemoPaths, once: bool, block_time: float, tempo: int) -> i
             await _wait_for_axons(chain, processes, progress, timeout=90)
 
             graph = await chain.metagraph(NETUID)
-            async with Dendrite(validator) as dendrite:
-                results = await dendrite.query(graph.serving_miners(), Ping(), timeout=5.0)
-                if not any(result.ok for result in results):
-                    raise RuntimeError("no miner answered the signed Ping")
-                graval_task = progress.add_task("GraVal challenges", total=1)
-                verifier = GravalVerifier(dendrite, load_gpu_table(), allow_cpu=True)
-                rounds = await asyncio.gather(*(verifier.verify_miner(miner) for miner in graph.serving_miners()))
-                progress.update(graval_task, completed=1)
-                chat_task = progress.add_task("LLM chute ready on a miner (first run converts the model, ~40 s)", total=1)
-                host = await _wait_for_llm(dendrite, graph.serving_miners(), timeout=300)
-                progress.update(chat_task, completed=1)
-            verified = {n.uid: sum(r.ok for r in found) for n, found in zip(graph.serving_miners(), rounds)}
-            alive = [uid for uid, count in verified.items() if count]
-            if not alive:
-                raise RuntimeError("no miner had a verified device")
-
-            weights_task = progress.add_task("weights by verified devices, waiting for the epoch", total=1)
-            hyper = await chain.hyperparameters(NETUID)
-            await asyncio.sleep(max(0.0, (hyper.weights_rate_limit - (await chain.blocks_since_last_update(NETUID, 0))) * block_time))
-            submission = await chain.set_weights(validator, NETUID, alive, [float(verified[uid]) for uid in alive])
-            while (await chain.metagraph(NETUID)).by_uid(alive[0]).incentive == 0:
+            store = await ValidatorStore.open(f"sqlite+aiosqlite:///{paths.validator_db}")
+            try:
+                async with Dendrite(validator) as dendrite:
+                    results = await dendrite.query(graph.serving_miners(), Ping(), timeout=5.0)
+                    if not any(result.ok for result in results):
+                        raise RuntimeError("no miner answered the signed Ping")
+                    chat_task = progress.add_task("LLM chute ready on a miner (first run converts the model, ~40 s)", total=1)
+                    host = await _wait_for_llm(dendrite, graph.serving_miners(), timeout=300)
+                    progress.update(chat_task, completed=1)
+                    report = await _validate(paths, validator, chain, store, dendrite, progress)
+                rounds = await _verifications(store, graph)
+                activity = await store.activity_since(0.0)
+            finally:
+                await store.close()
+            submission = report.weights
+            weights_task = progress.add_task("waiting for the epoch to pay out", total=1)
+            while (await chain.metagraph(NETUID)).by_uid(submission.uids[0]).incentive == 0:
                 await asyncio.sleep(block_time / 2)
             progress.update(weights_task, completed=1)
 
@@ -266,6 +319,7 @@ async def _run(paths: DemoPaths, once: bool, block_time: float, tempo: int) -> i
         console.print(_devices_table(graph, rounds))
         console.print(_chutes_table(graph, await _inventories(validator, graph)))
         console.print(await _chat(validator, host))
+        console.print(_scores_table(graph, rounds, activity, report))
         console.print(f"Weights set at block {submission.block}: " + ", ".join(
             f"uid {uid} = {weight:.3f}" for uid, weight in zip(submission.uids, submission.weights)))
         console.print(metagraph_table(await chain.metagraph(NETUID), width=console.width))

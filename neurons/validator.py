@@ -1,10 +1,11 @@
 """pm2 entry point of the validator: ``python neurons/validator.py --netuid N --wallet.name ...``.
 
-Today's loop: sync the metagraph, ping every serving miner over the signed protocol, and
-GraVal-verify the devices of every miner that is due (new miners at once, then about
-every ``--graval.reverify_s``, failures retried with backoff), storing each device's
-result in the validator store. Work measurement, scoring and weights arrive with the
-validator issue and plug into this loop.
+Boots like every neuron (``canopy.neuron``: flags, wallet, registration), opens the store
+(``--database_url``; default a SQLite WAL file in ``$CANOPY_HOME``), restores the scores,
+verification schedule and last weights from it, then runs a ``validator.loop.Validator``
+step every ``--validator.step_s`` until SIGINT/SIGTERM. Prometheus ``/metrics`` is served
+on ``--validator.metrics_port`` (off by default) and the scores of every step go to a wandb
+run (``--wandb.mode offline`` by default).
 """
 
 from __future__ import annotations
@@ -18,16 +19,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from loguru import logger  # noqa: E402
 
+from canopy import __spec_version__  # noqa: E402
 from canopy.config import canopy_home  # noqa: E402
 from canopy.neuron import NeuronContext, run_neuron  # noqa: E402
 from protocol.dendrite import Dendrite  # noqa: E402
 from protocol.graval.devices import load_gpu_table  # noqa: E402
-from protocol.synapse import Ping  # noqa: E402
-from validator.graval.schedule import ReverifySchedule  # noqa: E402
-from validator.graval.session import GravalVerifier  # noqa: E402
+from validator.loop import Validator  # noqa: E402
+from validator.metrics import ScoreTracker, ValidatorMetrics  # noqa: E402
 from validator.store import ValidatorStore  # noqa: E402
-
-STEP_SECONDS = 12.0
 
 
 def database_url(ctx: NeuronContext) -> str:
@@ -38,43 +37,37 @@ def database_url(ctx: NeuronContext) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-async def verify_due_miners(verifier: GravalVerifier, schedule: ReverifySchedule, store: ValidatorStore, miners: list) -> None:
-    now = time.time()
-    due = [miner for miner in miners if miner.hotkey in set(schedule.due([m.hotkey for m in miners], now))]
-    if not due:
-        return
-    rounds = await asyncio.gather(*(verifier.verify_miner(miner) for miner in due))
-    for miner, results in zip(due, rounds):
-        passed = bool(results) and all(result.ok for result in results)
-        schedule.record(miner.hotkey, passed, time.time())
-        if results:
-            await store.record_device_results(results)
-        verified = sum(result.ok for result in results)
-        logger.info("graval: uid {} verified {}/{} devices{}", miner.uid, verified, len(results),
-                    "" if passed else f" ({', '.join(sorted({r.reason for r in results if not r.ok})) or 'no inventory'})")
-
-
 async def main(ctx: NeuronContext) -> None:
-    graval = ctx.settings.graval
+    settings = ctx.settings
     store = await ValidatorStore.open(database_url(ctx))
-    schedule = ReverifySchedule(interval_s=graval.reverify_s, retry_s=graval.retry_s)
+    metrics = ValidatorMetrics()
+    if settings.validator.metrics_port:
+        metrics.serve(settings.validator.metrics_port, settings.validator.metrics_ip)
+    tracker = ScoreTracker(settings.wandb, name=f"validator-{ctx.wallet.hotkey.ss58_address[:8]}-netuid{settings.netuid}",
+                           config={"netuid": settings.netuid, "network": settings.network, "version": __spec_version__,
+                                   "hotkey": ctx.wallet.hotkey.ss58_address, **settings.scoring.model_dump()})
     try:
         async with Dendrite(ctx.wallet) as dendrite:
-            verifier = GravalVerifier(dendrite, load_gpu_table(), allow_cpu=graval.allow_cpu)
-            while not ctx.stop.is_set():
-                graph = await ctx.chain.metagraph(ctx.settings.netuid)
-                miners = [m for m in graph.serving_miners() if m.hotkey != ctx.wallet.hotkey.ss58_address]
-                schedule.forget({m.hotkey for m in miners})
-                results = await dendrite.query(miners, Ping(), timeout=5.0)
-                answered = [f"{m.uid}:{r.latency_s * 1000:.0f}ms" for m, r in zip(miners, results) if r.ok]
-                failed = [f"{m.uid}:{r.status}" for m, r in zip(miners, results) if not r.ok]
-                logger.info("block {}: {} miners serving, answered {} failed {}", graph.block, len(miners), answered, failed)
-                await verify_due_miners(verifier, schedule, store, [m for m, r in zip(miners, results) if r.ok])
-                try:
-                    await asyncio.wait_for(ctx.stop.wait(), timeout=STEP_SECONDS)
-                except asyncio.TimeoutError:
-                    pass
+            validator = Validator(wallet=ctx.wallet, chain=ctx.chain, settings=settings, store=store, dendrite=dendrite,
+                                  table=load_gpu_table(), metrics=metrics, tracker=tracker)
+            await validator.restore()
+            try:
+                while not ctx.stop.is_set():
+                    started = time.monotonic()
+                    try:
+                        await validator.step()
+                    except Exception as error:  # noqa: BLE001 - one bad step (chain hiccup) must not end the validator
+                        logger.opt(exception=error).error("validator step failed; retrying next step")
+                    wait = max(0.0, settings.validator.step_s - (time.monotonic() - started))
+                    try:
+                        await asyncio.wait_for(ctx.stop.wait(), timeout=wait)
+                    except asyncio.TimeoutError:
+                        pass
+            finally:
+                await validator.close()
     finally:
+        tracker.close()
+        metrics.close()
         await store.close()
 
 

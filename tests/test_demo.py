@@ -1,4 +1,5 @@
-"""``./run.sh demo --once`` end to end: the devnet, three miner processes, signed pings, an epoch."""
+"""``./run.sh demo --once`` end to end: the devnet, three miner processes, signed pings, the
+validator's steps (GraVal, synthetic calls, scores), weights and an epoch."""
 
 from __future__ import annotations
 
@@ -32,10 +33,18 @@ def test_demo_once_prints_pings_a_chat_answer_weights_and_the_metagraph(tmp_path
     answer = re.search(r"^A (.+)$", out, re.MULTILINE)
     assert answer and len(answer.group(1).split()) >= 3, out  # a real streamed chat answer
     assert re.search(r"\d+ tokens in [\d.]+ s \([\d.]+ tok/s\), streamed over Invoke", out)
-    assert "Weights set at block" in out and "uid 1 = 0.250, uid 2 = 0.500, uid 3 = 0.250" in out
+    assert "Validator scores (README: Scoring) and the weights set" in out
+    weights = re.search(r"Weights set at block \d+: uid 1 = ([\d.]+), uid 2 = ([\d.]+), uid 3 = ([\d.]+)", out)
+    assert weights, out
+    w1, w2, w3 = map(float, weights.groups())
+    # the scoring formula: miner2 has two verified devices and the LLM chute, miner1 one device
+    # and the LLM chute, miner3 one device and only the echo chute
+    assert w2 > w1 > w3 > 0 and abs(w1 + w2 + w3 - 1) < 0.01, (w1, w2, w3)
     rows = [line for line in out.splitlines() if re.match(r"^\s+[0-3]\s+[\d,]+\.\d\d", line)]
     assert len(rows) == 4
     miners = [row for row in rows if "127.0.0.1:" in row]
-    assert len(miners) == 3 and [row.split()[4] for row in miners] == ["0.2500", "0.5000", "0.2500"]  # by verified devices
+    header = next([t for t in line.split() if t != "τ"] for line in out.splitlines() if "INCENT" in line.split())
+    incentive = [float(row.split()[header.index("INCENT")]) for row in miners]  # the epoch paid by those weights
+    assert len(miners) == 3 and incentive[1] > incentive[0] > incentive[2] > 0, miners
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftover.stdout.strip() == ""  # every miner process was stopped

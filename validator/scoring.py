@@ -26,12 +26,16 @@ The formula, for miner i of the step (E = miners with at least one verified devi
               + w_avail a_i + w_lat q_i) / (w_cap + w_comp + w_inv + w_chutes + w_avail + w_lat)
     raw_i  = a_i × P_i × base_i   for i ∈ E,    raw_i = 0 otherwise
 
-    score_i(t) = α raw_i(t) + (1 - α) score_i(t-1)      (EMA; absent miners get raw 0)
+    score_i(t) = α raw_i(t) + (1 - α) score_i(t-1)      (EMA; absent miners get raw 0;
+                                                          the first score is raw_i itself)
     weight_i   = score_i / Σ_j score_j   over the registered uids with score > 0
 
 Failures and timeouts score 0 because they are not counted in ``compute_seconds``,
-``invocations_ok`` or ``chutes_served`` and they lower ``a_i``. ``compute_seconds`` is raw
-wall-clock compute (organic + synthetic, successful calls only); the multiplier is applied
+``invocations_ok`` or ``chutes_served`` and they lower ``a_i``. ``compute_seconds`` is
+compute served (successful calls only): an organic call counts the seconds the miner
+reported; a synthetic call counts the median over the miners that answered the same
+probe (so every miner earns the same for the same work, and a slow one earns no more); a
+flagged answer counts 0. The multiplier is applied
 here, as the mean over the miner's verified devices, because an invocation record names the
 miner and the chute, not the device.
 """
@@ -44,37 +48,11 @@ from typing import Any, Iterable, Mapping, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-WEEK_S = 7 * 24 * 3600.0
-COMPONENTS = ("capacity", "compute", "invocations", "chutes", "availability", "latency")
+from canopy.config import COMPONENTS, ScoringSettings
 
+__all__ = ["COMPONENTS", "ScoringSettings", "DeviceEntry", "MinerWindow", "Totals", "devices_from_results", "totals",
+           "raw_score", "raw_scores", "dedupe_coldkeys", "smooth", "to_weights"]
 
-class ScoringSettings(BaseModel):
-    """The formula's knobs (weights need not sum to 1: they are normalised by their sum)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    window_s: float = Field(WEEK_S, gt=0, description="Rolling window the caller aggregates over (seconds).")
-    ema_alpha: float = Field(0.1, gt=0, le=1, description="EMA weight of the newest step; 1 = no smoothing.")
-    weight_capacity: float = Field(0.35, ge=0, description="Verified compute capacity (Σ multipliers).")
-    weight_compute: float = Field(0.25, ge=0, description="Compute served (seconds × multiplier).")
-    weight_invocations: float = Field(0.10, ge=0, description="Successful invocations.")
-    weight_chutes: float = Field(0.10, ge=0, description="Unique chutes served.")
-    weight_availability: float = Field(0.10, ge=0, description="Share of successful synthetic calls.")
-    weight_latency: float = Field(0.10, ge=0, description="Latency quality vs other miners of the same chute.")
-    flag_penalty: float = Field(2.0, ge=0, description="Score lost per flagged/synthetic share (2: half flagged = 0).")
-    untested_availability: float = Field(1.0, ge=0, le=1, description="Availability with no synthetic call yet.")
-
-    @model_validator(mode="after")
-    def _finite_and_positive(self) -> "ScoringSettings":
-        values = [getattr(self, f"weight_{name}") for name in COMPONENTS]
-        if not all(math.isfinite(v) for v in [*values, self.flag_penalty, self.window_s]):
-            raise ValueError("scoring weights, flag_penalty and window_s must be finite")
-        if sum(values) <= 0:
-            raise ValueError("at least one scoring weight must be positive")
-        return self
-
-    def weights(self) -> dict[str, float]:
-        return {name: getattr(self, f"weight_{name}") for name in COMPONENTS}
 
 
 class DeviceEntry(NamedTuple):
@@ -227,13 +205,19 @@ def smooth(previous: Mapping[str, float], current: Mapping[str, float], alpha: f
            *, drop_below: float = 1e-9) -> dict[str, float]:
     """EMA ``alpha·current + (1-alpha)·previous``; a hotkey absent from ``current`` counts as 0.
 
-    Scores that decayed below ``drop_below`` are dropped so the table does not grow forever.
+    A hotkey with no previous score starts at its current one (the EMA's first value, not
+    ramped up from 0), so miners verified a step apart are compared on what they do, not on
+    when they were first seen. Scores that decayed below ``drop_below`` are dropped so the
+    table does not grow forever.
     """
     if not (0 < alpha <= 1):
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
     out: dict[str, float] = {}
     for hotkey in sorted(set(previous) | set(current)):
-        value = alpha * current.get(hotkey, 0.0) + (1 - alpha) * previous.get(hotkey, 0.0)
+        if hotkey in previous:
+            value = alpha * current.get(hotkey, 0.0) + (1 - alpha) * previous[hotkey]
+        else:
+            value = current[hotkey]
         if value >= drop_below:
             out[hotkey] = value
     return out

@@ -1,44 +1,89 @@
 """The validator's persistent state (SQLAlchemy 2, async): SQLite WAL by default, Postgres by URL.
 
-Called by the validator loop and the GraVal round. Today it holds every device
-verification (pass or fail, reason, achieved throughput, timing) so that scoring can
-count a device only while its latest verification passed; later tables (scores,
-invocations, weight submissions) join it here. Each write is one transaction, so a
-validator killed mid-step keeps whatever it had committed.
+Callers: the validator loop (``validator.loop``), the public API (organic invocations, via
+``record_invocations``), tests and ``bench/validator.py``. Tables are in
+``validator.tables``. Each write is one transaction, so a validator killed with SIGKILL
+mid-step keeps everything it had committed and loses at most the step in progress: a
+restart reads the scores, device verifications and the last weights back from here.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
 
-from sqlalchemy import Boolean, Float, Integer, String, Text, event, func, select
+from sqlalchemy import case, delete, event, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from validator.graval.session import DeviceResult
+from validator.tables import (
+    ORGANIC, SYNTHETIC, Base, DeviceVerification, Invocation, Miner, Score, ScoreHistory, WeightSubmission,
+)
+
+__all__ = ["ValidatorStore", "MinerActivity", "ChuteSums", "activity_from_sums", "DeviceVerification", "Invocation", "ORGANIC", "SYNTHETIC"]
 
 
-class Base(DeclarativeBase):
-    pass
+@dataclass
+class MinerActivity:
+    """One miner's invocations over the scoring window (see ``validator.scoring``)."""
+
+    compute_seconds: float = 0.0
+    invocations_ok: int = 0
+    chutes_served: int = 0
+    synthetic_ok: int = 0
+    synthetic_total: int = 0
+    flagged: int = 0
+    organic_ok: int = 0
+    #: chute_id -> mean latency (time to first token where measured) of successful synthetic calls
+    latency_by_chute: dict[str, float] = field(default_factory=dict)
 
 
-class DeviceVerification(Base):
-    __tablename__ = "device_verifications"
+@dataclass
+class ChuteSums:
+    """Sums of one miner's invocations of one chute (what ``MinerActivity`` is built from)."""
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    miner_hotkey: Mapped[str] = mapped_column(String(64), index=True)
-    uuid: Mapped[str] = mapped_column(String(128), index=True)
-    ok: Mapped[bool] = mapped_column(Boolean)
-    reason: Mapped[str] = mapped_column(String(64))
-    detail: Mapped[str] = mapped_column(Text, default="")
-    model_id: Mapped[str] = mapped_column(String(32), default="")
-    name: Mapped[str] = mapped_column(String(128), default="")
-    memory_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    elapsed_s: Mapped[float] = mapped_column(Float, default=0.0)
-    expected_s: Mapped[float] = mapped_column(Float, default=0.0)
-    throughput_macs_s: Mapped[float] = mapped_column(Float, default=0.0)
-    samples: Mapped[int] = mapped_column(Integer, default=0)
-    verified_at: Mapped[float] = mapped_column(Float, index=True)
+    hotkey: str
+    chute_id: str
+    compute_ok: float = 0.0
+    n_ok: int = 0
+    synthetic_ok: int = 0
+    synthetic_total: int = 0
+    flagged: int = 0
+    organic_ok: int = 0
+    latency_sum: float = 0.0  # over successful synthetic calls (time to first token where measured)
+
+    def add(self, other: "ChuteSums", sign: int = 1) -> None:
+        self.compute_ok += sign * other.compute_ok
+        self.n_ok += sign * other.n_ok
+        self.synthetic_ok += sign * other.synthetic_ok
+        self.synthetic_total += sign * other.synthetic_total
+        self.flagged += sign * other.flagged
+        self.organic_ok += sign * other.organic_ok
+        self.latency_sum += sign * other.latency_sum
+
+    @property
+    def empty(self) -> bool:
+        return self.n_ok <= 0 and self.synthetic_total <= 0 and self.flagged <= 0
+
+
+def activity_from_sums(sums: Iterable[ChuteSums]) -> dict[str, MinerActivity]:
+    out: dict[str, MinerActivity] = {}
+    for part in sums:
+        record = out.setdefault(part.hotkey, MinerActivity())
+        record.compute_seconds += max(0.0, part.compute_ok)
+        record.invocations_ok += part.n_ok
+        record.chutes_served += 1 if part.n_ok > 0 else 0
+        record.synthetic_ok += part.synthetic_ok
+        record.synthetic_total += part.synthetic_total
+        record.flagged += part.flagged
+        record.organic_ok += part.organic_ok
+        if part.synthetic_ok > 0:
+            record.latency_by_chute[part.chute_id] = part.latency_sum / part.synthetic_ok
+    return out
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API connection
@@ -60,21 +105,59 @@ class ValidatorStore:
         engine = create_async_engine(url)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        async with engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
+        for attempt in range(10):
+            try:
+                async with engine.begin() as connection:
+                    await connection.run_sync(Base.metadata.create_all)
+                break
+            except (OperationalError, ProgrammingError) as error:
+                # Another process (the API, a second replica) is creating the same tables, or
+                # switching the new file to WAL: SQLite refuses at once rather than wait.
+                if not any(text in str(error) for text in ("already exists", "database is locked")) or attempt == 9:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
         return cls(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def record_device_results(self, results: Iterable[DeviceResult]) -> None:
+    def _upsert(self, table: Any):
+        return (pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert)(table)
+
+    # --- miners ----------------------------------------------------------------------------
+
+    async def upsert_miners(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert or update miners by hotkey; each row has the ``Miner`` columns it changes."""
+        if not rows:
+            return
+        by_columns: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+        for row in rows:
+            by_columns.setdefault(tuple(sorted(row)), []).append(row)
+        async with self.sessions.begin() as session:
+            for columns, batch in by_columns.items():  # one executemany per set of columns
+                statement = self._upsert(Miner)
+                changes = {key: statement.excluded[key] for key in columns if key not in ("hotkey", "first_seen_at")}
+                await session.execute(statement.on_conflict_do_update(index_elements=["hotkey"], set_=changes),
+                                      [dict(row) for row in batch])
+
+    async def miners(self) -> dict[str, Miner]:
+        async with self.sessions() as session:
+            return {row.hotkey: row for row in (await session.scalars(select(Miner))).all()}
+
+    # --- device verifications --------------------------------------------------------------
+
+    async def record_device_results(self, results: Iterable[Any]) -> None:
+        """``DeviceResult``s (validator.graval.session) of one or more GraVal rounds."""
         async with self.sessions.begin() as session:
             session.add_all(DeviceVerification(**result.as_row()) for result in results)
 
-    async def latest_verifications(self) -> dict[str, DeviceVerification]:
-        """The newest verification of every device uuid."""
-        newest = (select(DeviceVerification.uuid, func.max(DeviceVerification.id).label("id"))
-                  .group_by(DeviceVerification.uuid).subquery())
+    async def latest_verifications(self, miner_hotkey: str | None = None) -> dict[str, DeviceVerification]:
+        """The newest verification of every device uuid (of the uuids ``miner_hotkey`` was verified for)."""
+        newest = select(DeviceVerification.uuid, func.max(DeviceVerification.id).label("id"))
+        if miner_hotkey is not None:
+            mine = select(DeviceVerification.uuid).where(DeviceVerification.miner_hotkey == miner_hotkey)
+            newest = newest.where(DeviceVerification.uuid.in_(mine))
+        newest = newest.group_by(DeviceVerification.uuid).subquery()
         query = select(DeviceVerification).join(newest, DeviceVerification.id == newest.c.id)
         async with self.sessions() as session:
             rows = (await session.scalars(query)).all()
@@ -85,3 +168,111 @@ class ValidatorStore:
                  .order_by(DeviceVerification.id.desc()).limit(limit))
         async with self.sessions() as session:
             return list((await session.scalars(query)).all())
+
+    # --- invocations -----------------------------------------------------------------------
+
+    async def record_invocations(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Append invocation rows (``Invocation`` columns; ``source`` organic or synthetic)."""
+        records = [Invocation(**row) for row in rows]
+        for record in records:
+            if record.source not in (ORGANIC, SYNTHETIC):
+                raise ValueError(f"invocation source must be {ORGANIC!r} or {SYNTHETIC!r}, got {record.source!r}")
+        async with self.sessions.begin() as session:
+            session.add_all(records)
+        return len(records)
+
+    async def invocation_sums(self, *, since: float | None = None, before: float | None = None,
+                              after_id: int | None = None, upto_id: int | None = None) -> list[ChuteSums]:
+        """Per (miner, chute): sums over the invocations that match every bound given (one pass)."""
+        ok = Invocation.ok.is_(True)
+        synthetic = Invocation.source == SYNTHETIC
+        latency = func.coalesce(Invocation.ttft_s, Invocation.latency_s)
+        query = select(
+            Invocation.miner_hotkey, Invocation.chute_id,
+            func.sum(case((ok, Invocation.compute_s), else_=0.0)),
+            func.sum(case((ok, 1), else_=0)),
+            func.sum(case((synthetic & ok, 1), else_=0)),
+            func.sum(case((synthetic, 1), else_=0)),
+            func.sum(case((Invocation.flagged.is_(True), 1), else_=0)),
+            func.sum(case((ok & (Invocation.source == ORGANIC), 1), else_=0)),
+            func.sum(case((synthetic & ok, latency), else_=0.0)),
+        ).group_by(Invocation.miner_hotkey, Invocation.chute_id)
+        if since is not None:
+            query = query.where(Invocation.created_at >= since)
+        if before is not None:
+            query = query.where(Invocation.created_at < before)
+        if after_id is not None:
+            query = query.where(Invocation.id > after_id)
+        if upto_id is not None:
+            query = query.where(Invocation.id <= upto_id)
+        async with self.sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [ChuteSums(hotkey, chute, float(compute or 0.0), int(n_ok or 0), int(syn_ok or 0), int(syn_total or 0),
+                          int(flagged or 0), int(organic or 0), float(latency_sum or 0.0))
+                for hotkey, chute, compute, n_ok, syn_ok, syn_total, flagged, organic, latency_sum in rows]
+
+    async def last_invocation_id(self) -> int:
+        async with self.sessions() as session:
+            return int((await session.scalar(select(func.max(Invocation.id)))) or 0)
+
+    async def activity_since(self, since: float) -> dict[str, MinerActivity]:
+        """Per miner hotkey: what its invocations since ``since`` add up to (failures count only
+        in ``synthetic_total``). One full pass; the loop keeps this up to date incrementally
+        with ``validator.activity.ActivityWindow``."""
+        return activity_from_sums(await self.invocation_sums(since=since))
+
+    # --- scores ----------------------------------------------------------------------------
+
+    async def load_scores(self) -> tuple[dict[str, float], int]:
+        """(hotkey -> smoothed score, the last step number) as the last finished step left them."""
+        async with self.sessions() as session:
+            rows = (await session.scalars(select(Score))).all()
+        return {row.hotkey: row.score for row in rows}, max((row.step for row in rows), default=0)
+
+    async def save_scores(self, step: int, block: int, scores: Mapping[str, float], raw: Mapping[str, float],
+                          uids: Mapping[str, int], now: float, *, history: bool = True) -> None:
+        """Replace the current scores and (``history``) append this step to the history, in one transaction."""
+        async with self.sessions.begin() as session:
+            await session.execute(delete(Score))
+            session.add_all(Score(hotkey=hotkey, score=score, raw=raw.get(hotkey, 0.0), step=step, updated_at=now)
+                            for hotkey, score in scores.items())
+            if history:
+                session.add_all(ScoreHistory(step=step, block=block, hotkey=hotkey, uid=uids.get(hotkey),
+                                             raw=raw.get(hotkey, 0.0), score=scores.get(hotkey, 0.0), created_at=now)
+                                for hotkey in sorted(set(scores) | set(raw)))
+
+    async def score_history(self, hotkey: str, limit: int = 1000) -> list[ScoreHistory]:
+        query = (select(ScoreHistory).where(ScoreHistory.hotkey == hotkey)
+                 .order_by(ScoreHistory.step.desc()).limit(limit))
+        async with self.sessions() as session:
+            return list(reversed((await session.scalars(query)).all()))
+
+    # --- weights ---------------------------------------------------------------------------
+
+    async def record_weights(self, *, block: int, ok: bool, uids: Sequence[int], weights: Sequence[float],
+                             version_key: int, commit_reveal: bool, message: str, now: float) -> None:
+        async with self.sessions.begin() as session:
+            session.add(WeightSubmission(block=block, ok=ok, uids=json.dumps(list(uids)),
+                                         weights=json.dumps([round(float(w), 8) for w in weights]),
+                                         version_key=version_key, commit_reveal=commit_reveal, message=message[:2000],
+                                         created_at=now))
+
+    async def last_weights(self, *, ok_only: bool = True) -> WeightSubmission | None:
+        query = select(WeightSubmission).order_by(WeightSubmission.id.desc()).limit(1)
+        if ok_only:
+            query = query.where(WeightSubmission.ok.is_(True))
+        async with self.sessions() as session:
+            return (await session.scalars(query)).first()
+
+    # --- housekeeping ----------------------------------------------------------------------
+
+    async def prune(self, before: float) -> int:
+        """Drop invocations, score history and verifications older than ``before`` (the window's
+        start), keeping the newest verification of every device."""
+        newest = select(func.max(DeviceVerification.id)).group_by(DeviceVerification.uuid)
+        async with self.sessions.begin() as session:
+            gone = (await session.execute(delete(DeviceVerification).where(
+                DeviceVerification.verified_at < before, DeviceVerification.id.not_in(newest)))).rowcount
+            gone += (await session.execute(delete(Invocation).where(Invocation.created_at < before))).rowcount
+            gone += (await session.execute(delete(ScoreHistory).where(ScoreHistory.created_at < before))).rowcount
+        return int(gone or 0)

@@ -1,6 +1,7 @@
 """When each miner's devices are (re-)verified: at once when new, then at random intervals.
 
-Called by the validator loop. A miner seen for the first time is due at once; after a
+Called by the validator loop (which restores it from the store after a restart). A
+miner seen for the first time, or claiming a device never verified, is due at once; after a
 round where every device passed, the next one comes after a random delay around
 ``interval_s`` (uniform in [0.5, 1.5] x interval, so miners cannot predict it); after a
 failed or unreachable round it is retried with exponential backoff from ``retry_s``,
@@ -34,6 +35,17 @@ class ReverifySchedule:
             delay = min(self.interval_s, self.retry_s * 2 ** (failures - 1))
         self._next[hotkey] = now + delay
         return self._next[hotkey]
+
+    def restore(self, hotkey: str, last_round_at: float, passed: bool) -> float:
+        """After a restart: schedule from the last round the store holds, as if just recorded then."""
+        return self.record(hotkey, passed, last_round_at)
+
+    def expedite(self, hotkey: str) -> None:
+        """Make a miner due at once (it claims a device never verified for it)."""
+        self._next[hotkey] = 0.0
+
+    def is_known(self, hotkey: str) -> bool:
+        return hotkey in self._next
 
     def forget(self, hotkeys_left: set[str]) -> None:
         """Drop miners that left the metagraph."""

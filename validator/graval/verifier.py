@@ -8,6 +8,7 @@ length-n dot product mod p. The timing window is checked by the session, not her
 
 from __future__ import annotations
 
+import functools
 import random
 import secrets
 from dataclasses import dataclass
@@ -54,9 +55,15 @@ def pick_samples(spec: ChallengeSpec, per_phase: int, rng: random.Random | None 
 
 
 def access_indices(spec: ChallengeSpec, commitment: Commitment) -> list[int]:
-    """j_1..j_steps, recomputed from the committed state roots."""
-    roots = [b""] + [bytes.fromhex(root) for root in commitment.state_roots[:-1]]
-    return [access_index(spec, t, roots[t - 1]) for t in range(1, spec.steps + 1)]
+    """j_1..j_steps, recomputed from the committed state roots (once per commitment: picking the
+    leaves, checking that all were opened and checking the samples all need them)."""
+    return list(_access_indices(spec, tuple(commitment.state_roots)))
+
+
+@functools.lru_cache(maxsize=64)
+def _access_indices(spec: ChallengeSpec, state_roots: tuple[str, ...]) -> tuple[int, ...]:
+    roots = [b""] + [bytes.fromhex(root) for root in state_roots[:-1]]
+    return tuple(access_index(spec, t, roots[t - 1]) for t in range(1, spec.steps + 1))
 
 
 def leaves_for(spec: ChallengeSpec, commitment: Commitment, samples: list[Sample]) -> list[LeafRef]:

@@ -1,0 +1,30 @@
+// pm2 process file for a Canopy operator: `pm2 start ecosystem.config.js --only canopy-validator`.
+// Edit NETUID, NETWORK and the wallet names (made with `btcli wallet create`) first; every
+// flag is listed by `python neurons/<role>.py --help` and in the README's Configuration.
+const NETUID = process.env.CANOPY_NETUID || "1";
+const NETWORK = process.env.CANOPY_NETWORK || "finney";
+const PYTHON = `${__dirname}/.venv/bin/python`;
+
+function neuron(role, args) {
+  return {
+    name: `canopy-${role}`,
+    script: `neurons/${role}.py`,
+    interpreter: PYTHON,
+    cwd: __dirname,
+    args: ["--netuid", NETUID, "--network", NETWORK, ...args].join(" "),
+    autorestart: true,
+    max_restarts: 50,
+    restart_delay: 5000,
+    kill_timeout: 30000, // SIGTERM first: the miner stops its chute instances, the validator its rounds
+  };
+}
+
+module.exports = {
+  apps: [
+    neuron("miner", ["--wallet.name", "miner", "--wallet.hotkey", "default", "--axon.port", "8091",
+                     "--chutes.config", "chutes.toml"]),
+    neuron("validator", ["--wallet.name", "validator", "--wallet.hotkey", "default",
+                         "--validator.metrics_port", "9100"]),
+    neuron("api", ["--wallet.name", "validator", "--wallet.hotkey", "default", "--axon.port", "8000"]),
+  ],
+};

@@ -1,0 +1,176 @@
+"""ValidatorStore on a real SQLite file (aiosqlite, WAL): miners, verifications, invocations and
+the window aggregates, scores and their history, weight submissions, pruning, and two stores
+opening one new file at the same time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.validator.conftest import sqlite_url
+from validator.graval.session import DeviceResult
+from validator.store import ORGANIC, SYNTHETIC, MinerActivity, ValidatorStore
+from validator.tables import DeviceVerification, Invocation, ScoreHistory
+
+NOW = 1_000_000.0
+
+
+def verified(hotkey: str, uuid: str, ok: bool = True, at: float = NOW, reason: str | None = None) -> DeviceResult:
+    return DeviceResult(hotkey, uuid, ok, reason or ("ok" if ok else "bad_opening"), model_id="cpu", verified_at=at)
+
+
+def call(hotkey: str = "m1", chute: str = "echo", *, source: str = SYNTHETIC, ok: bool = True, at: float = NOW,
+         **fields) -> dict:
+    return dict(miner_hotkey=hotkey, chute_id=chute, source=source, ok=ok, created_at=at, **fields)
+
+
+async def count(store: ValidatorStore, table) -> int:
+    async with store.sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(table)))
+
+
+async def test_sqlite_runs_in_wal_mode(store, tmp_path):
+    async with store.engine.connect() as connection:
+        assert (await connection.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+        assert (await connection.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 10000
+    await store.upsert_miners([dict(hotkey="m1", uid=1, coldkey="c1", first_seen_at=NOW, last_seen_at=NOW)])
+    assert (tmp_path / "validator.sqlite-wal").exists()
+
+
+async def test_upsert_inserts_then_updates_and_keeps_first_seen(store):
+    await store.upsert_miners([dict(hotkey="m1", uid=1, coldkey="c1", axon="http://a:1", first_seen_at=NOW,
+                                    last_seen_at=NOW),
+                               dict(hotkey="m2", uid=2, coldkey="c2", first_seen_at=NOW, last_seen_at=NOW)])
+    await store.upsert_miners([dict(hotkey="m1", uid=5, coldkey="c1", axon="http://b:2", first_seen_at=NOW + 50,
+                                    last_seen_at=NOW + 50, last_reachable_at=NOW + 50, devices_claimed=2)])
+    await store.upsert_miners([])
+    miners = await store.miners()
+    assert set(miners) == {"m1", "m2"}
+    m1 = miners["m1"]
+    assert (m1.uid, m1.axon, m1.devices_claimed) == (5, "http://b:2", 2)
+    assert m1.first_seen_at == NOW and m1.last_seen_at == m1.last_reachable_at == NOW + 50
+    assert miners["m2"].last_reachable_at is None and miners["m2"].devices_claimed == 0
+
+
+async def test_latest_verification_per_uuid_and_the_hotkey_filter(store):
+    await store.record_device_results([verified("m1", "GPU-a", True, NOW), verified("m1", "GPU-b", True, NOW)])
+    await store.record_device_results([verified("m1", "GPU-a", False, NOW + 10)])
+    # GPU-b moves to another miner: its newest row is m2's, even when asked for m1's uuids
+    await store.record_device_results([verified("m2", "GPU-b", True, NOW + 20), verified("m2", "GPU-c", True, NOW + 20)])
+    latest = await store.latest_verifications()
+    assert {uuid: (row.miner_hotkey, row.ok) for uuid, row in latest.items()} == {
+        "GPU-a": ("m1", False), "GPU-b": ("m2", True), "GPU-c": ("m2", True)}
+    assert latest["GPU-a"].reason == "bad_opening" and latest["GPU-a"].verified_at == NOW + 10
+    mine = await store.latest_verifications(miner_hotkey="m1")
+    assert set(mine) == {"GPU-a", "GPU-b"} and mine["GPU-b"].miner_hotkey == "m2"
+    assert set(await store.latest_verifications(miner_hotkey="m3")) == set()
+    history = await store.verifications_of("m1")
+    assert [(row.uuid, row.ok) for row in history] == [("GPU-a", False), ("GPU-b", True), ("GPU-a", True)]
+    assert len(await store.verifications_of("m1", limit=1)) == 1
+
+
+async def test_a_bad_source_refuses_the_whole_batch(store):
+    with pytest.raises(ValueError, match="source"):
+        await store.record_invocations([call(), call(source="api")])
+    assert await count(store, Invocation) == 0
+    assert await store.record_invocations(call(source=s) for s in (SYNTHETIC, ORGANIC)) == 2
+    assert await count(store, Invocation) == 2
+
+
+async def test_activity_since_adds_up_the_window(store):
+    await store.record_invocations([
+        call("m1", "echo", compute_s=2.0, latency_s=1.0, ttft_s=0.2),
+        call("m1", "echo", compute_s=3.0, latency_s=3.0),          # no ttft: its latency counts
+        call("m1", "llm", compute_s=4.0, latency_s=0.5, flagged=True),
+        call("m1", "echo", ok=False, compute_s=100.0, latency_s=9.0, error="timeout"),
+        call("m1", "echo", source=ORGANIC, compute_s=10.0, latency_s=50.0),
+        call("m1", "other", source=ORGANIC, ok=False, compute_s=7.0),
+        call("m2", "echo", ok=False, error="refused"),
+        call("m1", "echo", compute_s=1000.0, at=NOW - 100),            # before the window
+        call("old", "echo", compute_s=1.0, at=NOW - 100),
+    ])
+    activity = await store.activity_since(NOW - 10)
+    assert set(activity) == {"m1", "m2"}
+    m1 = activity["m1"]
+    assert m1.compute_seconds == pytest.approx(2 + 3 + 4 + 10)   # successful calls only
+    assert (m1.invocations_ok, m1.chutes_served, m1.synthetic_ok, m1.synthetic_total) == (4, 2, 3, 4)
+    assert (m1.flagged, m1.organic_ok) == (1, 1)
+    # synthetic and ok only; time to first token where measured
+    assert m1.latency_by_chute == pytest.approx({"echo": (0.2 + 3.0) / 2, "llm": 0.5})
+    assert activity["m2"] == MinerActivity(synthetic_total=1)
+    assert (await store.activity_since(NOW - 1000))["m1"].compute_seconds == pytest.approx(1019)
+    assert await store.activity_since(NOW + 1) == {}
+
+
+async def test_scores_round_trip_and_history(store):
+    assert await store.load_scores() == ({}, 0)
+    await store.save_scores(1, 100, {"m1": 0.5, "m2": 0.25}, {"m1": 0.5, "m2": 0.25, "m3": 0.0}, {"m1": 1, "m2": 2}, NOW)
+    await store.save_scores(2, 105, {"m1": 0.45}, {"m1": 0.4, "m2": 0.0}, {"m1": 1}, NOW + 5)
+    assert await store.load_scores() == ({"m1": 0.45}, 2)
+    history = await store.score_history("m1")
+    assert [(row.step, row.block, row.uid, row.raw, row.score) for row in history] == [
+        (1, 100, 1, 0.5, 0.5), (2, 105, 1, 0.4, 0.45)]
+    m2 = await store.score_history("m2")
+    assert [(row.step, row.score, row.uid) for row in m2] == [(1, 0.25, 2), (2, 0.0, None)]
+    assert [row.step for row in await store.score_history("m1", limit=1)] == [2]  # the newest, oldest first
+    assert [(row.raw, row.score) for row in await store.score_history("m3")] == [(0.0, 0.0)]
+
+
+async def test_weight_submissions_and_the_last_good_one(store):
+    assert await store.last_weights() is None
+    await store.record_weights(block=10, ok=True, uids=[1, 3], weights=[0.25, 0.75], version_key=42,
+                               commit_reveal=False, message="set", now=NOW)
+    await store.record_weights(block=20, ok=False, uids=[1], weights=[1.0], version_key=42, commit_reveal=False,
+                               message="RateLimited: " + "x" * 5000, now=NOW + 10)
+    good = await store.last_weights()
+    assert (good.block, good.ok, json.loads(good.uids), json.loads(good.weights), good.version_key) == (
+        10, True, [1, 3], [0.25, 0.75], 42)
+    newest = await store.last_weights(ok_only=False)
+    assert newest.block == 20 and not newest.ok and len(newest.message) == 2000
+
+
+async def test_prune_keeps_the_newest_verification_of_every_device(store):
+    await store.record_device_results([verified("m1", "GPU-a", True, NOW - 300), verified("m1", "GPU-a", True, NOW - 200),
+                                       verified("m1", "GPU-b", False, NOW - 300), verified("m2", "GPU-c", True, NOW - 200),
+                                       verified("m2", "GPU-c", False, NOW)])
+    await store.record_invocations([call(at=NOW - 200), call(at=NOW - 200), call(at=NOW)])
+    await store.save_scores(1, 1, {"m1": 0.5}, {"m1": 0.5}, {}, NOW - 200)
+    await store.save_scores(2, 2, {"m1": 0.5}, {"m1": 0.5}, {}, NOW)
+    gone = await store.prune(NOW - 100)
+    assert gone == 2 + 2 + 1  # GPU-a's older row, GPU-c's older row; two invocations; one history row
+    latest = await store.latest_verifications()
+    assert {uuid: (row.verified_at, row.ok) for uuid, row in latest.items()} == {
+        "GPU-a": (NOW - 200, True), "GPU-b": (NOW - 300, False), "GPU-c": (NOW, False)}
+    assert await count(store, DeviceVerification) == 3
+    assert await count(store, Invocation) == 1 and await count(store, ScoreHistory) == 1
+    assert await store.load_scores() == ({"m1": 0.5}, 2)  # current scores are never pruned
+
+
+async def test_two_stores_open_one_new_file_at_once(tmp_path):
+    # Deterministic form of the race: another opener is mid-way through creating the file (it holds
+    # the write lock of a file not yet in WAL mode) and lets go 1 s later. Opening must wait it out.
+    path = tmp_path / "busy.sqlite"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE creating (x)")
+    other.execute("BEGIN")
+    other.execute("INSERT INTO creating VALUES (1)")
+    release = threading.Timer(1.0, lambda: (other.execute("COMMIT"), other.close()))
+    release.start()
+    try:
+        await (await ValidatorStore.open(sqlite_url(path))).close()
+    finally:
+        release.join()
+    # The race itself (two stores, one new file, asyncio.gather): it fails a few percent of the time.
+    for attempt in range(20):
+        url = sqlite_url(tmp_path / f"race{attempt}.sqlite")
+        stores = await asyncio.gather(ValidatorStore.open(url), ValidatorStore.open(url))
+        try:
+            await stores[0].upsert_miners([dict(hotkey="m1", uid=1, coldkey="c", first_seen_at=NOW, last_seen_at=NOW)])
+            assert set(await stores[1].miners()) == {"m1"}
+        finally:
+            await asyncio.gather(*(s.close() for s in stores))

@@ -1,0 +1,302 @@
+"""The validator's step: discover, verify, measure, score, set weights. One class, one cadence.
+
+Called by ``neurons/validator.py`` (a step every ``--validator.step_s``), the devnet tests
+and ``bench/validator.py``. A step:
+
+1. reads the chain block and, every ``--validator.sync_blocks`` blocks, the metagraph
+   (serving miners: axon published, no validator permit, not ourselves);
+2. fans ``Inventory`` out to every miner (claimed devices, hosted chutes and their load);
+3. starts the GraVal rounds that are due (new miners and miners claiming a device never
+   verified at once, the rest at random intervals, failures with backoff) and the
+   device-info checks in between, as background tasks bounded by a semaphore;
+4. starts a synthetic round over every reachable miner when one is due (a task too);
+5. scores: the store's window of invocations (synthetic and the API's organic ones) and
+   latest verifications become one ``MinerWindow`` per reachable miner, then raw scores,
+   coldkey dedupe and the EMA (``validator.scoring``); the scores are saved;
+6. sets weights when the tempo and rate limit allow (``validator.weights``).
+
+``restore`` reloads the scores, the verification schedule and the last weights from the
+store, so a validator killed with SIGKILL resumes where its last finished step left it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Awaitable, Callable
+
+import bittensor as bt
+from loguru import logger
+
+from canopy import __spec_version__
+from canopy.config import NeuronSettings
+from chain import Chain, Metagraph, Neuron
+from protocol.chutes import HostedChute
+from protocol.dendrite import Dendrite
+from protocol.graval.devices import DeviceSpec, GpuModel
+from protocol.graval.synapses import Inventory, InventoryResponse
+from validator import rounds
+from validator.activity import ActivityWindow
+from validator.graval.schedule import ReverifySchedule
+from validator.graval.session import GravalVerifier
+from validator.metrics import ScoreTracker, ValidatorMetrics
+from validator.scoring import dedupe_coldkeys, raw_scores, smooth
+from validator.store import ValidatorStore
+from validator.weights import WeightSetter, WeightsOutcome
+from validator.windows import build_windows
+
+PRUNE_EVERY_STEPS = 100
+
+
+@dataclass
+class StepReport:
+    step: int
+    block: int
+    miners: int
+    reachable: int
+    verifications_started: int
+    synthetic_started: bool
+    scores: dict[str, float]
+    raw: dict[str, float]
+    weights: WeightsOutcome | None
+    duration_s: float
+
+
+@dataclass
+class MinerView:
+    """What this step learned of one reachable miner."""
+
+    neuron: Neuron
+    devices: list[DeviceSpec] = field(default_factory=list)
+    chutes: list[HostedChute] = field(default_factory=list)
+
+
+class Validator:
+    def __init__(self, *, wallet: bt.Wallet, chain: Chain, settings: NeuronSettings, store: ValidatorStore,
+                 dendrite: Dendrite, table: list[GpuModel], metrics: ValidatorMetrics | None = None,
+                 tracker: ScoreTracker | None = None, verifier: GravalVerifier | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.wallet, self.chain, self.store, self.dendrite, self.table = wallet, chain, store, dendrite, table
+        self.hotkey = wallet.hotkey.ss58_address
+        self.netuid = settings.netuid
+        self.settings = settings.validator
+        self.scoring = settings.scoring
+        self.allow_cpu = settings.graval.allow_cpu
+        self.metrics = metrics or ValidatorMetrics()
+        self.tracker = tracker
+        self.rng = rng or random.SystemRandom()
+        self.schedule = ReverifySchedule(interval_s=settings.graval.reverify_s, retry_s=settings.graval.retry_s, rng=self.rng)
+        self.verifier = verifier or GravalVerifier(dendrite, table, allow_cpu=self.allow_cpu)
+        self.activity = ActivityWindow(store, self.scoring.window_s)
+        self.weights = WeightSetter(chain, wallet, self.netuid, store, version_key=__spec_version__,
+                                    retry_blocks=self.settings.weights_retry_blocks, top_n=self.settings.top_miners_logged)
+        self.multipliers = {model.id: model.compute_multiplier for model in table}
+        self.graph: Metagraph | None = None
+        self.synced_block = -(1 << 62)
+        self.scores: dict[str, float] = {}
+        self.step_number = 0
+        self.first_seen_block: dict[str, int] = {}
+        self.next_synthetic_at = 0.0
+        self.next_info_check: dict[str, float] = {}
+        self.rounds_done: set[str] = set()
+        self.attempted: dict[str, set[str]] = {}  # hotkey -> device uuids challenged for it
+        self._verify_gate = asyncio.Semaphore(self.settings.max_concurrent_verifications)
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    # --- restart ---------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Scores, the verification schedule and the tempo, as the store last had them."""
+        self.scores, self.step_number = await self.store.load_scores()
+        last_round: dict[str, tuple[float, bool]] = {}
+        for row in (await self.store.latest_verifications()).values():
+            at, passed = last_round.get(row.miner_hotkey, (0.0, True))
+            last_round[row.miner_hotkey] = (max(at, row.verified_at), passed and row.ok)
+            self.attempted.setdefault(row.miner_hotkey, set()).add(row.uuid)
+        for hotkey, (at, passed) in last_round.items():
+            self.schedule.restore(hotkey, at, passed)
+            self.rounds_done.add(hotkey)
+        await self.weights.restore()
+        if self.scores or last_round:
+            logger.info("restored {} scores (step {}), {} miners' verifications, last weights at block {}",
+                        len(self.scores), self.step_number, len(last_round), self.weights.last_set_block)
+
+    # --- one step --------------------------------------------------------------------------
+
+    async def sync(self, block: int) -> Metagraph:
+        if self.graph is None or block - self.synced_block >= self.settings.sync_blocks:
+            self.graph = await self.chain.metagraph(self.netuid)
+            self.synced_block = block
+            now = time.time()
+            await self.store.upsert_miners([dict(hotkey=n.hotkey, uid=n.uid, coldkey=n.coldkey, axon=n.axon.url,
+                                                 first_seen_at=now, last_seen_at=now) for n in self.miners()])
+        return self.graph
+
+    def miners(self) -> list[Neuron]:
+        return [n for n in (self.graph.serving_miners() if self.graph else []) if n.hotkey != self.hotkey]
+
+    async def inventory(self, miners: list[Neuron]) -> dict[str, MinerView]:
+        answers = await self.dendrite.query(miners, Inventory(), timeout=self.settings.inventory_timeout_s)
+        views = {}
+        for miner, answer in zip(miners, answers):
+            if answer.ok and isinstance(answer.response, InventoryResponse):
+                views[miner.hotkey] = MinerView(miner, list(answer.response.devices), list(answer.response.chutes))
+        now = time.time()
+        await self.store.upsert_miners([dict(hotkey=v.neuron.hotkey, uid=v.neuron.uid, coldkey=v.neuron.coldkey,
+                                             axon=v.neuron.axon.url, first_seen_at=now, last_seen_at=now,
+                                             last_reachable_at=now, devices_claimed=len(v.devices),
+                                             chutes_hosted=len(v.chutes)) for v in views.values()])
+        return views
+
+    def _start(self, name: str, job: Callable[[], Awaitable[Any]]) -> bool:
+        if name in self._tasks:
+            return False
+        task = asyncio.create_task(job(), name=name)
+        self._tasks[name] = task
+        task.add_done_callback(lambda done: self._finished(name, done))
+        return True
+
+    def _finished(self, name: str, task: asyncio.Task) -> None:
+        self._tasks.pop(name, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.opt(exception=task.exception()).error("validator task {} failed", name)
+
+    async def _verify(self, miner: Neuron, known: set[str]) -> None:
+        async with self._verify_gate:
+            results = await rounds.verify_round(self.verifier, self.schedule, self.store, miner, self.metrics, known)
+        self.attempted.setdefault(miner.hotkey, set()).update(result.uuid for result in results)
+        self.rounds_done.add(miner.hotkey)
+
+    async def schedule_verifications(self, views: dict[str, MinerView], latest: dict[str, Any]) -> int:
+        """Start due GraVal rounds and device-info checks; returns how many rounds started."""
+        now = time.time()
+        for hotkey, view in views.items():
+            if hotkey not in self.rounds_done or f"verify:{hotkey}" in self._tasks:
+                continue  # its first round is due anyway, or one is running
+            if any(d.uuid not in self.attempted.get(hotkey, ()) for d in view.devices):
+                self.schedule.expedite(hotkey)  # a device never challenged for this miner
+        started = 0
+        for hotkey in self.schedule.due(sorted(views), now):
+            known = {uuid for uuid, row in latest.items() if row.ok and row.miner_hotkey == hotkey}
+            if self._start(f"verify:{hotkey}", partial(self._verify, views[hotkey].neuron, known)):
+                started += 1
+        for hotkey, view in views.items():
+            if f"verify:{hotkey}" in self._tasks or self.next_info_check.get(hotkey, 0.0) > now:
+                continue
+            self.next_info_check[hotkey] = now + self.settings.device_info_interval_s * self.rng.uniform(0.5, 1.5)
+            verified = [d for d in view.devices if (row := latest.get(d.uuid)) is not None and row.ok
+                        and row.miner_hotkey == hotkey]
+            if verified:
+                self._start(f"info:{hotkey}", partial(
+                    rounds.device_info_check, self.dendrite, self.store, self.schedule, view.neuron, verified, self.table,
+                    allow_cpu=self.allow_cpu, metrics=self.metrics))
+        return started
+
+    def schedule_synthetic(self, views: dict[str, MinerView]) -> bool:
+        now = time.time()
+        if now < self.next_synthetic_at or not views:
+            return False
+        self.next_synthetic_at = now + self.settings.synthetic_interval_s * self.rng.uniform(0.5, 1.5)
+        return self._start("synthetic", partial(
+            rounds.synthetic_round, self.dendrite, self.store, [v.neuron for v in views.values()], {h: v.chutes for h, v in views.items()},
+            seed=self.rng.getrandbits(32), timeout=self.settings.synthetic_timeout_s,
+            concurrency=self.settings.max_concurrent_synthetic, max_tokens=self.settings.synthetic_max_tokens,
+            metrics=self.metrics))
+
+    async def settle(self) -> None:
+        """Wait for every background round started so far (tests, the benchmark, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+
+    async def score(self, views: dict[str, MinerView], block: int,
+                    latest: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+        now = time.time()
+        activity = await self.activity.current(now)
+        miners = [view.neuron for view in views.values()]
+        windows = build_windows(miners, {h: [d.uuid for d in v.devices] for h, v in views.items()}, latest, activity,
+                                self.multipliers)
+        coldkeys = {n.hotkey: n.coldkey for n in (self.graph.neurons if self.graph else ())}
+        raw = dedupe_coldkeys(raw_scores(windows, self.scoring), coldkeys)
+        registered = set(coldkeys)
+        previous = {hotkey: score for hotkey, score in self.scores.items() if hotkey in registered}
+        self.scores = smooth(previous, raw, self.scoring.ema_alpha)
+        self.step_number += 1
+        uids = {n.hotkey: n.uid for n in (self.graph.neurons if self.graph else ())}
+        history = self.step_number % self.settings.history_every_steps == 0
+        await self.store.save_scores(self.step_number, block, self.scores, raw, uids, now, history=history)
+        return self.scores, raw
+
+    def warming_up(self, views: dict[str, MinerView], block: int, tempo: int) -> list[str]:
+        """Before the first scores, the miners still waiting for their first GraVal round.
+
+        Shares are relative, so scoring while some miners' first rounds are in flight would
+        inflate the others' scores (and the EMA would carry that). A round in flight is always
+        waited for (its own timeouts bound it); a miner first seen a tempo ago whose round has
+        not even started stops holding scoring up. Empty once scores exist.
+        """
+        for hotkey in views:
+            self.first_seen_block.setdefault(hotkey, block)
+        if self.scores or self.weights.last_set_block is not None:
+            return []
+        return [h for h in views if h not in self.rounds_done
+                and (f"verify:{h}" in self._tasks or block - self.first_seen_block[h] < tempo)]
+
+    async def step(self, *, wait: bool = False) -> StepReport:
+        """One step; ``wait`` also waits for the rounds it started before scoring."""
+        started = time.perf_counter()
+        block = await self.chain.block()
+        graph = await self.sync(block)
+        miners = self.miners()
+        self.schedule.forget({m.hotkey for m in miners})
+        views = await self.inventory(miners)
+        latest = await self.store.latest_verifications()
+        verifications = await self.schedule_verifications(views, latest)
+        synthetic = self.schedule_synthetic(views)
+        if wait:
+            await self.settle()
+            latest = await self.store.latest_verifications()
+        hyper = await self.chain.hyperparameters(self.netuid)
+        pending = self.warming_up(views, block, hyper.tempo)
+        outcome, scores, raw = None, self.scores, {}
+        if pending:
+            logger.info("scoring waits for the first GraVal round of {} miner(s)", len(pending))
+        else:
+            scores, raw = await self.score(views, block, latest)
+            outcome = await self.weights.maybe_set(block, scores, graph)
+        if raw and self.step_number % PRUNE_EVERY_STEPS == 0:
+            await self.store.prune(time.time() - self.scoring.window_s)
+        report = StepReport(self.step_number, block, len(miners), len(views), verifications, synthetic, dict(scores), raw,
+                            outcome, time.perf_counter() - started)
+        self._observe(report, graph)
+        return report
+
+    def _observe(self, report: StepReport, graph: Metagraph) -> None:
+        m = self.metrics
+        m.steps.inc()
+        m.step_seconds.observe(report.duration_s)
+        m.block.set(report.block)
+        m.miners.labels(state="serving").set(report.miners)
+        m.miners.labels(state="reachable").set(report.reachable)
+        uid_scores = {n.uid: report.scores[n.hotkey] for n in graph.neurons if n.hotkey in report.scores}
+        m.scores(uid_scores)
+        if report.weights is not None:
+            m.weights_set.labels(result="ok" if report.weights.ok else "failed").inc()
+        if self.tracker is not None:
+            values = {f"score/uid_{uid}": value for uid, value in uid_scores.items()}
+            values.update(block=report.block, miners=report.miners, reachable=report.reachable,
+                          step_seconds=report.duration_s)
+            if report.weights is not None and report.weights.ok:
+                values.update({f"weight/uid_{u}": w for u, w in zip(report.weights.uids, report.weights.weights)})
+            self.tracker.log(report.step, values)
+        logger.info("step {} block {}: {}/{} miners reachable, {} verifications started, synthetic {}, {:.2f}s",
+                    report.step, report.block, report.reachable, report.miners, report.verifications_started,
+                    "started" if report.synthetic_started else "-", report.duration_s)
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+        self._tasks.clear()
