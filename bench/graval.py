@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
@@ -49,9 +48,8 @@ ROOT = HERE.parent
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() not in (HERE, ROOT)]
 
 from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn  # noqa: E402
 
-from bench.report import print_table  # noqa: E402
+from bench.report import print_last_line, print_table, progress  # noqa: E402
 from miner.graval.backends import pick_backend  # noqa: E402
 from miner.graval.prover import Prover  # noqa: E402
 from protocol.graval.spec import ChallengeSpec, samples_needed  # noqa: E402
@@ -76,8 +74,7 @@ def timed_prove(spec: ChallengeSpec, backend: Any, progress: Any = None) -> tupl
 
 
 def prove_with_progress(spec: ChallengeSpec, backend: Any, console: Console) -> tuple[Prover, Commitment, float]:
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with progress(console) as bar:
         task = bar.add_task(f"proving n={spec.n}: fill", total=spec.m + spec.steps)
 
         def tick(phase: str, done: int, total: int) -> None:
@@ -239,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "devices_per_hour_one_core": None if per_hour is None else per_hour >= TARGETS["devices_per_hour_one_core"],
     }
     report(results)
-    print(json.dumps({key: round(value, 6) if isinstance(value, float) else value for key, value in results.items()}))
+    print_last_line(results)
 
 
 if __name__ == "__main__":

@@ -323,7 +323,7 @@ def main() -> None:
         args.max_tokens = args.max_tokens or 48
     print(f"LLM chute: {note}", file=sys.stderr)
     from bench.protocol import wallets
-    from bench.report import print_table
+    from bench.report import print_last_line, print_table
 
     with tempfile.TemporaryDirectory(prefix="canopy-bench-miner-") as wallet_path:
         wallets(wallet_path)
@@ -331,7 +331,7 @@ def main() -> None:
         results = uvloop.run(measure(args, wallet_path, llm_ref, note))
     print_table(f"canopy miner benchmark (LLM: {note})", results,
                 {"ratio": (f">= {TARGETS['ratio']:g}", results["ratio"] >= TARGETS["ratio"])})
-    print(json.dumps({key: round(value, 4) if isinstance(value, float) else value for key, value in results.items()}))
+    print_last_line(results, digits=4)
 
 
 if __name__ == "__main__":

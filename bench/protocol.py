@@ -47,7 +47,7 @@ import aiohttp  # noqa: E402
 import bittensor as bt  # noqa: E402
 import uvloop  # noqa: E402
 
-from bench.report import print_table  # noqa: E402
+from bench.report import print_last_line, print_table  # noqa: E402
 from canopy.config import AxonSettings  # noqa: E402
 from canopy.wallets import create_devnet_wallet  # noqa: E402
 from chain.base import Chain, Hyperparameters, Metagraph, Neuron, WeightsSubmission  # noqa: E402
@@ -321,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             gc.freeze()
         results = uvloop.run(measure(args, wallet_path))
     report(results)
-    print(json.dumps({key: round(value, 4) if isinstance(value, float) else value for key, value in results.items()}))
+    print_last_line(results, digits=4)
 
 
 if __name__ == "__main__":

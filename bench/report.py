@@ -1,4 +1,5 @@
-"""Shared output of the benchmarks: one rich table of figures with their targets.
+"""Shared output of the benchmarks: one rich table of figures with their targets, the last
+JSON line, and the transient progress bars they draw on stderr while measuring.
 
 Callers: every ``bench/*.py`` script, after measuring; each then prints its results as
 one JSON object on the last line (the machine-readable part).
@@ -6,9 +7,11 @@ one JSON object on the last line (the machine-readable part).
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 #: figure name -> (target as shown, met?) where met is None when there is nothing to judge
@@ -27,3 +30,14 @@ def print_table(title: str, results: Mapping[str, Any], checks: Checks, *, digit
         shown = f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
         table.add_row(key, shown, target, "" if met is None else ("yes" if met else "NO"))
     Console().print(table)
+
+
+def print_last_line(results: Mapping[str, Any], *, digits: int = 6) -> None:
+    """The machine-readable result: one JSON object on stdout's last line, floats rounded."""
+    print(json.dumps({key: round(value, digits) if isinstance(value, float) else value for key, value in results.items()}))
+
+
+def progress(console: Console) -> Progress:
+    """A transient bar (spinner, description, bar, done/total, elapsed) on ``console``."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console, transient=True)

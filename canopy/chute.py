@@ -72,6 +72,7 @@ class ChuteInfo(BaseModel):
     concurrency: int
     max_instances: int
     cords: list[CordInfo]
+    model: str = ""  # the model an LLM chute serves (OpenAI ``model``), "" for other chutes
 
 
 def image_reference(image: Any) -> str:
@@ -219,7 +220,7 @@ class Chute:
         return ChuteInfo(chute_id=self.chute_id, username=self.username, name=self.name, tagline=self.tagline,
                          readme=self.readme, image=image_reference(self.image), node_selector=self.node_selector,
                          concurrency=self.concurrency, max_instances=self.max_instances,
-                         cords=[c.info() for c in self.cords.values()])
+                         cords=[c.info() for c in self.cords.values()], model=str(getattr(self, "model_name", "") or ""))
 
     def cord_by_name(self, name: str) -> Cord | None:
         """The cord whose function is called ``name`` (or whose path is ``/name``)."""

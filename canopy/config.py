@@ -41,6 +41,13 @@ def canopy_home() -> Path:
     return Path(os.environ.get("CANOPY_HOME", ".canopy")).expanduser().resolve()
 
 
+def default_database_url(wallet_name: str = "default", hotkey: str = "default") -> str:
+    """The SQLite WAL file a validator and its API share by default: $CANOPY_HOME/validator-<wallet>-<hotkey>.sqlite."""
+    path = canopy_home() / f"validator-{wallet_name}-{hotkey}.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite+aiosqlite:///{path}"
+
+
 class ConfigError(ValueError):
     """A setting is missing or wrong; the message names the flag and the fix."""
 
@@ -241,6 +248,12 @@ class NeuronSettings(BaseSettings):
         if self.axon.external_ip is None and self.is_devnet:
             self.axon.external_ip = "127.0.0.1"
         return self
+
+    def store_url(self) -> str:
+        """``--database_url``, else the SQLite file the validator and the API of this wallet share."""
+        if self.database_url:
+            return self.database_url
+        return default_database_url(self.wallet.name, self.wallet.hotkey)
 
     @property
     def is_devnet(self) -> bool:

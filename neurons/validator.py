@@ -20,7 +20,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from loguru import logger  # noqa: E402
 
 from canopy import __spec_version__  # noqa: E402
-from canopy.config import canopy_home  # noqa: E402
 from canopy.neuron import NeuronContext, run_neuron  # noqa: E402
 from protocol.dendrite import Dendrite  # noqa: E402
 from protocol.graval.devices import load_gpu_table  # noqa: E402
@@ -29,17 +28,9 @@ from validator.metrics import ScoreTracker, ValidatorMetrics  # noqa: E402
 from validator.store import ValidatorStore  # noqa: E402
 
 
-def database_url(ctx: NeuronContext) -> str:
-    if ctx.settings.database_url:
-        return ctx.settings.database_url
-    path = canopy_home() / f"validator-{ctx.settings.wallet.name}-{ctx.settings.wallet.hotkey}.sqlite"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite+aiosqlite:///{path}"
-
-
 async def main(ctx: NeuronContext) -> None:
     settings = ctx.settings
-    store = await ValidatorStore.open(database_url(ctx))
+    store = await ValidatorStore.open(settings.store_url())
     metrics = ValidatorMetrics()
     if settings.validator.metrics_port:
         metrics.serve(settings.validator.metrics_port, settings.validator.metrics_ip)

@@ -125,6 +125,7 @@ class HostedChute(BaseModel):
     username: str = ""
     tagline: str = ""
     ref: str = ""
+    model: str = ""  # an LLM chute's OpenAI model name ("" for other chutes)
     cords: list[HostedCord] = Field(default_factory=list, max_length=MAX_CORDS)
     instances: int = 0
     ready_instances: int = 0

@@ -304,18 +304,42 @@ def _content(event: Any) -> bool:
         return False
 
 
+#: Two greedy outputs agree when their common prefix covers this share of the shorter one.
+#: Honest engines on different GPUs (batching, kernels) can drift apart late in a greedy
+#: completion; another model, a quantised one or made-up text differs from the first tokens.
+AGREEMENT_PREFIX = 0.5
+
+
+def outputs_agree(a: str, b: str) -> bool:
+    shorter = min(len(a), len(b))
+    if shorter == 0:
+        return a == b
+    common = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        common += 1
+    return common >= AGREEMENT_PREFIX * shorter
+
+
 def flag_disagreements(results: Iterable[ProbeResult]) -> list[ProbeResult]:
-    """For LLM results: group ok results by key; where a strict majority (> half of the ok results, and at least 2 results agreeing) share one output, every ok result with a different output gets flagged=True. No majority (e.g. 1 vs 1) flags nobody. Returns the flagged results (mutated in place)."""
+    """For LLM results: group ok results by key; the reference is the output that agrees
+    (``outputs_agree``) with the most results. Where that is a strict majority (> half of the
+    ok results, and at least 2), every ok result that does not agree with it gets
+    flagged=True. No majority (e.g. 1 vs 1) flags nobody. Returns the flagged results
+    (mutated in place)."""
     groups: dict[str, list[ProbeResult]] = defaultdict(list)
     for result in results:
         if result.kind == "llm" and result.ok:
             groups[result.key].append(result)
     flagged = []
     for group in groups.values():
-        output, count = Counter(r.output for r in group).most_common(1)[0]
-        if count >= 2 and 2 * count > len(group):
+        outputs = list(Counter(r.output for r in group))
+        support = {o: sum(outputs_agree(o, r.output) for r in group) for o in outputs}
+        reference = max(outputs, key=lambda o: (support[o], -outputs.index(o)))
+        if support[reference] >= 2 and 2 * support[reference] > len(group):
             for result in group:
-                if result.output != output:
+                if not outputs_agree(result.output, reference):
                     result.flagged = True
                     flagged.append(result)
     return flagged

@@ -36,7 +36,9 @@ from tests.miner.conftest import BAD_HOOK, ROOT, cpu_devices
 from tests.protocol.helpers import NETUID, StaticChain, free_port, neuron
 from tests.validator.chutes.fake_llm import completion_words
 from tests.validator.chutes.shapes import Order, Receipt
-from validator.synthetic import LLM_PATH, PROMPTS, Probe, ProbeResult, flag_disagreements, probes_for, run_probe
+from validator.synthetic import (
+    LLM_PATH, PROMPTS, Probe, ProbeResult, flag_disagreements, outputs_agree, probes_for, run_probe,
+)
 
 HONEST, LIAR = "tests.validator.chutes.fake_llm:chute", "tests.validator.chutes.fake_llm:liar"
 SHAPES = "tests.validator.chutes.shapes:chute"
@@ -121,6 +123,15 @@ def test_flag_disagreements_needs_a_strict_majority_of_at_least_two():
     assert flag_disagreements([result("a", "x"), result("b", "y")]) == []
     assert flag_disagreements([result("a", "x"), result("b", "x"), result("c", "y"), result("d", "y")]) == []
     assert flag_disagreements([result("a", "x")]) == []
+
+
+def test_greedy_outputs_that_drift_apart_late_still_agree():
+    honest = "The capital of France is Paris. It is known for the Eiffel Tower"
+    drifted = "The capital of France is Paris. It has many museums and cafes"
+    other_model = "Paris is the capital city of France, on the Seine"
+    rows = [result("a", honest), result("b", drifted), result("c", other_model)]
+    assert outputs_agree(honest, drifted) and not outputs_agree(honest, other_model)
+    assert [r.miner_hotkey for r in flag_disagreements(rows)] == ["c"]
 
 
 # --- over the wire ---------------------------------------------------------------------------------

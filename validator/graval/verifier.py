@@ -60,7 +60,7 @@ def access_indices(spec: ChallengeSpec, commitment: Commitment) -> list[int]:
     return list(_access_indices(spec, tuple(commitment.state_roots)))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=1024)  # > the commitments in flight (16 miners x 8 devices, times a few)
 def _access_indices(spec: ChallengeSpec, state_roots: tuple[str, ...]) -> tuple[int, ...]:
     roots = [b""] + [bytes.fromhex(root) for root in state_roots[:-1]]
     return tuple(access_index(spec, t, roots[t - 1]) for t in range(1, spec.steps + 1))

@@ -1,0 +1,255 @@
+"""API keys and credits: creation (shown once), SHA-256 storage, authentication, atomic credits.
+
+Callers: the API's auth dependency (``authenticate``, ``reserve``/``refund``), the
+``canopy keys`` commands and ``/admin/keys``. A key is ``cnp_`` + 43 URL-safe characters
+(256 bits), so a plain SHA-256 digest is enough to store it: there is nothing to
+brute-force. Only a hint (``cnp_…`` + its last four characters) is ever listed.
+
+Credits are whole units, one per successful answer by default. ``reserve`` takes them in
+one conditional ``UPDATE … WHERE credits >= n`` (atomic on SQLite and Postgres alike), so
+with M credits, N > M concurrent requests get exactly M reservations and the balance never
+goes negative; ``refund`` gives a reservation back when the answer failed. ``None`` means
+unlimited credits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from api.tables import ApiBase, ApiKey
+
+KEY_PREFIX = "cnp_"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_RULE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)?\s*(s|m|h|d)\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_RELATIVE = re.compile(r"^\s*in\s+(\d+)\s*(second|minute|hour|day|week)s?\s*$", re.IGNORECASE)
+_STRATEGY = re.compile(r"^(default|top_n:(\d{1,3})|uids:(\d{1,5}(,\d{1,5})*))$")
+
+
+class KeyError_(ValueError):  # noqa: N801 - not the builtin KeyError
+    """A key operation was refused; the message says why and what to do."""
+
+
+class KeyRejected(Exception):
+    """Authentication failed: ``reason`` is missing, unknown, disabled or expired."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RateRule:
+    """At most ``limit`` requests per ``window_s`` seconds ("10/60s", "100/1h", "5/m")."""
+
+    limit: int
+    window_s: int
+
+    @classmethod
+    def parse(cls, text: str) -> "RateRule":
+        match = _RULE.match(text)
+        if not match or int(match.group(1)) <= 0 or int(match.group(2) or 1) <= 0:
+            raise KeyError_(f"rate limit {text!r} is not N/Ws (e.g. 10/60s, 100/1h, 5/m)")
+        return cls(int(match.group(1)), int(match.group(2) or 1) * _UNIT_S[match.group(3)])
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.window_s}s"
+
+
+def parse_strategy(text: str) -> str:
+    """``default``, ``top_n:5`` or ``uids:1,2,3``."""
+    if not _STRATEGY.match(text.strip()) or text.strip() == "top_n:0":
+        raise KeyError_(f"strategy {text!r} is not default, top_n:N or uids:1,2,3")
+    return text.strip()
+
+
+def parse_expiry(text: str, now: float | None = None) -> float:
+    """"in 30 days", an ISO date or time ("2027-01-31", "2027-01-31T12:00:00Z"), or epoch seconds."""
+    now = time.time() if now is None else now
+    relative = _RELATIVE.match(text)
+    if relative:
+        amount, unit = int(relative.group(1)), relative.group(2).lower()
+        return now + timedelta(**{f"{unit}s": amount}).total_seconds()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise KeyError_(f"expiry {text!r} is not 'in N days', an ISO date (2027-01-31) or epoch seconds") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hint_of(key: str) -> str:
+    return f"{KEY_PREFIX}…{key[-4:]}"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A key as callers see it: never the key, only its hint."""
+
+    id: int
+    name: str
+    hint: str
+    credits: int | None
+    expires_at: float | None
+    disabled: bool
+    admin: bool
+    rate_limits: tuple[RateRule, ...] = ()
+    default_strategy: str | None = None
+    models: tuple[str, ...] | None = None
+    created_at: float = 0.0
+    last_used_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def of(cls, row: ApiKey) -> "KeyInfo":
+        models = json.loads(row.models) if row.models is not None else None
+        return cls(row.id, row.name, row.hint, row.credits, row.expires_at, row.disabled, row.admin,
+                   tuple(RateRule.parse(rule) for rule in json.loads(row.rate_limits or "[]")), row.default_strategy,
+                   tuple(models) if models is not None else None, row.created_at, row.last_used_at)
+
+    def allows_model(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "hint": self.hint, "credits": self.credits,
+                "expires_at": self.expires_at, "disabled": self.disabled, "admin": self.admin,
+                "rate_limits": [str(rule) for rule in self.rate_limits], "default_strategy": self.default_strategy,
+                "models": list(self.models) if self.models is not None else None, "created_at": self.created_at,
+                "last_used_at": self.last_used_at}
+
+
+def _columns(*, credits: int | None = None, expires_at: float | None = None, rate_limits: Any = None,
+             default_strategy: str | None = None, models: Any = None, admin: bool | None = None,
+             disabled: bool | None = None, unset: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Validated column values for ``create``/``edit``; ``unset`` names fields to clear (None)."""
+    values: dict[str, Any] = {}
+    if credits is not None:
+        if credits < 0:
+            raise KeyError_("credits must be >= 0")
+        values["credits"] = int(credits)
+    if expires_at is not None:
+        values["expires_at"] = float(expires_at)
+    if rate_limits is not None:
+        values["rate_limits"] = json.dumps([str(RateRule.parse(str(rule))) for rule in rate_limits])
+    if default_strategy is not None:
+        values["default_strategy"] = parse_strategy(default_strategy)
+    if models is not None:
+        names = [str(model).strip() for model in models if str(model).strip()]
+        values["models"] = json.dumps(sorted(set(names)))
+    if admin is not None:
+        values["admin"] = bool(admin)
+    if disabled is not None:
+        values["disabled"] = bool(disabled)
+    for name in unset:
+        if name not in ("credits", "expires_at", "default_strategy", "models"):
+            raise KeyError_(f"{name} cannot be cleared")
+        values[name] = None
+    return values
+
+
+class KeyStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def create_tables(self) -> None:
+        async with self.engine.begin() as connection:
+            await connection.run_sync(ApiBase.metadata.create_all)
+
+    async def create(self, name: str, **fields: Any) -> tuple[KeyInfo, str]:
+        """A new key named ``name``; returns it with the key itself (shown this once)."""
+        if not _NAME.match(name):
+            raise KeyError_(f"key name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
+        key = new_key()
+        row = ApiKey(name=name, key_hash=hash_key(key), hint=hint_of(key), created_at=time.time(),
+                     **{"rate_limits": "[]", **_columns(**fields)})
+        try:
+            async with self.sessions.begin() as session:
+                session.add(row)
+        except IntegrityError:
+            raise KeyError_(f"a key named {name!r} exists already (canopy keys list)") from None
+        return KeyInfo.of(row), key
+
+    async def _row(self, session: Any, name: str) -> ApiKey:
+        row = (await session.scalars(select(ApiKey).where(ApiKey.name == name))).first()
+        if row is None:
+            raise KeyError_(f"no key named {name!r} (canopy keys list)")
+        return row
+
+    async def get(self, name: str) -> KeyInfo:
+        async with self.sessions() as session:
+            return KeyInfo.of(await self._row(session, name))
+
+    async def list(self) -> list[KeyInfo]:
+        async with self.sessions() as session:
+            return [KeyInfo.of(row) for row in (await session.scalars(select(ApiKey).order_by(ApiKey.id))).all()]
+
+    async def edit(self, name: str, **fields: Any) -> KeyInfo:
+        values = _columns(**fields)
+        async with self.sessions.begin() as session:
+            row = await self._row(session, name)
+            for column, value in values.items():
+                setattr(row, column, value)
+        return KeyInfo.of(row)
+
+    async def delete(self, name: str) -> None:
+        async with self.sessions.begin() as session:
+            row = await self._row(session, name)
+            await session.execute(delete(ApiKey).where(ApiKey.id == row.id))
+
+    async def authenticate(self, key: str | None, now: float | None = None) -> KeyInfo:
+        """The key's record, or ``KeyRejected`` (missing, unknown, disabled, expired)."""
+        if not key:
+            raise KeyRejected("missing", "no API key: send 'Authorization: Bearer cnp_...' (canopy keys create)")
+        async with self.sessions() as session:
+            row = (await session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))).first()
+        if row is None:
+            raise KeyRejected("unknown", "the API key is not valid")
+        if row.disabled:
+            raise KeyRejected("disabled", f"the API key {row.hint} is disabled")
+        now = time.time() if now is None else now
+        if row.expires_at is not None and row.expires_at <= now:
+            raise KeyRejected("expired", f"the API key {row.hint} expired")
+        return KeyInfo.of(row)
+
+    async def reserve(self, key_id: int, amount: int = 1) -> bool:
+        """Take ``amount`` credits if the key has them (one atomic UPDATE); True when taken."""
+        statement = (update(ApiKey).where(ApiKey.id == key_id, ApiKey.credits.is_not(None), ApiKey.credits >= amount)
+                     .values(credits=ApiKey.credits - amount, last_used_at=time.time()))
+        async with self.sessions.begin() as session:
+            taken = (await session.execute(statement)).rowcount
+            if taken:
+                return True
+            unlimited = (await session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.credits.is_(None))
+                                               .values(last_used_at=time.time()))).rowcount
+        return bool(unlimited)
+
+    async def refund(self, key_id: int, amount: int = 1) -> None:
+        """Give back a reservation whose request was not answered."""
+        async with self.sessions.begin() as session:
+            await session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.credits.is_not(None))
+                                  .values(credits=ApiKey.credits + amount))

@@ -1,0 +1,95 @@
+"""API keys and credits on a real SQLite file: shown once, stored hashed, atomic credits."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+from sqlalchemy import select
+
+from api.keys import KeyError_, KeyRejected, KeyStore, RateRule, parse_expiry, parse_strategy
+from api.tables import ApiKey
+from validator.store import ValidatorStore
+
+
+@pytest.fixture
+async def keys(tmp_path):
+    store = await ValidatorStore.open(f"sqlite+aiosqlite:///{tmp_path / 'api.sqlite'}")
+    key_store = KeyStore(store.engine)
+    await key_store.create_tables()
+    yield key_store
+    await store.close()
+
+
+async def test_a_key_is_shown_once_and_stored_as_its_hash(keys):
+    info, key = await keys.create("alice", credits=5, rate_limits=["10/60s", "100/1h"], default_strategy="top_n:3",
+                                  models=["m1"])
+    assert key.startswith("cnp_") and len(key) > 40 and info.hint == f"cnp_…{key[-4:]}"
+    async with keys.sessions() as session:
+        row = (await session.scalars(select(ApiKey))).one()
+    assert row.key_hash == hashlib.sha256(key.encode()).hexdigest() and key not in repr(row.__dict__)
+    listed = await keys.list()
+    assert [k.name for k in listed] == ["alice"] and key not in repr(listed)
+    assert listed[0].rate_limits == (RateRule(10, 60), RateRule(100, 3600)) and listed[0].models == ("m1",)
+    assert (await keys.authenticate(key)).name == "alice"
+    with pytest.raises(KeyError_, match="exists already"):
+        await keys.create("alice")
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "x" * 65, "-lead"])
+async def test_bad_names_and_fields_are_refused(keys, name):
+    with pytest.raises(KeyError_):
+        await keys.create(name)
+
+
+async def test_bad_fields_name_the_fix(keys):
+    with pytest.raises(KeyError_, match="N/Ws"):
+        await keys.create("a", rate_limits=["ten per minute"])
+    with pytest.raises(KeyError_, match="top_n:N"):
+        await keys.create("b", default_strategy="fastest")
+    with pytest.raises(KeyError_, match=">= 0"):
+        await keys.create("c", credits=-1)
+    assert await keys.list() == []  # nothing half-written
+
+
+async def test_authentication_refuses_missing_unknown_disabled_and_expired_keys(keys):
+    _, key = await keys.create("k")
+    for given, reason in ((None, "missing"), ("", "missing"), ("cnp_nope", "unknown")):
+        with pytest.raises(KeyRejected) as refused:
+            await keys.authenticate(given)
+        assert refused.value.reason == reason
+    await keys.edit("k", disabled=True)
+    with pytest.raises(KeyRejected, match="disabled"):
+        await keys.authenticate(key)
+    await keys.edit("k", disabled=False, expires_at=100.0)
+    with pytest.raises(KeyRejected, match="expired"):
+        await keys.authenticate(key, now=101.0)
+    assert (await keys.authenticate(key, now=99.0)).name == "k"
+    await keys.delete("k")
+    with pytest.raises(KeyRejected, match="not valid"):
+        await keys.authenticate(key)
+
+
+async def test_concurrent_reservations_never_overdraw(keys):
+    info, _ = await keys.create("few", credits=7)
+    taken = await asyncio.gather(*(keys.reserve(info.id) for _ in range(25)))
+    assert sum(taken) == 7 and (await keys.get("few")).credits == 0
+    await keys.refund(info.id)
+    assert (await keys.get("few")).credits == 1
+    unlimited, _ = await keys.create("many")
+    assert all(await asyncio.gather(*(keys.reserve(unlimited.id) for _ in range(10))))
+    assert (await keys.get("many")).credits is None
+
+
+def test_parsers():
+    assert RateRule.parse("10/60s") == RateRule(10, 60) and RateRule.parse("5/m") == RateRule(5, 60)
+    assert RateRule.parse("100/1h") == RateRule(100, 3600) and str(RateRule(10, 60)) == "10/60s"
+    assert parse_expiry("in 30 days", now=0) == 30 * 86400 and parse_expiry("in 2 hours", now=10) == 7210
+    assert parse_expiry("1970-01-02") == 86400 and parse_expiry("1970-01-01T00:01:00Z") == 60
+    with pytest.raises(KeyError_, match="ISO date"):
+        parse_expiry("next tuesday")
+    assert parse_strategy("uids:1,2,3") == "uids:1,2,3" and parse_strategy("default") == "default"
+    for bad in ("top_n:0", "uids:", "top_n:-1"):
+        with pytest.raises(KeyError_):
+            parse_strategy(bad)
