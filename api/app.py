@@ -1,0 +1,162 @@
+"""The public API's FastAPI app: ``build_app`` wires the injected parts into routes.
+
+Callers: ``neurons/api.py`` (the real gateway) and ``tests/api`` (in-process, on uvicorn
+or httpx's ASGI transport). Every dependency is passed in: the key store (``api.keys``),
+the rate limiter (``api.limits``), the miner directory (``api.directory``), the upstream
+caller (``api.upstream``), the validator store (organic invocations, its engine for the
+request log), and the knobs (global rate rule, timeout, race width, body limit, prompt
+logging). The OpenAI routes live in ``api.openai_routes``.
+
+Here: the request-id middleware (``x-request-id`` on every response, a bounded body by
+``Content-Length``, an unexpected exception answered as a 500 envelope), the error handlers (everything in OpenAI's envelope), ``/health``,
+``/metrics`` (prometheus-client, the app's own registry) and the docs at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from loguru import logger
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.errors import ApiError, InvalidRequest, PayloadTooLarge, envelope
+from api.keys import KeyStore, RateRule
+from api.requestlog import RequestLogger, RequestRecord
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass
+class ApiConfig:
+    """The gateway's knobs (``neurons/api.py`` reads them from ``CANOPY_API_*``)."""
+
+    global_rate_limits: tuple[RateRule, ...] = (RateRule(600, 60),)
+    request_timeout_s: float = 60.0
+    race: int = 1
+    max_race: int = 4
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    log_prompts: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("canopy_api_requests", "API requests by route and status", ["route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("canopy_api_request_seconds", "API request latency (to the last byte)", ["route"],
+                                 registry=self.registry)
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+
+class RequestIdMiddleware:
+    """Gives each request an id (``scope["state"]["request_id"]``), echoes it as ``x-request-id``,
+    refuses a declared body over the limit with 413 before reading it."""
+
+    def __init__(self, app: Any, max_body_bytes: int) -> None:
+        self.app, self.max_body_bytes = app, max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+
+        started = False
+
+        async def send_with_id(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            error = PayloadTooLarge(f"the request body is over {self.max_body_bytes} bytes")
+            await JSONResponse(error.body(), status_code=error.status)(scope, receive, send_with_id)
+            app = scope.get("app")
+            if app is not None and scope["path"].startswith("/v1/"):
+                record = RequestRecord(id=request_id, route=scope["path"][:64], status=error.status,
+                                       error=error.code or "")
+                app.state.request_log.write(record)
+                app.state.metrics.observe(record.route, error.status, 0.0)
+            return
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as error:  # a bug: logged with the request id, answered in the envelope
+            logger.opt(exception=error).error("API request {} failed", request_id)
+            if not started:
+                body = envelope(f"internal error (request {request_id})", "server_error")
+                await JSONResponse(body, status_code=500)(scope, receive, send_with_id)
+
+
+def build_app(*, keys: KeyStore, limiter: Any, directory: Any, upstream: Any, store: Any,
+              config: ApiConfig | None = None, health: Any = None) -> FastAPI:
+    """The gateway app. ``health`` is an optional ``async () -> dict`` merged into ``/health``."""
+    from api.openai_routes import COMPONENTS, router  # the routes read their parts from app.state
+
+    config = config or ApiConfig()
+    app = FastAPI(title="Canopy API", version="0.1.0",
+                  description="OpenAI-compatible gateway to the miners of a Canopy subnet.")
+    app.state.keys, app.state.limiter, app.state.directory = keys, limiter, directory
+    app.state.upstream, app.state.store, app.state.config = upstream, store, config
+    app.state.request_log = RequestLogger(keys.engine, log_prompts=config.log_prompts)
+    app.state.metrics = Metrics()
+    app.include_router(router)
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(COMPONENTS)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(RequestIdMiddleware, max_body_bytes=config.max_body_bytes)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        problem = InvalidRequest(str(first.get("msg", "invalid request")), param=_param(first.get("loc", ())))
+        return JSONResponse(problem.body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if error.status_code < 500 else "server_error"
+        return JSONResponse(envelope(str(error.detail), kind, None, None), status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
+
+    @app.get("/health", tags=["ops"])
+    async def health_route() -> dict:
+        body = {"status": "ok", "miners": len({r.hotkey for r in directory.routes}),
+                "models": directory.models(), "refreshed": directory.refreshed_at > 0}
+        if health is not None:
+            body.update(await health())
+        return body
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics_route() -> Response:
+        return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _param(loc: Any) -> str | None:
+    parts = [str(part) for part in loc if part not in ("body",)]
+    return ".".join(parts) or None

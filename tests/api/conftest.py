@@ -1,0 +1,120 @@
+"""Shared pieces of the API tests: a small subnet of real miners and the gateway on uvicorn.
+
+``gateway`` (module-scoped, on the module's event loop) stands up three miners, each a
+real axon with ``ChutesService`` and real instance processes (the set-up of
+``tests/validator/test_synthetic.py``), on an in-memory metagraph (``StaticChain``):
+
+- uid 1 hosts ``tests.api.chutes.gateway_llm:chute`` (model ``fake-model``), verified, score 0.5;
+- uid 2 hosts the same chute, verified, score 0.1;
+- uid 3 hosts ``gateway_llm:broken`` (same model, fails before its first byte) and
+  ``gateway_llm:flaky`` (model ``flaky-model``, fails mid-stream), unverified.
+
+The validator's store is a real SQLite file with passing GraVal rows for uids 1 and 2 and
+their scores; the API app (``api.app.build_app``) serves on a free port with uvicorn in
+the same loop, so tests can read its parts (``gateway.app.state``) directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from types import SimpleNamespace
+
+import pytest_asyncio
+import uvicorn
+
+from api.app import ApiConfig, build_app
+from api.directory import MinerDirectory
+from api.keys import KeyStore, RateRule
+from api.limits import MemoryRateLimiter
+from api.upstream import Upstream
+from canopy.chute import load_chute
+from canopy.config import AxonSettings
+from canopy.wallets import create_devnet_wallet
+from chain.base import Metagraph
+from miner.chutes_service import ChutesService
+from miner.hosting import ChuteEntry, HostingConfig, plan_hosting
+from miner.instances import InstanceManager
+from protocol.axon import Axon
+from protocol.dendrite import Dendrite
+from tests.miner.conftest import ROOT, cpu_devices
+from tests.protocol.helpers import NETUID, StaticChain, free_port, neuron
+from validator.store import ValidatorStore
+from validator.tables import DeviceVerification
+
+HONEST, BROKEN = "tests.api.chutes.gateway_llm:chute", "tests.api.chutes.gateway_llm:broken"
+FLAKY = "tests.api.chutes.gateway_llm:flaky"
+MODEL = "fake-model"
+MAX_BODY = 64 * 1024
+
+
+async def _verify(store: ValidatorStore, hotkey: str, uuid: str) -> None:
+    async with store.sessions.begin() as session:
+        session.add(DeviceVerification(miner_hotkey=hotkey, uuid=uuid, ok=True, reason="ok", verified_at=time.time()))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def gateway(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gateway")
+    validator = create_devnet_wallet("gvalidator", "default", root)
+    wallets = [create_devnet_wallet(f"gminer{i}", "default", root) for i in range(3)]
+    ports = [free_port() for _ in wallets]
+    graph = Metagraph(netuid=NETUID, block=10, neurons=(
+        neuron(0, validator, stake=1000.0, permit=True),
+        *(dataclasses.replace(neuron(i + 1, wallet, stake=0.0, permit=False, port=port), incentive=0.1 * (i + 1))
+          for i, (wallet, port) in enumerate(zip(wallets, ports)))))
+    chain = StaticChain(graph)
+    devices = cpu_devices(1, salt="gateway")
+
+    async def describe(ref: str):
+        return load_chute(ref).describe()
+
+    managers, axons = [], []
+    for wallet, port, refs in zip(wallets, ports, [[HONEST], [HONEST], [BROKEN, FLAKY]]):
+        plan = await plan_hosting(HostingConfig(chutes=[ChuteEntry(ref=ref) for ref in refs]), devices, describe=describe)
+        low = min(free_port(), 65000)
+        manager = InstanceManager(plan.instance_specs(), port_range=(low, low + 40), log_dir=root / "logs", cwd=ROOT,
+                                  backoff_base_s=30.0, backoff_cap_s=60.0, grace_s=1.0, start_timeout_s=60)
+        service = ChutesService(manager, plan.hosted_chutes(), devices=devices, invoke_timeout_s=30)
+        axon = Axon(wallet, chain, NETUID, AxonSettings(ip="127.0.0.1", port=port))
+        service.attach(axon)
+        managers.append(manager)
+        axons.append(axon)
+
+    store = await ValidatorStore.open(f"sqlite+aiosqlite:///{root / 'validator.sqlite'}")
+    hotkeys = [wallet.hotkey.ss58_address for wallet in wallets]
+    await _verify(store, hotkeys[0], "dev-a")
+    await _verify(store, hotkeys[1], "dev-b")
+    scores = {hotkeys[0]: 0.5, hotkeys[1]: 0.1, hotkeys[2]: 0.9}
+    await store.save_scores(1, 10, scores, scores, {hotkey: i + 1 for i, hotkey in enumerate(hotkeys)}, time.time())
+    keys = KeyStore(store.engine)
+    await keys.create_tables()
+    dendrite = Dendrite(validator)
+    directory = MinerDirectory(chain, NETUID, dendrite, store)
+    upstream = Upstream(dendrite, directory, store, timeout_s=20.0)
+    config = ApiConfig(global_rate_limits=(RateRule(10_000, 60),), request_timeout_s=20.0, max_body_bytes=MAX_BODY)
+    app = build_app(keys=keys, limiter=MemoryRateLimiter(), directory=directory, upstream=upstream, store=store,
+                    config=config)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server.install_signal_handlers = lambda: None
+    serving = None
+    try:
+        await asyncio.gather(*(manager.start() for manager in managers), *(axon.start() for axon in axons))
+        await directory.refresh()
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.02)
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", app=app, keys=keys, store=store, directory=directory,
+                              hotkeys=hotkeys, upstream=upstream, chain=chain)
+    finally:
+        server.should_exit = True
+        if serving is not None:
+            await serving
+        await app.state.request_log.drain()
+        await upstream.drain()
+        await dendrite.close()
+        await asyncio.gather(*(axon.stop() for axon in axons), return_exceptions=True)
+        await asyncio.gather(*(manager.stop() for manager in managers), return_exceptions=True)
+        await store.close()
