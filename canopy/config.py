@@ -189,6 +189,38 @@ class WandbSettings(BaseModel):
     dir: str | None = Field(None, description="Where the run files go (default: $CANOPY_HOME/wandb).")
 
 
+_RATE_RULE = re.compile(r"^\s*\d+\s*/\s*\d*\s*[smhd]\s*$")
+
+
+class ApiSettings(BaseModel):
+    """API: the public gateway's knobs (``--api.*``, or ``CANOPY_API__*``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limit: str = Field("600/60s", description="Rate-limit rules every key gets, comma-separated N/Ws (e.g. 600/60s,10000/1d).")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="Longest a miner call may take.")
+    race: int = Field(1, ge=1, le=16, description="Miners raced per request by default (first with content wins).")
+    max_race: int = Field(4, ge=1, le=16, description="Most miners a request may race (x-canopy-race).")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body, in bytes (413 past it).")
+    log_prompts: bool = Field(False, description="Keep prompts and answers in the request log.")
+    refresh_s: float = Field(5.0, gt=0, le=600, description="Seconds between refreshes of which miners serve what.")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rules(cls, value: str) -> str:
+        rules = [rule for rule in value.split(",") if rule.strip()]
+        for rule in rules:
+            if not _RATE_RULE.match(rule) or rule.strip().startswith("0"):
+                raise ValueError(f"rate limit {rule.strip()!r} is not N/Ws (e.g. 600/60s, 100/1h, 5/m)")
+        return ",".join(rule.strip() for rule in rules)
+
+    @model_validator(mode="after")
+    def _race_within_max(self) -> "ApiSettings":
+        if self.race > self.max_race:
+            raise ValueError(f"--api.race {self.race} exceeds --api.max_race {self.max_race}")
+        return self
+
+
 class NeuronSettings(BaseSettings):
     """Settings shared by the miner, the validator and the API."""
 
@@ -215,6 +247,7 @@ class NeuronSettings(BaseSettings):
     validator: ValidatorSettings = Field(default_factory=ValidatorSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     wandb: WandbSettings = Field(default_factory=WandbSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     redis_url: str | None = Field(None, description="redis://host:port/db shared by replicas (nonces, rate limits).")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the validator/API store (default: sqlite in $CANOPY_HOME/<wallet>.sqlite)."

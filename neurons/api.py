@@ -7,16 +7,10 @@ and organic invocations live there), a rate limiter (Redis when ``--redis_url`` 
 else in-process), the miner directory (metagraph + Inventory every few seconds), and
 serves ``api.app.build_app`` with uvicorn on ``--axon.ip``/``--axon.port``.
 
-Gateway knobs, from the environment:
-
-- ``CANOPY_API_RATE_LIMIT``: the default rules every key gets, comma-separated
-  (default ``600/60s``);
-- ``CANOPY_API_TIMEOUT_S``: per-request timeout of a miner call (default 60);
-- ``CANOPY_API_RACE``: how many miners to race by default (default 1; a request may ask
-  for up to ``CANOPY_API_MAX_RACE``, default 4, with ``x-canopy-race``);
-- ``CANOPY_API_MAX_BODY_BYTES``: largest request body (default 1 MiB);
-- ``CANOPY_API_LOG_PROMPTS``: ``1`` keeps prompts and answers in the request log (off);
-- ``CANOPY_API_REFRESH_S``: seconds between miner directory refreshes (default 5).
+Gateway knobs are ``--api.*`` flags (or ``CANOPY_API__*`` variables): ``--api.rate_limit``
+(the rules every key gets, default ``600/60s``), ``--api.timeout_s`` (60), ``--api.race``
+(1) and ``--api.max_race`` (4), ``--api.max_body_bytes`` (1 MiB), ``--api.log_prompts``
+(off), ``--api.refresh_s`` (5); ``--help`` lists them.
 """
 
 from __future__ import annotations
@@ -24,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from typing import Mapping
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,21 +29,18 @@ from api.directory import MinerDirectory  # noqa: E402
 from api.keys import KeyStore, RateRule  # noqa: E402
 from api.limits import MemoryRateLimiter, RedisRateLimiter  # noqa: E402
 from api.upstream import Upstream  # noqa: E402
+from canopy.config import ApiSettings  # noqa: E402
 from canopy.neuron import NeuronContext, run_neuron  # noqa: E402
 from protocol.dendrite import Dendrite  # noqa: E402
 from validator.store import ValidatorStore  # noqa: E402
 
 
-def config_from_env(env: Mapping[str, str] = os.environ) -> ApiConfig:
-    """The ``CANOPY_API_*`` knobs (see the module docstring)."""
-    rules = env.get("CANOPY_API_RATE_LIMIT", "600/60s")
+def gateway_config(settings: ApiSettings) -> ApiConfig:
+    """The gateway's knobs from ``--api.*`` (validated by the settings model)."""
     return ApiConfig(
-        global_rate_limits=tuple(RateRule.parse(rule) for rule in rules.split(",") if rule.strip()),
-        request_timeout_s=float(env.get("CANOPY_API_TIMEOUT_S", "60")),
-        race=int(env.get("CANOPY_API_RACE", "1")),
-        max_race=int(env.get("CANOPY_API_MAX_RACE", "4")),
-        max_body_bytes=int(env.get("CANOPY_API_MAX_BODY_BYTES", str(1 << 20))),
-        log_prompts=env.get("CANOPY_API_LOG_PROMPTS", "").lower() in ("1", "true", "yes"),
+        global_rate_limits=tuple(RateRule.parse(rule) for rule in settings.rate_limit.split(",") if rule.strip()),
+        request_timeout_s=settings.timeout_s, race=settings.race, max_race=settings.max_race,
+        max_body_bytes=settings.max_body_bytes, log_prompts=settings.log_prompts,
     )
 
 
@@ -68,13 +58,13 @@ def build_app(ctx: NeuronContext, store: ValidatorStore, dendrite: Dendrite, dir
 
 
 async def main(ctx: NeuronContext) -> None:
-    config = config_from_env()
+    config = gateway_config(ctx.settings.api)
     store = await ValidatorStore.open(ctx.settings.store_url())
     await KeyStore(store.engine).create_tables()
     limiter = RedisRateLimiter(ctx.settings.redis_url) if ctx.settings.redis_url else MemoryRateLimiter()
     dendrite = Dendrite(ctx.wallet)
     directory = MinerDirectory(ctx.chain, ctx.settings.netuid, dendrite, store,
-                               interval_s=float(os.environ.get("CANOPY_API_REFRESH_S", "5")))
+                               interval_s=ctx.settings.api.refresh_s)
     app = build_app(ctx, store, dendrite, directory, limiter, config)
     directory.start()
     server = uvicorn.Server(uvicorn.Config(app, host=ctx.settings.axon.ip, port=ctx.settings.axon.port,

@@ -9,9 +9,10 @@ import pytest
 
 from api.directory import MinerDirectory
 from api.requestlog import RequestRecord
-from chain.base import AxonInfo, Metagraph, Neuron
-from neurons.api import config_from_env
 from api.keys import RateRule
+from canopy.config import ConfigError, load_settings
+from chain.base import AxonInfo, Metagraph, Neuron
+from neurons.api import gateway_config
 from protocol.chutes import HostedChute, HostedCord
 from protocol.dendrite import Result, Target
 from protocol.graval.synapses import InventoryResponse
@@ -100,12 +101,17 @@ async def test_the_view_survives_an_unreachable_miner_and_refreshes(directory):
     assert [r.uid for r in directory.candidates("m")][0] == 2 and 5 in {r.uid for r in directory.candidates("m")}
 
 
-def test_config_from_env_and_prompt_opt_in():
-    config = config_from_env({"CANOPY_API_RATE_LIMIT": "5/s, 100/1h", "CANOPY_API_TIMEOUT_S": "9",
-                              "CANOPY_API_RACE": "2", "CANOPY_API_LOG_PROMPTS": "1"})
+def test_api_flags_and_prompt_opt_in():
+    settings = load_settings(["--api.rate_limit", "5/s, 100/1h", "--api.timeout_s", "9", "--api.race", "2",
+                              "--api.log_prompts"])
+    config = gateway_config(settings.api)
     assert config.global_rate_limits == (RateRule(5, 1), RateRule(100, 3600))
     assert (config.request_timeout_s, config.race, config.log_prompts) == (9.0, 2, True)
-    assert config_from_env({}).log_prompts is False
+    assert gateway_config(load_settings([]).api).log_prompts is False
+    with pytest.raises(ConfigError, match="--api.rate_limit: .*not N/Ws"):
+        load_settings(["--api.rate_limit", "lots"])
+    with pytest.raises(ConfigError, match="exceeds --api.max_race"):
+        load_settings(["--api.race", "5", "--api.max_race", "4"])
     record = RequestRecord(id="req_1", route="/v1/chat/completions", prompt=[{"role": "user", "content": "hi"}],
                            answer="yo", status=200)
     assert record.row(False).prompt is None and record.row(False).answer is None
