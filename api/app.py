@@ -42,6 +42,7 @@ class ApiConfig:
     max_race: int = 4
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_prompts: bool = False
+    idempotency_ttl_s: float = 24 * 3600.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,6 +106,9 @@ class RequestIdMiddleware:
 def build_app(*, keys: KeyStore, limiter: Any, directory: Any, upstream: Any, store: Any,
               config: ApiConfig | None = None, health: Any = None) -> FastAPI:
     """The gateway app. ``health`` is an optional ``async () -> dict`` merged into ``/health``."""
+    from api.admin_routes import router as admin_router
+    from api.chat_routes import router as chat_router
+    from api.idempotency import IdempotencyStore
     from api.openai_routes import COMPONENTS, router  # the routes read their parts from app.state
 
     config = config or ApiConfig()
@@ -114,7 +118,11 @@ def build_app(*, keys: KeyStore, limiter: Any, directory: Any, upstream: Any, st
     app.state.upstream, app.state.store, app.state.config = upstream, store, config
     app.state.request_log = RequestLogger(keys.engine, log_prompts=config.log_prompts)
     app.state.metrics = Metrics()
+    app.state.idempotency = IdempotencyStore(keys.engine, ttl_s=config.idempotency_ttl_s,
+                                             wait_s=config.request_timeout_s + 5.0)
     app.include_router(router)
+    app.include_router(chat_router)  # POST /chat, the Bittensor shapes
+    app.include_router(admin_router)
     default_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:

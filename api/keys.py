@@ -81,6 +81,14 @@ def parse_expiry(text: str, now: float | None = None) -> float:
     if relative:
         amount, unit = int(relative.group(1)), relative.group(2).lower()
         return now + timedelta(**{f"{unit}s": amount}).total_seconds()
+    moment = absolute_time(text)
+    if moment is None:
+        raise KeyError_(f"expiry {text!r} is not 'in N days', an ISO date (2027-01-31) or epoch seconds")
+    return moment
+
+
+def absolute_time(text: str) -> float | None:
+    """Epoch seconds, or an ISO date/time (UTC unless it says), as epoch seconds; None if neither."""
     try:
         return float(text)
     except ValueError:
@@ -88,7 +96,7 @@ def parse_expiry(text: str, now: float | None = None) -> float:
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise KeyError_(f"expiry {text!r} is not 'in N days', an ISO date (2027-01-31) or epoch seconds") from None
+        return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()

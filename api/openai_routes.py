@@ -26,6 +26,7 @@ from api.errors import (
     ApiError, InsufficientCredits, InvalidRequest, NoMinerAvailable, NotFound, PayloadTooLarge, RateLimited,
     Unauthorized, UpstreamFailed, UpstreamTimeout, sse_error,
 )
+from api.idempotency import Claim, claim_for
 from api.keys import KeyError_, KeyInfo, KeyRejected, parse_strategy
 from api.requestlog import RequestRecord
 from api.upstream import NoAnswer
@@ -135,11 +136,17 @@ def _log(request: Request, record: RequestRecord, status: int, error: str = "") 
 async def _serve(request: Request, kind: type[_Common], path: str) -> Response:
     state = request.app.state
     record = RequestRecord(id=request.scope["state"]["request_id"], route=path)
+    claim: Claim | None = None
     try:
         key = await _authenticate(request, record)
         body, data = await _body(request, kind)
         record.model = body.model
         record.prompt = data.get("messages", data.get("prompt"))
+        claim = await claim_for(request, key.id, path, data)  # Idempotency-Key: api.idempotency
+        if claim is not None and claim.replay is not None:
+            record.strategy = "replay"
+            _log(request, record, claim.replay.status)
+            return claim.replay.response()
         limit_headers = await _admit(request, key)
         if not state.directory.known_model(body.model) or not key.allows_model(body.model):
             raise NotFound(f"the model {body.model!r} is not served here (GET /v1/models lists them)", param="model")
@@ -172,7 +179,8 @@ async def _serve(request: Request, kind: type[_Common], path: str) -> Response:
         record.miners_tried, record.uid, record.hotkey = call.tried, call.route.uid, call.route.hotkey
         headers = {**limit_headers, **_miner_headers(call.route)}
         if body.stream:
-            return StreamingResponse(_relay(request, call, key, record), status_code=call.status,
+            stream, claim = _relay(request, call, key, record, claim), None  # the stream settles the claim
+            return StreamingResponse(stream, status_code=call.status,
                                      media_type="text/event-stream", headers=headers)
         try:
             text = await _unless_disconnected(request, call.read())
@@ -186,6 +194,8 @@ async def _serve(request: Request, kind: type[_Common], path: str) -> Response:
         record.prompt_tokens, record.completion_tokens, record.answer = call.prompt_tokens, call.completion_tokens, text
         if call.status >= 400:
             await _refund(request, key, record)
+        if claim is not None:
+            await claim.finish(call.status, text, {**headers, "content-type": call.content_type})
         _log(request, record, call.status)
         return Response(text, status_code=call.status, media_type=call.content_type.split(";")[0] or None,
                         headers=headers)
@@ -197,6 +207,9 @@ async def _serve(request: Request, kind: type[_Common], path: str) -> Response:
             await _refund(request, key, record)
         _log(request, record, 500, type(error).__name__)
         raise
+    finally:
+        if claim is not None:
+            claim.release()  # not answered (an error, a hang-up): a retry is served afresh
 
 
 class ClientClosed(Exception):
@@ -233,7 +246,7 @@ async def _client_closed(request: Request, key: KeyInfo, record: RequestRecord) 
     return Response(status_code=499)
 
 
-async def _relay(request: Request, call: Any, key: KeyInfo, record: RequestRecord):
+async def _relay(request: Request, call: Any, key: KeyInfo, record: RequestRecord, claim: Claim | None = None):
     """The SSE pieces as they arrive; a failure after the first byte becomes a typed error event."""
     pieces: list[str] = []
     status = call.status
@@ -253,6 +266,12 @@ async def _relay(request: Request, call: Any, key: KeyInfo, record: RequestRecor
             if record.charged:
                 record.charged = 0
                 request.app.state.request_log.spawn(request.app.state.keys.refund(key.id))
+        if claim is not None:  # a clean stream is kept for replay; anything else frees the key
+            if call.finished and not record.error and status < 500:
+                claim.finish_later(status, record.answer, {**_miner_headers(call.route),
+                                                           "content-type": "text/event-stream"})
+            else:
+                claim.release()
         _log(request, record, status)
         await call.close()
 

@@ -204,6 +204,8 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body, in bytes (413 past it).")
     log_prompts: bool = Field(False, description="Keep prompts and answers in the request log.")
     refresh_s: float = Field(5.0, gt=0, le=600, description="Seconds between refreshes of which miners serve what.")
+    log_retention_days: float = Field(30.0, ge=0, description="Days request logs are kept (pruned hourly); 0 keeps them.")
+    idempotency_ttl_s: float = Field(86400.0, gt=0, description="Seconds an Idempotency-Key's answer is replayed.")
 
     @field_validator("rate_limit")
     @classmethod

@@ -28,7 +28,6 @@ from typing import Any, AsyncIterator, Sequence
 
 import aiohttp
 import pydantic_core
-from loguru import logger
 
 from miner.instances import Instance, InstanceManager
 from protocol import errors

@@ -10,7 +10,8 @@ serves ``api.app.build_app`` with uvicorn on ``--axon.ip``/``--axon.port``.
 Gateway knobs are ``--api.*`` flags (or ``CANOPY_API__*`` variables): ``--api.rate_limit``
 (the rules every key gets, default ``600/60s``), ``--api.timeout_s`` (60), ``--api.race``
 (1) and ``--api.max_race`` (4), ``--api.max_body_bytes`` (1 MiB), ``--api.log_prompts``
-(off), ``--api.refresh_s`` (5); ``--help`` lists them.
+(off), ``--api.refresh_s`` (5), ``--api.log_retention_days`` (30; request logs older are
+deleted hourly, 0 keeps them), ``--api.idempotency_ttl_s`` (86400); ``--help`` lists them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from api.app import ApiConfig, build_app as build_gateway  # noqa: E402
 from api.directory import MinerDirectory  # noqa: E402
 from api.keys import KeyStore, RateRule  # noqa: E402
 from api.limits import MemoryRateLimiter, RedisRateLimiter  # noqa: E402
+from api.requestlog import retention_loop  # noqa: E402
 from api.upstream import Upstream  # noqa: E402
 from canopy.config import ApiSettings  # noqa: E402
 from canopy.neuron import NeuronContext, run_neuron  # noqa: E402
@@ -41,6 +43,7 @@ def gateway_config(settings: ApiSettings) -> ApiConfig:
         global_rate_limits=tuple(RateRule.parse(rule) for rule in settings.rate_limit.split(",") if rule.strip()),
         request_timeout_s=settings.timeout_s, race=settings.race, max_race=settings.max_race,
         max_body_bytes=settings.max_body_bytes, log_prompts=settings.log_prompts,
+        idempotency_ttl_s=settings.idempotency_ttl_s,
     )
 
 
@@ -67,6 +70,8 @@ async def main(ctx: NeuronContext) -> None:
                                interval_s=ctx.settings.api.refresh_s)
     app = build_app(ctx, store, dendrite, directory, limiter, config)
     directory.start()
+    retention = asyncio.create_task(retention_loop(store.engine, ctx.settings.api.log_retention_days,
+                                                   idempotency=app.state.idempotency))
     server = uvicorn.Server(uvicorn.Config(app, host=ctx.settings.axon.ip, port=ctx.settings.axon.port,
                                            log_level="warning", lifespan="off"))
     server.install_signal_handlers = lambda: None  # run_neuron owns SIGINT/SIGTERM
@@ -76,7 +81,10 @@ async def main(ctx: NeuronContext) -> None:
     finally:
         server.should_exit = True
         await serving
+        retention.cancel()
+        await asyncio.gather(retention, return_exceptions=True)
         await app.state.request_log.drain()
+        await app.state.idempotency.drain()
         await app.state.upstream.drain()
         await directory.stop()
         await dendrite.close()

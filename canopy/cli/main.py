@@ -6,7 +6,7 @@ import typer
 
 from canopy import __version__
 from canopy.cli import build as build_cli
-from canopy.cli import devnet, graval, keys, run
+from canopy.cli import devnet, graval, keys, logs, run
 
 app = typer.Typer(
     help="Canopy: a Bittensor subnet of verified GPUs serving chutes. `canopy COMMAND --help` explains each command.",
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.add_typer(devnet.app, name="devnet")
 app.add_typer(graval.app, name="graval")
 app.add_typer(keys.app, name="keys")
+app.command("logs")(logs.logs)
 app.command("run")(run.run)
 app.command(name="build")(build_cli.build)
 

@@ -1,0 +1,233 @@
+"""Admin REST behind an admin key: ``/admin/keys``, ``/admin/logs``, ``/admin/stats``.
+
+Callers: ``api.app.build_app`` includes ``router``; operators with a key made by
+``canopy keys create --admin`` (``Authorization: Bearer``). No key, or a bad one: 401; a
+key that is not an admin key: 403. Bad input: 400 in OpenAI's envelope with ``param``;
+an unknown key name: 404; a name in use: 409.
+
+- ``GET /admin/keys`` lists keys (hints only); ``GET /admin/keys/{name}`` one key;
+- ``POST /admin/keys`` ``{"name", "credits"?, "expires"?, "rate_limits"?, "default_strategy"?,
+  "models"?, "admin"?}`` creates one: the answer (201) carries ``key``, shown this once;
+- ``PATCH /admin/keys/{name}``: any of ``credits`` (null: unlimited), ``add_credits``,
+  ``expires`` ("in 30 days", ISO, epoch; null: never), ``rate_limits``, ``default_strategy``
+  (null: default), ``models`` (null: all), ``disabled``, ``admin``;
+- ``DELETE /admin/keys/{name}``;
+- ``GET /admin/logs?key=NAME&status=200&since=1h&limit=50``: request-log rows, newest first;
+- ``GET /admin/stats?since=24h&key=NAME``: requests, errors, tokens, charged, by status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+from api.errors import ApiError, Forbidden, InvalidRequest, Unauthorized
+from api.keys import KeyError_, KeyInfo, KeyRejected, RateRule, parse_expiry, parse_strategy
+from api.requestlog import log_dict, log_stats, parse_since, query_logs
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+MAX_LIMIT = 1000
+
+
+class KeyNotFound(ApiError):
+    status, type, code = 404, "invalid_request_error", "key_not_found"
+
+
+class KeyExists(ApiError):
+    status, type, code = 409, "invalid_request_error", "key_exists"
+
+
+class _KeyFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    credits: StrictInt | None = Field(None, ge=0)
+    expires: str | float | None = None
+    rate_limits: list[str] | None = None
+    default_strategy: str | None = None
+    models: list[str] | None = None
+    admin: StrictBool | None = None
+
+
+class KeyCreate(_KeyFields):
+    name: str = Field(..., min_length=1, max_length=64)
+
+
+class KeyPatch(_KeyFields):
+    add_credits: StrictInt | None = None
+    disabled: StrictBool | None = None
+
+
+async def _admin(request: Request) -> KeyInfo:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    try:
+        key = await request.app.state.keys.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+    except KeyRejected as rejected:
+        raise Unauthorized(str(rejected), code="invalid_api_key" if rejected.reason != "missing" else "missing_api_key")
+    if not key.admin:
+        raise Forbidden("this API key is not an admin key (canopy keys create --admin)")
+    return key
+
+
+async def _json(request: Request, model: type[BaseModel]) -> BaseModel:
+    try:
+        data = await request.json()
+    except ValueError as error:
+        raise InvalidRequest(f"the body is not valid JSON: {error}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the body must be a JSON object", code="invalid_type")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"], param=param,
+                             code="invalid_value") from None
+
+
+def _checked(body: _KeyFields) -> dict[str, Any]:
+    """``KeyStore`` fields from the body, each validated so a refusal names its ``param``."""
+    fields: dict[str, Any] = {}
+    given = body.model_fields_set
+    try:
+        param = "expires"
+        if "expires" in given and body.expires is not None:
+            fields["expires_at"] = parse_expiry(str(body.expires))
+        param = "rate_limits"
+        if "rate_limits" in given and body.rate_limits is not None:
+            fields["rate_limits"] = [str(RateRule.parse(rule)) for rule in body.rate_limits]
+        param = "default_strategy"
+        if "default_strategy" in given and body.default_strategy is not None:
+            fields["default_strategy"] = parse_strategy(body.default_strategy)
+    except KeyError_ as error:
+        raise InvalidRequest(str(error), param=param, code="invalid_value") from None
+    if "credits" in given and body.credits is not None:
+        fields["credits"] = body.credits
+    if "models" in given and body.models is not None:
+        fields["models"] = body.models
+    if "admin" in given and body.admin is not None:
+        fields["admin"] = body.admin
+    return fields
+
+
+async def _key_id(request: Request, name: str | None) -> int | None:
+    if not name:
+        return None
+    try:
+        return (await request.app.state.keys.get(name)).id
+    except KeyError_:
+        raise KeyNotFound(f"no key named {name!r}", param="key") from None
+
+
+def _int(value: str | None, param: str, low: int, high: int) -> int | None:
+    if value is None or value == "":
+        return None
+    if not value.strip().lstrip("-").isdigit() or not low <= int(value) <= high:
+        raise InvalidRequest(f"{param} must be an integer in {low}..{high}", param=param, code="invalid_value")
+    return int(value)
+
+
+def _since(value: str | None, param: str = "since") -> float | None:
+    if not value:
+        return None
+    try:
+        return parse_since(value)
+    except ValueError as error:
+        raise InvalidRequest(str(error), param=param, code="invalid_value") from None
+
+
+@router.get("/keys")
+async def list_keys(request: Request) -> dict:
+    """Every key (hints only, never the keys)."""
+    await _admin(request)
+    return {"object": "list", "data": [key.as_dict() for key in await request.app.state.keys.list()]}
+
+
+@router.post("/keys", status_code=201)
+async def create_key(request: Request) -> JSONResponse:
+    """Create a key; the answer carries ``key`` this once (only its hash is stored)."""
+    await _admin(request)
+    body = await _json(request, KeyCreate)
+    fields = _checked(body)
+    try:
+        info, key = await request.app.state.keys.create(body.name, **fields)
+    except KeyError_ as error:
+        if "exists already" in str(error):
+            raise KeyExists(str(error), param="name") from None
+        raise InvalidRequest(str(error), param="name", code="invalid_value") from None
+    return JSONResponse({**info.as_dict(), "key": key}, status_code=201)
+
+
+@router.get("/keys/{name}")
+async def get_key(request: Request, name: str) -> dict:
+    await _admin(request)
+    try:
+        return (await request.app.state.keys.get(name)).as_dict()
+    except KeyError_ as error:
+        raise KeyNotFound(str(error), param="name") from None
+
+
+@router.patch("/keys/{name}")
+async def edit_key(request: Request, name: str) -> dict:
+    """Change credits (or add_credits), expiry, limits, strategy, models, disabled, admin; null clears."""
+    await _admin(request)
+    body = await _json(request, KeyPatch)
+    fields = _checked(body)
+    given = body.model_fields_set
+    if "disabled" in given and body.disabled is not None:
+        fields["disabled"] = body.disabled
+    unset = frozenset(column for column, field_name in (("credits", "credits"), ("expires_at", "expires"),
+                                                         ("default_strategy", "default_strategy"), ("models", "models"))
+                      if field_name in given and getattr(body, field_name) is None)
+    keys = request.app.state.keys
+    try:
+        if body.add_credits is not None:
+            if "credits" in given:
+                raise InvalidRequest("send credits or add_credits, not both", param="add_credits")
+            current = (await keys.get(name)).credits
+            total = (current or 0) + body.add_credits
+            if total < 0:
+                raise InvalidRequest(f"add_credits would leave {total} credits", param="add_credits")
+            fields["credits"] = total
+        return (await keys.edit(name, unset=unset, **fields)).as_dict()
+    except KeyError_ as error:
+        raise KeyNotFound(str(error), param="name") from None
+
+
+@router.delete("/keys/{name}")
+async def delete_key(request: Request, name: str) -> dict:
+    """Delete a key for good (its request logs stay)."""
+    await _admin(request)
+    try:
+        await request.app.state.keys.delete(name)
+    except KeyError_ as error:
+        raise KeyNotFound(str(error), param="name") from None
+    return {"object": "key", "name": name, "deleted": True}
+
+
+@router.get("/logs")
+async def logs(request: Request) -> dict:
+    """Request-log rows, newest first: ``key`` (name), ``status``, ``since``/``until``, ``limit`` (1..1000)."""
+    await _admin(request)
+    query = request.query_params
+    status = _int(query.get("status"), "status", 100, 599)
+    limit = _int(query.get("limit"), "limit", 1, MAX_LIMIT) or 50
+    since, until = _since(query.get("since")), _since(query.get("until"), "until")
+    key_id = await _key_id(request, query.get("key"))
+    rows = await query_logs(request.app.state.keys.engine, key_id=key_id, status=status, since=since, until=until,
+                            limit=limit)
+    return {"object": "list", "data": [log_dict(row) for row in rows]}
+
+
+@router.get("/stats")
+async def stats(request: Request) -> dict:
+    """Requests, errors, tokens, credits charged and counts by status over ``since`` (default 24h)."""
+    await _admin(request)
+    query = request.query_params
+    since = _since(query.get("since") or "24h")
+    until = _since(query.get("until"), "until")
+    key_id = await _key_id(request, query.get("key"))
+    return await log_stats(request.app.state.keys.engine, since=since, until=until, key_id=key_id)

@@ -1,0 +1,344 @@
+"""Benchmark of the public API: the same upstream called directly and through the gateway, in one run.
+
+Run from the repo root: ``.venv/bin/python bench/api.py [--concurrency 32] [--seconds 10]``.
+Callers: developers and CI. Three processes, all on uvloop, all on 127.0.0.1:
+
+- the miner (this script re-run with ``--role miner``): an ``Axon`` with ``ChutesService``
+  and ``InstanceManager`` as ``neurons/miner.py`` wires them, hosting ``bench.api_children:fast_chute``
+  (an OpenAI chat chute that answers at once: a fixed JSON completion, or a stream of
+  ``--stream-tokens`` chunks with no sleeps) in its own instance process;
+- the API (``--role api``): ``api.app.build_app`` assembled as ``neurons/api.py`` does it
+  (``KeyStore`` on the validator store's SQLite engine, ``MemoryRateLimiter``,
+  ``MinerDirectory`` over the dendrite, ``Upstream``, ``ApiConfig``) on uvicorn with one
+  worker. Every request pays the real path: bearer auth (a SELECT), body validation, the
+  global rate rule (set high enough never to refuse), one credit reserved (an UPDATE on a
+  key with finite credits), the signed ``Invoke`` to the miner, the request-log row and the
+  organic ``Invocation`` row (both SQLite INSERTs in background tasks);
+- the load generator (this process): aiohttp, ``--concurrency`` workers on keep-alive
+  connections for the HTTP paths, the same number of concurrent ``Dendrite.stream`` calls
+  for the miner path.
+
+Paths, all ending at the same instance with the same chat body:
+
+- ``instance``: plain HTTP POST straight to the chute instance (no auth at all);
+- ``miner``: a signed ``Invoke`` synapse through ``Dendrite.stream`` to the miner's axon,
+  exactly what ``api.upstream`` sends (dendrite -> axon -> ChutesService -> instance);
+- ``api``: ``POST /v1/chat/completions`` to the gateway with ``Authorization: Bearer``.
+
+``direct_rps`` is the miner path, the same upstream the API itself calls, so every
+``added_*`` figure is the gateway's own cost (API minus miner path);
+``direct_instance_rps`` is reported too, for the cost of the miner hop.
+
+Figures:
+
+- ``*_rps``: completed non-streaming requests per second over ``--seconds`` with
+  ``--concurrency`` in flight (after ``--warmup`` seconds of the same load, not counted);
+  ``*_loaded_p50_ms`` the median latency under that load (mostly queueing: at saturation
+  it is about concurrency / rps). The client runs on the same cores, so these are rates
+  of the whole box, not of one server process.
+- ``added_p50_ms`` / ``added_p99_ms``: per-request overhead, unloaded: ``--latency-n``
+  sequential requests per path, the paths interleaved request by request; the API's
+  median (99th percentile) minus the miner path's. ``*_p50_ms`` gives each path's own.
+- ``stream_ttft_added_ms``: median time to the first content byte of streamed chat
+  completions (sequential, interleaved, ``--stream-n`` each), API minus miner path;
+  ``stream_ttft_*_ms`` are each path's medians.
+- ``errors``: failed requests in the measured phases (any non-200); must be 0.
+- ``litellm_rps``: LiteLLM's proxy in front of the same instance, when ``litellm`` is
+  importable (``litellm`` says why not otherwise).
+
+- ``request_log_rows`` / ``invocation_rows`` / ``credits_spent``: read from the API's
+  SQLite file after the run (warm-up and latency phases included): one of each per answer.
+
+Targets (a 2-core box): ``api_rps >= 500``, ``added_p50_ms <= 3``; ``errors`` must be 0.
+``--api-ref REF`` measures the ``api/`` package of a git ref (``git archive``) and
+``--api-src DIR`` the one under a folder (an A/B copy of a change), instead of the working
+tree's; ``api_tree`` says which ran. ``--profile FILE`` writes a cProfile of the API
+process's event-loop thread (aiosqlite's work runs in its own threads and is not in it).
+Prints a rich table, then as its last line one JSON object with every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# This file is named like the package it measures: drop bench/ from the import path and put
+# the repo root first, so `api` is the package (the instance imports this file too).
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() not in (HERE, ROOT)]
+
+from bench.api_children import CHAT_PATH, MODEL, chat_body, serve_api, serve_miner  # noqa: E402
+
+TARGETS = {"api_rps": 500.0, "added_p50_ms": 3.0}
+
+# --- the load generator (this process) ------------------------------------------------------------
+
+
+class Paths:
+    """One call of each path: ``await paths.call(name, stream)`` -> seconds to the first content byte."""
+
+    def __init__(self, session, dendrite, miner: dict, api: dict) -> None:
+        from protocol.chutes import Invoke
+        from protocol.dendrite import Target
+
+        self.session, self.dendrite = session, dendrite
+        self.target = Target(miner["hotkey"], miner["axon"])
+        self.instance_url = miner["instance"] + CHAT_PATH
+        self.api_url = api["url"] + CHAT_PATH
+        self.auth = {"authorization": f"Bearer {api['key']}"}
+        self.invoke = {stream: Invoke(chute_id=miner["chute_id"], path=CHAT_PATH, payload=chat_body(stream),
+                                      stream=stream) for stream in (False, True)}
+        self.bodies = {stream: json.dumps(chat_body(stream)).encode() for stream in (False, True)}
+        self.extra: dict[str, str] = {}  # other HTTP paths by name (litellm)
+
+    async def call(self, name: str, stream: bool = False) -> float:
+        started = time.perf_counter()
+        if name == "miner":
+            first, final = None, None
+            async for chunk in self.dendrite.stream(self.target, self.invoke[stream], timeout=30):
+                if first is None and chunk.data:
+                    first = time.perf_counter()
+                final = chunk
+            if final is None or not final.done or final.error is not None or (final.status or 200) >= 400:
+                raise RuntimeError(f"miner path failed: {final}")
+            return (first or time.perf_counter()) - started
+        url = {"instance": self.instance_url, "api": self.api_url}.get(name) or self.extra[name]
+        headers = {"content-type": "application/json", **(self.auth if name in ("api", "litellm") else {})}
+        async with self.session.post(url, data=self.bodies[stream], headers=headers) as response:
+            first = None
+            async for _ in response.content.iter_any():
+                first = first or time.perf_counter()
+            if response.status != 200:
+                raise RuntimeError(f"{name} answered {response.status}")
+        return (first or time.perf_counter()) - started
+
+
+async def load(paths: Paths, name: str, concurrency: int, seconds: float) -> tuple[int, int, list[float]]:
+    """(ok, errors, latencies) of ``concurrency`` workers calling ``name`` for ``seconds``."""
+    latencies: list[float] = []
+    failed = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal failed
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                await paths.call(name)
+            except Exception:  # noqa: BLE001 - counted
+                failed += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(latencies), failed, latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def measure(args, miner: dict, api: dict, litellm_url: str | None, bar) -> dict:
+    import aiohttp
+
+    from bench.protocol import wallets
+    from protocol.dendrite import Dendrite
+
+    validator, _ = wallets(args.wallets)
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+    results: dict = {}
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session, \
+            Dendrite(validator) as dendrite:
+        paths = Paths(session, dendrite, miner, api)
+        names = ["instance", "miner", "api"]
+        if litellm_url:
+            paths.extra["litellm"] = litellm_url + CHAT_PATH
+            names.append("litellm")
+        errors = 0
+        task = bar.add_task("throughput", total=len(names))
+        for name in names:
+            bar.update(task, description=f"{name}: warm-up {args.warmup:g}s, then {args.seconds:g}s at c={args.concurrency}")
+            await load(paths, name, args.concurrency, args.warmup)
+            gc.collect()
+            ok, failed, latencies = await load(paths, name, args.concurrency, args.seconds)
+            errors += failed
+            key = "direct_instance" if name == "instance" else name
+            results[f"{key}_rps"] = ok / args.seconds
+            results[f"{key}_loaded_p50_ms"] = pct(latencies, 0.5) * 1e3
+            bar.advance(task)
+        results["direct_miner_rps"] = results["miner_rps"]
+        results["direct_rps"] = results.pop("miner_rps")
+        results["direct_miner_loaded_p50_ms"] = results.pop("miner_loaded_p50_ms")
+
+        for stream, n, label in ((False, args.latency_n, "latency"), (True, args.stream_n, "stream ttft")):
+            samples: dict[str, list[float]] = {name: [] for name in ("instance", "miner", "api")}
+            task = bar.add_task(label, total=n)
+            for index in range(n):
+                order = list(samples) if index % 2 == 0 else list(reversed(samples))
+                for name in order:
+                    started = time.perf_counter()
+                    try:
+                        ttft = await paths.call(name, stream)
+                    except Exception:  # noqa: BLE001 - counted
+                        errors += 1
+                        continue
+                    samples[name].append(ttft if stream else time.perf_counter() - started)
+                bar.advance(task)
+            if stream:
+                for name, values in samples.items():
+                    results[f"stream_ttft_{name}_ms"] = statistics.median(values) * 1e3
+                results["stream_ttft_added_ms"] = results["stream_ttft_api_ms"] - results["stream_ttft_miner_ms"]
+            else:
+                for name, values in samples.items():
+                    results[f"{name}_p50_ms"] = pct(values, 0.5) * 1e3
+                    results[f"{name}_p99_ms"] = pct(values, 0.99) * 1e3
+                results["added_p50_ms"] = results["api_p50_ms"] - results["miner_p50_ms"]
+                results["added_p99_ms"] = results["api_p99_ms"] - results["miner_p99_ms"]
+        results["errors"] = errors
+    return results
+
+
+# --- optional: LiteLLM's proxy in front of the same instance ---------------------------------------
+
+
+def litellm_missing() -> str:
+    try:
+        import litellm  # noqa: F401
+        import litellm.proxy.proxy_server  # noqa: F401
+    except Exception as error:  # noqa: BLE001 - reported
+        return f"not installed ({type(error).__name__}: {str(error)[:80]})"
+    return ""
+
+
+def start_litellm(instance_url: str, workdir: Path):
+    import subprocess
+    import urllib.request
+
+    from bench.protocol import free_ports
+
+    port = free_ports(1)[0]
+    config = workdir / "litellm.yaml"
+    config.write_text(f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: openai/{MODEL}\n"
+                      f"      api_base: {instance_url}/v1\n      api_key: none\n")
+    process = subprocess.Popen([sys.executable, "-m", "litellm", "--config", str(config), "--port", str(port),
+                                "--num_workers", "1"], cwd=workdir, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveliness", timeout=1)
+            return process, f"http://127.0.0.1:{port}"
+        except Exception:  # noqa: BLE001 - still starting
+            if process.poll() is not None:
+                break
+            time.sleep(0.5)
+    process.kill()
+    return None, ""
+
+
+# --- main --------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    import uvloop
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight during the throughput phases")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per path")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of the same load before each path, not counted")
+    parser.add_argument("--latency-n", type=int, default=300, help="sequential requests per path for added_p50/p99")
+    parser.add_argument("--stream-n", type=int, default=100, help="sequential streamed requests per path for TTFT")
+    parser.add_argument("--stream-tokens", type=int, default=16, help="content chunks per streamed answer")
+    parser.add_argument("--profile", help="write a cProfile of the API process (the measured phases) to this file")
+    parser.add_argument("--api-ref", help="measure the api/ package of this git ref (e.g. HEAD) instead of the working tree's")
+    parser.add_argument("--api-src", help="measure the api/ package under this folder (an A/B copy) instead")
+    parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM even when it is installed")
+    parser.add_argument("--role", choices=("miner", "api"), help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role:
+        config = json.loads(Path(args.config).read_text())
+        if config.get("api_src"):  # the api package of a git ref, ahead of the working tree's
+            sys.path.insert(0, config["api_src"])
+        uvloop.run(serve_miner(config) if args.role == "miner" else serve_api(config))
+        return
+
+    from rich.console import Console
+
+    from bench.children import Child, write_config
+    from bench.protocol import wallets
+    from bench.report import print_last_line, print_table, progress
+
+    os.environ["BENCH_STREAM_TOKENS"] = str(args.stream_tokens)  # inherited by the miner and its instance
+    console = Console(stderr=True)
+    litellm_note = "skipped (--no-litellm)" if args.no_litellm else litellm_missing()
+    with tempfile.TemporaryDirectory(prefix="canopy-bench-api-") as workdir:
+        work = Path(workdir)
+        args.wallets = workdir
+        wallets(workdir)
+        children, litellm_process = [], None
+        try:
+            with console.status("starting the miner (axon + instance)"):
+                miner_child = Child(Path(__file__), "miner", write_config(work / "miner.json", {"wallets": workdir}))
+                children.append(miner_child)
+                miner = miner_child.hello
+                if miner["ready"] != "ready" or miner["refused"]:
+                    raise RuntimeError(f"the instance did not start: {miner['error'] or miner['refused']}")
+            api_src = str(Path(args.api_src).resolve()) if args.api_src else None
+            if args.api_ref:
+                import subprocess
+
+                api_src = str(work / "api-src")
+                os.makedirs(api_src)
+                archive = subprocess.run(["git", "archive", args.api_ref, "api"], cwd=ROOT, capture_output=True, check=True)
+                subprocess.run(["tar", "-x", "-C", api_src], input=archive.stdout, check=True)
+            with console.status("starting the API"):
+                api_config = {"wallets": workdir, "axon": miner["axon"], "api_src": api_src,
+                              "profile": str(Path(args.profile).resolve()) if args.profile else None}
+                api_child = Child(Path(__file__), "api", write_config(work / "api.json", api_config))
+                children.append(api_child)
+            litellm_url = None
+            if not litellm_note:
+                with console.status("starting LiteLLM's proxy"):
+                    litellm_process, litellm_url = start_litellm(miner["instance"], work)
+                litellm_note = "measured" if litellm_url else "installed but its proxy did not start"
+            gc.collect()
+            gc.freeze()
+            with progress(console) as bar:
+                results = uvloop.run(measure(args, miner, api_child.hello, litellm_url, bar))
+            api_child.process.stdin.close()
+            tail = [line for line in api_child.process.stdout.read().splitlines() if line.strip()]
+            if tail:
+                results.update(json.loads(tail[-1]))
+        finally:
+            if litellm_process is not None:
+                litellm_process.terminate()
+                litellm_process.wait(timeout=30)
+            for child in reversed(children):
+                child.close()
+    results = {"concurrency": args.concurrency, "seconds": args.seconds, "cpus": os.cpu_count(),
+               "api_tree": args.api_src or args.api_ref or "worktree", **results,
+               "litellm": litellm_note}
+    if "litellm_rps" not in results:
+        results["litellm_rps"] = None
+    checks = {"api_rps": (f">= {TARGETS['api_rps']:g}", results["api_rps"] >= TARGETS["api_rps"]),
+              "added_p50_ms": (f"<= {TARGETS['added_p50_ms']:g}", results["added_p50_ms"] <= TARGETS["added_p50_ms"]),
+              "errors": ("0", results["errors"] == 0)}
+    results["targets"] = TARGETS
+    results["meets_targets"] = all(met for _, met in checks.values())
+    print_table("canopy API benchmark (same upstream: instance / miner path / API)", results, checks)
+    print_last_line(results, digits=3)
+
+
+if __name__ == "__main__":
+    main()
