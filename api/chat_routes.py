@@ -200,7 +200,7 @@ async def chat(request: Request) -> Response:
 
 
 async def _reserve(request: Request, key: KeyInfo, record: RequestRecord) -> None:
-    if not await request.app.state.keys.reserve(key.id):
+    if not await request.app.state.keys.reserve(key.id, unlimited=key.credits is None):
         raise InsufficientCredits("the API key has no credits left")
     record.charged = 1
 

@@ -161,7 +161,7 @@ async def _serve(request: Request, kind: type[_Common], path: str) -> Response:
         if not routes:
             raise NoMinerAvailable(f"no miner can serve {body.model!r} with strategy {strategy} right now "
                                    "(all busy, unverified or not ready); retry shortly")
-        if not await state.keys.reserve(key.id):
+        if not await state.keys.reserve(key.id, unlimited=key.credits is None):
             raise InsufficientCredits("the API key has no credits left")
         record.charged = 1
         payload = {k: v for k, v in data.items() if k not in CANOPY_FIELDS}

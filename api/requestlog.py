@@ -25,6 +25,7 @@ from loguru import logger
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from api.batch import BatchWriter
 from api.keys import absolute_time
 from api.tables import RequestLog
 
@@ -68,10 +69,15 @@ class RequestLogger:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.log_prompts = log_prompts
         self._pending: set[asyncio.Task] = set()
+        self._rows = BatchWriter(self._insert_all, what="request log rows")
 
     def write(self, record: RequestRecord) -> None:
-        """Schedule the row (the response does not wait for the database)."""
-        self.spawn(self._insert(record.row(self.log_prompts)))
+        """Queue the row (the response does not wait for the database; see ``api.batch``)."""
+        self._rows.add(record.row(self.log_prompts))
+
+    async def _insert_all(self, rows: list[RequestLog]) -> None:
+        async with self.sessions.begin() as session:
+            session.add_all(rows)
 
     def spawn(self, work: Any) -> None:
         """Run a database write in its own task: it outlives a request cancelled by its client."""
@@ -79,16 +85,10 @@ class RequestLogger:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _insert(self, row: RequestLog) -> None:
-        try:
-            async with self.sessions.begin() as session:
-                session.add(row)
-        except Exception as error:
-            logger.warning("could not write the request log row {}: {}", row.id, error)
-
     async def drain(self) -> None:
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+        await self._rows.drain()
 
 
 def parse_since(text: str, now: float | None = None) -> float:

@@ -4,7 +4,7 @@ Callers: ``api.openai_routes`` (``Upstream.open`` for every chat/completions req
 Below it: ``protocol.dendrite.Dendrite.stream`` (signed ``Invoke`` calls to miner axons,
 NDJSON ``InvokeChunk``s back), ``api.directory.MinerDirectory`` (in-flight counts) and the
 validator's store (one ``Invocation`` row, ``source="organic"``, per miner call that ended,
-written in a background task; ``drain`` waits for them).
+written in batches by ``api.batch.BatchWriter``; ``drain`` waits for them).
 
 ``open`` starts up to ``race`` candidates at once, waits for the first one whose reply
 carries content, cancels the others and returns a ``Call``; a candidate that fails before
@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Sequence
 
-from loguru import logger
 
+from api.batch import BatchWriter
 from api.directory import Route
 from protocol import errors
 from protocol.chutes import Invoke, InvokeChunk
@@ -200,29 +200,20 @@ class Upstream:
                  idle_timeout_s: float | None = 30.0) -> None:
         self.dendrite, self.directory, self.store = dendrite, directory, store
         self.timeout_s, self.idle_timeout_s = timeout_s, idle_timeout_s
-        self._pending: set[asyncio.Task] = set()
+        self._rows = BatchWriter(store.record_invocations, what="organic invocation rows")
 
     def record(self, route: Route, *, ok: bool, error: str = "", started: float, ttft_s: float | None = None,
                compute_s: float = 0.0, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
-        """Append the organic ``Invocation`` row in a task of its own (off the answer's path)."""
+        """Queue the organic ``Invocation`` row (written in batches, off the answer's path: ``api.batch``)."""
         row = {"miner_hotkey": route.hotkey, "chute_id": route.chute.chute_id, "source": ORGANIC, "ok": ok,
                "error": error[:64], "compute_s": compute_s, "prompt_tokens": prompt_tokens,
                "completion_tokens": completion_tokens, "latency_s": time.perf_counter() - started, "ttft_s": ttft_s,
                "created_at": time.time()}
-        task = asyncio.get_running_loop().create_task(self._insert(row))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _insert(self, row: dict[str, Any]) -> None:
-        try:
-            await self.store.record_invocations([row])
-        except Exception as failure:  # a full disk must not fail the answer
-            logger.warning("could not record an organic invocation: {}", failure)
+        self._rows.add(row)
 
     async def drain(self) -> None:
-        """Wait for the invocation rows still being written."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        """Write the invocation rows still queued."""
+        await self._rows.drain()
 
     async def open(self, routes: Sequence[Route], path: str, payload: Any, *, stream: bool, race: int = 1,
                    timeout_s: float | None = None, tried: list[int] | None = None) -> Call:

@@ -136,7 +136,7 @@ async def serve_api(config: dict) -> None:
         session.add(DeviceVerification(miner_hotkey=hotkey, uuid="bench-dev", ok=True, reason="ok",
                                        verified_at=time.time()))
     await store.save_scores(1, 1, {hotkey: 1.0}, {hotkey: 1.0}, {hotkey: 0}, time.time())
-    keys = KeyStore(store.engine)
+    keys = KeyStore(store.engine, cache_s=5.0)
     await keys.create_tables()
     _, key = await keys.create("bench", credits=CREDITS)
     dendrite = Dendrite(validator)

@@ -88,7 +88,7 @@ async def gateway(tmp_path_factory):
     await _verify(store, hotkeys[1], "dev-b")
     scores = {hotkeys[0]: 0.5, hotkeys[1]: 0.1, hotkeys[2]: 0.9}
     await store.save_scores(1, 10, scores, scores, {hotkey: i + 1 for i, hotkey in enumerate(hotkeys)}, time.time())
-    keys = KeyStore(store.engine)
+    keys = KeyStore(store.engine, cache_s=5.0)
     await keys.create_tables()
     dendrite = Dendrite(validator)
     directory = MinerDirectory(chain, NETUID, dendrite, store)

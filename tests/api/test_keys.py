@@ -93,3 +93,37 @@ def test_parsers():
     for bad in ("top_n:0", "uids:", "top_n:-1"):
         with pytest.raises(KeyError_):
             parse_strategy(bad)
+
+
+async def test_the_key_cache_saves_reads_and_edits_through_it_apply_at_once(keys):
+    cached = KeyStore(keys.engine, cache_s=60.0)
+    info, key = await cached.create("cached")
+    assert (await cached.authenticate(key)).name == "cached"
+    await keys.edit("cached", disabled=True)  # another process (the CLI): seen within cache_s
+    assert (await cached.authenticate(key)).name == "cached"
+    await cached.edit("cached", disabled=True)  # through this store: at once
+    with pytest.raises(KeyRejected, match="disabled"):
+        await cached.authenticate(key)
+    assert await cached.reserve(info.id, unlimited=True)  # unlimited: a read, no write
+    assert (await cached.get("cached")).last_used_at is None
+
+
+async def test_batch_writer_writes_everything_queued_in_few_transactions():
+    from api.batch import BatchWriter
+
+    batches: list[list[int]] = []
+
+    async def flush(rows: list[int]) -> None:
+        batches.append(rows)
+        if rows == [13]:
+            raise RuntimeError("disk full")  # logged, the writer goes on
+
+    writer = BatchWriter(flush, what="numbers", max_delay_s=0.01, max_batch=5)
+    for n in range(13):
+        writer.add(n)
+    await writer.drain()
+    writer.add(13)
+    await writer.drain()
+    writer.add(14)
+    await writer.drain()
+    assert [n for batch in batches for n in batch] == list(range(15)) and len(batches) == 5

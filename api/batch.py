@@ -1,0 +1,48 @@
+"""Write-behind batching for the API's per-request rows (request log, organic invocations).
+
+Callers: ``api.requestlog.RequestLogger`` and ``api.upstream.Upstream``. SQLite has one
+writer at a time: a transaction per request made every API request wait on the others'
+commits (``bench/api.py``: four transactions per request capped the gateway at ~70 rps).
+Rows are queued here and written by one background task in a single transaction per
+``max_delay_s`` (or per ``max_batch`` rows), off every answer's path; the task outlives
+the request that queued the row (a client hanging up does not lose its log row).
+``drain`` writes everything queued so far (shutdown, tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+from loguru import logger
+
+
+class BatchWriter:
+    def __init__(self, flush: Callable[[list[Any]], Awaitable[None]], *, what: str, max_delay_s: float = 0.05,
+                 max_batch: int = 1000) -> None:
+        self.flush, self.what = flush, what
+        self.max_delay_s, self.max_batch = max_delay_s, max_batch
+        self._queue: list[Any] = []
+        self._task: asyncio.Task | None = None
+
+    def add(self, item: Any) -> None:
+        self._queue.append(item)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                if len(self._queue) < self.max_batch:
+                    await asyncio.sleep(self.max_delay_s)
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+                try:
+                    await self.flush(batch)
+                except Exception as error:  # a full disk must not fail the answers
+                    logger.warning("could not write {} {}: {}", len(batch), self.what, error)
+        finally:
+            self._task = None
+
+    async def drain(self) -> None:
+        while self._task is not None:
+            await asyncio.shield(self._task)
