@@ -104,8 +104,9 @@ class RequestIdMiddleware:
 
 
 def build_app(*, keys: KeyStore, limiter: Any, directory: Any, upstream: Any, store: Any,
-              config: ApiConfig | None = None, health: Any = None) -> FastAPI:
-    """The gateway app. ``health`` is an optional ``async () -> dict`` merged into ``/health``."""
+              config: ApiConfig | None = None, health: Any = None, moderator: Any = None) -> FastAPI:
+    """The gateway app. ``health`` is an optional ``async () -> dict`` merged into ``/health``;
+    ``moderator`` (``api.moderation.Moderator``) checks inputs before miners are called."""
     from api.admin_routes import router as admin_router
     from api.chat_routes import router as chat_router
     from api.idempotency import IdempotencyStore
@@ -118,6 +119,7 @@ def build_app(*, keys: KeyStore, limiter: Any, directory: Any, upstream: Any, st
     app.state.upstream, app.state.store, app.state.config = upstream, store, config
     app.state.request_log = RequestLogger(keys.engine, log_prompts=config.log_prompts)
     app.state.metrics = Metrics()
+    app.state.moderator = moderator
     app.state.idempotency = IdempotencyStore(keys.engine, ttl_s=config.idempotency_ttl_s,
                                              wait_s=config.request_timeout_s + 5.0)
     app.include_router(router)

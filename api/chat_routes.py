@@ -65,6 +65,7 @@ from api.errors import (
     ApiError, InsufficientCredits, InvalidRequest, NoMinerAvailable, NotFound, UpstreamFailed, UpstreamTimeout,
 )
 from api.keys import KeyError_, KeyInfo, parse_strategy
+from api.moderation import moderate
 from api.openai_routes import (
     ClientClosed, _admit, _authenticate, _body, _client_closed, _failure, _log, _miner_headers,
     _refund, _request_body, _unless_disconnected,
@@ -180,6 +181,7 @@ async def chat(request: Request) -> Response:
         limit_headers = await _admit(request, key)
         model = _model(request, body, key)
         record.model = model
+        await moderate(request, data.get("messages"), "messages")  # api.moderation: before any credit
         if isinstance(body, ValidatorChatIn):
             record.prompt = data.get("messages")
             return await _validator_shape(request, body, key, model, record, limit_headers)
@@ -188,7 +190,7 @@ async def chat(request: Request) -> Response:
     except ApiError as error:
         if key is not None:
             await _refund(request, key, record)
-        _log(request, record, error.status, error.code or error.type)
+        _log(request, record, error.status, error.log_error or error.code or error.type)
         raise
     except ClientClosed:
         return await _client_closed(request, key, record)

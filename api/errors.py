@@ -16,6 +16,7 @@ class ApiError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    log_error: str | None = None  # the request log's error, when not the code
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -55,6 +56,18 @@ class PayloadTooLarge(ApiError):
 
 class RateLimited(ApiError):
     status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+
+class ContentPolicyViolation(ApiError):
+    """The moderator (``api.moderation``) flagged the input: nothing charged, no miner called."""
+    status, type, code = 400, "invalid_request_error", "content_policy_violation"
+    log_error = "moderation"
+
+
+class ModerationUnavailable(ApiError):
+    """The moderation service failed and ``--api.moderation_fail_closed`` is set."""
+    status, type, code = 503, "api_error", "moderation_unavailable"
+    log_error = "moderation"
 
 
 class UpstreamFailed(ApiError):

@@ -3,7 +3,8 @@
 Callers: ``api.app.build_app`` includes ``router``; the parts come from ``app.state``
 (keys, limiter, directory, upstream, request log, config, metrics). One request goes:
 auth (``Authorization: Bearer``) → body (size, JSON, pydantic shape) → rate limits (the
-global default rules and the key's own, per key) → model → candidates (strategy: the
+global default rules and the key's own, per key) → model → moderation (``api.moderation``,
+a flag is 400 ``content_policy_violation``) → candidates (strategy: the
 ``x-canopy-strategy`` header or ``strategy`` field, else the key's default) → one credit
 reserved → ``Upstream.open`` (race ``x-canopy-race`` / ``race``) → relayed JSON or SSE →
 credit kept on success, refunded otherwise → one ``RequestLog`` row.
@@ -28,6 +29,7 @@ from api.errors import (
 )
 from api.idempotency import Claim, claim_for
 from api.keys import KeyError_, KeyInfo, KeyRejected, parse_strategy
+from api.moderation import moderate
 from api.requestlog import RequestRecord
 from api.upstream import NoAnswer
 from protocol import errors as wire
@@ -150,6 +152,10 @@ async def _serve(request: Request, kind: type[_Common], path: str) -> Response:
         limit_headers = await _admit(request, key)
         if not state.directory.known_model(body.model) or not key.allows_model(body.model):
             raise NotFound(f"the model {body.model!r} is not served here (GET /v1/models lists them)", param="model")
+        if isinstance(body, ChatCompletionIn):  # api.moderation: before any credit or miner
+            await moderate(request, data.get("messages"), "messages")
+        else:
+            await moderate(request, data.get("prompt"), "prompt")
         strategy_text = request.headers.get("x-canopy-strategy") or body.strategy or key.default_strategy or "default"
         try:
             strategy = parse_strategy(strategy_text)
@@ -200,7 +206,7 @@ async def _serve(request: Request, kind: type[_Common], path: str) -> Response:
         return Response(text, status_code=call.status, media_type=call.content_type.split(";")[0] or None,
                         headers=headers)
     except ApiError as error:
-        _log(request, record, error.status, error.code or error.type)
+        _log(request, record, error.status, error.log_error or error.code or error.type)
         raise
     except Exception as error:  # a bug: give the credit back, log it, answer 500 in the envelope
         if record.charged:

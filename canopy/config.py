@@ -21,7 +21,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -206,6 +206,13 @@ class ApiSettings(BaseModel):
     refresh_s: float = Field(5.0, gt=0, le=600, description="Seconds between refreshes of which miners serve what.")
     log_retention_days: float = Field(30.0, ge=0, description="Days request logs are kept (pruned hourly); 0 keeps them.")
     idempotency_ttl_s: float = Field(86400.0, gt=0, description="Seconds an Idempotency-Key's answer is replayed.")
+    moderation_blocklist: str | None = Field(
+        None, description="File of blocked words/phrases (one a line, # comments); flagged inputs get 400.")
+    moderation_openai_key: SecretStr | None = Field(
+        None, description="OpenAI key: check inputs with OpenAI's moderation endpoint (never logged).")
+    moderation_openai_url: str = Field("https://api.openai.com/v1", description="Base URL of the moderation API.")
+    moderation_fail_closed: bool = Field(
+        False, description="Refuse (503) when the moderation API fails, instead of allowing (fail open).")
 
     @field_validator("rate_limit")
     @classmethod

@@ -21,6 +21,7 @@ from canopy.config import LoggingSettings
 _SECRET_PATTERNS = (
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1[redacted]"),
     (re.compile(r"\bcpk_[A-Za-z0-9_-]{8,}"), "cpk_[redacted]"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), "sk-[redacted]"),  # OpenAI keys (--api.moderation_openai_key)
     (re.compile(r"(?i)(x-bittensor-signature['\"]?\s*[:=]\s*['\"]?)0x[0-9a-f]+"), r"\1[redacted]"),
     (re.compile(r"\b0x[0-9a-fA-F]{64,}\b"), "0x[redacted]"),
     (re.compile(r"(?i)(mnemonic\W{0,3})((?:[a-z]+\s+){11,23}[a-z]+)"), r"\1[redacted]"),

@@ -26,6 +26,7 @@ import uvicorn  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
 from api.app import ApiConfig, build_app as build_gateway  # noqa: E402
+from api.moderation import from_settings as moderator_from_settings  # noqa: E402
 from api.directory import MinerDirectory  # noqa: E402
 from api.keys import KeyStore, RateRule  # noqa: E402
 from api.limits import MemoryRateLimiter, RedisRateLimiter  # noqa: E402
@@ -61,7 +62,8 @@ def build_app(ctx: NeuronContext, store: ValidatorStore, dendrite: Dendrite, dir
 
     upstream = Upstream(dendrite, directory, store, timeout_s=config.request_timeout_s)
     return build_gateway(keys=KeyStore(store.engine, cache_s=KEY_CACHE_S), limiter=limiter, directory=directory, upstream=upstream,
-                         store=store, config=config, health=chain_health)
+                         store=store, config=config, health=chain_health,
+                         moderator=moderator_from_settings(ctx.settings.api))
 
 
 async def main(ctx: NeuronContext) -> None:
