@@ -68,7 +68,7 @@ from api.keys import KeyError_, KeyInfo, parse_strategy
 from api.moderation import moderate
 from api.openai_routes import (
     ClientClosed, _admit, _authenticate, _body, _client_closed, _failure, _log, _miner_headers,
-    _refund, _request_body, _unless_disconnected,
+    _refund, _request_body, _stream_ended, _unless_disconnected,
 )
 from api.requestlog import RequestRecord
 from api.upstream import NoAnswer
@@ -411,12 +411,6 @@ async def _relay(request: Request, call: Any, key: KeyInfo, record: RequestRecor
         if not ndjson:
             yield "data: [DONE]\n\n"
     finally:  # synchronous up to the last line: a client that hung up cancels every await here
-        record.prompt_tokens, record.completion_tokens = call.prompt_tokens, call.completion_tokens
-        record.answer = "".join(chunks)
-        if not call.finished and not record.error:
-            status, record.error = 499, "client_closed"
-            if record.charged:
-                record.charged = 0
-                request.app.state.request_log.spawn(request.app.state.keys.refund(key.id))
+        status = _stream_ended(request, key, record, call, "".join(chunks), status)
         _log(request, record, status)
         await call.close()

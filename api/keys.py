@@ -28,11 +28,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from api.tables import ApiBase, ApiKey
+from canopy.config import parse_rate_rule
 
 KEY_PREFIX = "cnp_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_RULE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)?\s*(s|m|h|d)\s*$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _RELATIVE = re.compile(r"^\s*in\s+(\d+)\s*(second|minute|hour|day|week)s?\s*$", re.IGNORECASE)
 _STRATEGY = re.compile(r"^(default|top_n:(\d{1,3})|uids:(\d{1,5}(,\d{1,5})*))$")
 
@@ -58,10 +57,10 @@ class RateRule:
 
     @classmethod
     def parse(cls, text: str) -> "RateRule":
-        match = _RULE.match(text)
-        if not match or int(match.group(1)) <= 0 or int(match.group(2) or 1) <= 0:
+        parsed = parse_rate_rule(text)
+        if parsed is None:
             raise KeyError_(f"rate limit {text!r} is not N/Ws (e.g. 10/60s, 100/1h, 5/m)")
-        return cls(int(match.group(1)), int(match.group(2) or 1) * _UNIT_S[match.group(3)])
+        return cls(*parsed)
 
     def __str__(self) -> str:
         return f"{self.limit}/{self.window_s}s"

@@ -265,13 +265,7 @@ async def _relay(request: Request, call: Any, key: KeyInfo, record: RequestRecor
         await _refund(request, key, record)
         yield sse_error(UpstreamFailed(f"the miner failed mid-stream: {error.type}: {error.message}"))
     finally:  # synchronous up to the last line: a client that hung up cancels every await here
-        record.prompt_tokens, record.completion_tokens = call.prompt_tokens, call.completion_tokens
-        record.answer = "".join(pieces)
-        if not call.finished and not record.error:
-            status, record.error = 499, "client_closed"
-            if record.charged:
-                record.charged = 0
-                request.app.state.request_log.spawn(request.app.state.keys.refund(key.id))
+        status = _stream_ended(request, key, record, call, "".join(pieces), status)
         if claim is not None:  # a clean stream is kept for replay; anything else frees the key
             if call.finished and not record.error and status < 500:
                 claim.finish_later(status, record.answer, {**_miner_headers(call.route),
@@ -280,6 +274,19 @@ async def _relay(request: Request, call: Any, key: KeyInfo, record: RequestRecor
                 claim.release()
         _log(request, record, status)
         await call.close()
+
+
+def _stream_ended(request: Request, key: KeyInfo, record: RequestRecord, call: Any, answer: str, status: int) -> int:
+    """Record what a relayed stream carried; a stream the client hung up on is a 499 and its
+    credit goes back (in a task: this runs in a ``finally`` that must not await). Returns the status."""
+    record.prompt_tokens, record.completion_tokens = call.prompt_tokens, call.completion_tokens
+    record.answer = answer
+    if not call.finished and not record.error:
+        status, record.error = 499, "client_closed"
+        if record.charged:
+            record.charged = 0
+            request.app.state.request_log.spawn(request.app.state.keys.refund(key.id))
+    return status
 
 
 async def _refund(request: Request, key: KeyInfo, record: RequestRecord) -> None:

@@ -189,7 +189,18 @@ class WandbSettings(BaseModel):
     dir: str | None = Field(None, description="Where the run files go (default: $CANOPY_HOME/wandb).")
 
 
-_RATE_RULE = re.compile(r"^\s*\d+\s*/\s*\d*\s*[smhd]\s*$")
+_RATE_RULE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)?\s*(s|m|h|d)\s*$")
+_RATE_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate_rule(text: str) -> tuple[int, int] | None:
+    """"10/60s", "100/1h", "5/m" -> (limit, window seconds); None unless both are positive.
+    The one parser of rate-limit rules: ``--api.rate_limit`` and ``api.keys.RateRule``."""
+    match = _RATE_RULE.match(text)
+    if not match:
+        return None
+    limit, window = int(match.group(1)), int(match.group(2) or 1) * _RATE_UNIT_S[match.group(3)]
+    return (limit, window) if limit > 0 and window > 0 else None
 
 
 class ApiSettings(BaseModel):
@@ -219,7 +230,7 @@ class ApiSettings(BaseModel):
     def _rules(cls, value: str) -> str:
         rules = [rule for rule in value.split(",") if rule.strip()]
         for rule in rules:
-            if not _RATE_RULE.match(rule) or rule.strip().startswith("0"):
+            if parse_rate_rule(rule) is None:
                 raise ValueError(f"rate limit {rule.strip()!r} is not N/Ws (e.g. 600/60s, 100/1h, 5/m)")
         return ",".join(rule.strip() for rule in rules)
 

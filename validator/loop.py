@@ -101,8 +101,8 @@ class Validator:
         self.first_seen_block: dict[str, int] = {}
         self.next_synthetic_at = 0.0
         self.next_info_check: dict[str, float] = {}
-        self.rounds_done: set[str] = set()
-        self.attempted: dict[str, set[str]] = {}  # hotkey -> device uuids challenged for it
+        # hotkey -> device uuids challenged for it; a key means its first GraVal round finished
+        self.attempted: dict[str, set[str]] = {}
         self._verify_gate = asyncio.Semaphore(self.settings.max_concurrent_verifications)
         self._tasks: dict[str, asyncio.Task] = {}
 
@@ -118,7 +118,6 @@ class Validator:
             self.attempted.setdefault(row.miner_hotkey, set()).add(row.uuid)
         for hotkey, (at, passed) in last_round.items():
             self.schedule.restore(hotkey, at, passed)
-            self.rounds_done.add(hotkey)
         await self.weights.restore()
         if self.scores or last_round:
             logger.info("restored {} scores (step {}), {} miners' verifications, last weights at block {}",
@@ -137,6 +136,13 @@ class Validator:
 
     def miners(self) -> list[Neuron]:
         return [n for n in (self.graph.serving_miners() if self.graph else []) if n.hotkey != self.hotkey]
+
+    def forget(self, hotkeys_left: set[str]) -> None:
+        """Drop what is kept per miner for miners that left the metagraph."""
+        self.schedule.forget(hotkeys_left)
+        for per_miner in (self.attempted, self.first_seen_block, self.next_info_check):
+            for hotkey in [key for key in per_miner if key not in hotkeys_left]:
+                del per_miner[hotkey]
 
     async def inventory(self, miners: list[Neuron]) -> dict[str, MinerView]:
         answers = await self.dendrite.query(miners, Inventory(), timeout=self.settings.inventory_timeout_s)
@@ -168,13 +174,12 @@ class Validator:
         async with self._verify_gate:
             results = await rounds.verify_round(self.verifier, self.schedule, self.store, miner, self.metrics, known)
         self.attempted.setdefault(miner.hotkey, set()).update(result.uuid for result in results)
-        self.rounds_done.add(miner.hotkey)
 
     async def schedule_verifications(self, views: dict[str, MinerView], latest: dict[str, Any]) -> int:
         """Start due GraVal rounds and device-info checks; returns how many rounds started."""
         now = time.time()
         for hotkey, view in views.items():
-            if hotkey not in self.rounds_done or f"verify:{hotkey}" in self._tasks:
+            if hotkey not in self.attempted or f"verify:{hotkey}" in self._tasks:
                 continue  # its first round is due anyway, or one is running
             if any(d.uuid not in self.attempted.get(hotkey, ()) for d in view.devices):
                 self.schedule.expedite(hotkey)  # a device never challenged for this miner
@@ -241,7 +246,7 @@ class Validator:
             self.first_seen_block.setdefault(hotkey, block)
         if self.scores or self.weights.last_set_block is not None:
             return []
-        return [h for h in views if h not in self.rounds_done
+        return [h for h in views if h not in self.attempted
                 and (f"verify:{h}" in self._tasks or block - self.first_seen_block[h] < tempo)]
 
     async def step(self, *, wait: bool = False) -> StepReport:
@@ -250,7 +255,7 @@ class Validator:
         block = await self.chain.block()
         graph = await self.sync(block)
         miners = self.miners()
-        self.schedule.forget({m.hotkey for m in miners})
+        self.forget({m.hotkey for m in miners})
         views = await self.inventory(miners)
         latest = await self.store.latest_verifications()
         verifications = await self.schedule_verifications(views, latest)
@@ -265,7 +270,7 @@ class Validator:
             logger.info("scoring waits for the first GraVal round of {} miner(s)", len(pending))
         else:
             scores, raw = await self.score(views, block, latest)
-            outcome = await self.weights.maybe_set(block, scores, graph)
+            outcome = await self.weights.maybe_set(block, scores, graph, hyper)
         if raw and self.step_number % PRUNE_EVERY_STEPS == 0:
             await self.store.prune(time.time() - self.scoring.window_s)
         report = StepReport(self.step_number, block, len(miners), len(views), verifications, synthetic, dict(scores), raw,

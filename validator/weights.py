@@ -20,7 +20,7 @@ from typing import Mapping
 import bittensor as bt
 from loguru import logger
 
-from chain import Chain, ChainError, InvalidWeights, Metagraph, NoValidatorPermit, RateLimited
+from chain import Chain, ChainError, Hyperparameters, InvalidWeights, Metagraph, NoValidatorPermit, RateLimited
 from validator.scoring import dedupe_coldkeys, to_weights
 from validator.store import ValidatorStore
 
@@ -60,11 +60,13 @@ class WeightSetter:
         registered = {hotkey: score for hotkey, score in scores.items() if hotkey in coldkeys}
         return to_weights(dedupe_coldkeys(registered, coldkeys), {n.hotkey: n.uid for n in graph.neurons})
 
-    async def maybe_set(self, block: int, scores: Mapping[str, float], graph: Metagraph) -> WeightsOutcome | None:
-        """Submit this block if it is time; None when it is not (or nothing can be set yet)."""
+    async def maybe_set(self, block: int, scores: Mapping[str, float], graph: Metagraph,
+                        hyper: Hyperparameters | None = None) -> WeightsOutcome | None:
+        """Submit this block if it is time; None when it is not (or nothing can be set yet).
+        ``hyper``: the subnet's hyperparameters when the caller has read them this step."""
         if block < self.next_attempt_block:
             return None
-        hyper = await self.chain.hyperparameters(self.netuid)
+        hyper = hyper or await self.chain.hyperparameters(self.netuid)
         if self.last_set_block is not None and block - self.last_set_block < hyper.tempo:
             return None
         me = graph.by_hotkey(self.wallet.hotkey.ss58_address)
