@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Canopy's front door. `./run.sh demo` and `./run.sh test` set everything up on a fresh
-# clone (virtualenv, pinned dependencies, the redis-server the tests use) and run.
+# clone (virtualenv, pinned dependencies, the redis-server and PostgreSQL the tests use) and run.
 # Re-running installs nothing new unless requirements*.txt or setup.py changed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -69,6 +69,39 @@ ensure_redis() {
   fi
 }
 
+pg_bin() {
+  # Debian keeps the server's programs in /usr/lib/postgresql/<version>/bin, off PATH.
+  command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1 && return 0
+  ls -d /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+}
+
+ensure_postgres() {
+  pg_bin && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing postgresql from Debian packages (used by the multi-replica storage tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    # The package starts a cluster on :5432; the tests start their own on a free port.
+    (service postgresql stop || true) >/dev/null 2>&1
+  else
+    echo "run.sh: PostgreSQL is missing; install it (sudo apt-get install postgresql)" >&2
+    return 1
+  fi
+}
+
+ensure_chromium() {
+  # The web UI's browser test drives the system's Chromium through Playwright (no browser download).
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing chromium from Debian packages (used by the web UI's browser test)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "run.sh: chromium is missing; install it (sudo apt-get install chromium)" >&2
+    return 1
+  fi
+}
+
 command=${1:-help}
 [ $# -gt 0 ] && shift
 case "$command" in
@@ -77,7 +110,9 @@ case "$command" in
   test)
     ensure_venv
     ensure_redis
-    export CANOPY_REQUIRE_REDIS=1
+    ensure_postgres
+    ensure_chromium
+    export CANOPY_REQUIRE_REDIS=1 CANOPY_REQUIRE_POSTGRES=1 CANOPY_REQUIRE_CHROMIUM=1
     set +e
     "$VENV/bin/python" -m pytest "$@"
     status=$?

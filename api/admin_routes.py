@@ -22,10 +22,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from api.errors import ApiError, Forbidden, InvalidRequest, Unauthorized
-from api.keys import KeyError_, KeyInfo, KeyRejected, RateRule, parse_expiry, parse_strategy
+from api.errors import ApiError, Forbidden, InvalidRequest
+from api.keys import KeyError_, KeyInfo, RateRule, parse_expiry, parse_strategy
+from api.pipeline import bearer_key, parse_body, request_body
 from api.requestlog import log_dict, log_stats, parse_since, query_logs
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -61,31 +62,14 @@ class KeyPatch(_KeyFields):
 
 
 async def _admin(request: Request) -> KeyInfo:
-    value = request.headers.get("authorization", "")
-    scheme, _, token = value.partition(" ")
-    try:
-        key = await request.app.state.keys.authenticate(token.strip() if scheme.lower() == "bearer" else None)
-    except KeyRejected as rejected:
-        raise Unauthorized(str(rejected), code="invalid_api_key" if rejected.reason != "missing" else "missing_api_key")
+    key = await bearer_key(request)
     if not key.admin:
         raise Forbidden("this API key is not an admin key (canopy keys create --admin)")
     return key
 
 
 async def _json(request: Request, model: type[BaseModel]) -> BaseModel:
-    try:
-        data = await request.json()
-    except ValueError as error:
-        raise InvalidRequest(f"the body is not valid JSON: {error}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("the body must be a JSON object", code="invalid_type")
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        first = error.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"], param=param,
-                             code="invalid_value") from None
+    return (await parse_body(request, model))[0]
 
 
 def _checked(body: _KeyFields) -> dict[str, Any]:
@@ -122,6 +106,16 @@ async def _key_id(request: Request, name: str | None) -> int | None:
         raise KeyNotFound(f"no key named {name!r}", param="key") from None
 
 
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """A query parameter for the OpenAPI document (the routes read ``request.query_params`` themselves)."""
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+_KEY_QUERY = _query("key", {"type": "string"}, "only this key's requests (its name)")
+_SINCE_QUERY = _query("since", {"type": "string"}, "a duration back from now (1h, 30m, 7d) or a time (ISO, epoch)")
+_UNTIL_QUERY = _query("until", {"type": "string"}, "as since: the end of the window")
+
+
 def _int(value: str | None, param: str, low: int, high: int) -> int | None:
     if value is None or value == "":
         return None
@@ -146,7 +140,7 @@ async def list_keys(request: Request) -> dict:
     return {"object": "list", "data": [key.as_dict() for key in await request.app.state.keys.list()]}
 
 
-@router.post("/keys", status_code=201)
+@router.post("/keys", status_code=201, openapi_extra=request_body(KeyCreate))
 async def create_key(request: Request) -> JSONResponse:
     """Create a key; the answer carries ``key`` this once (only its hash is stored)."""
     await _admin(request)
@@ -170,7 +164,7 @@ async def get_key(request: Request, name: str) -> dict:
         raise KeyNotFound(str(error), param="name") from None
 
 
-@router.patch("/keys/{name}")
+@router.patch("/keys/{name}", openapi_extra=request_body(KeyPatch))
 async def edit_key(request: Request, name: str) -> dict:
     """Change credits (or add_credits), expiry, limits, strategy, models, disabled, admin; null clears."""
     await _admin(request)
@@ -208,7 +202,10 @@ async def delete_key(request: Request, name: str) -> dict:
     return {"object": "key", "name": name, "deleted": True}
 
 
-@router.get("/logs")
+@router.get("/logs", openapi_extra={"parameters": [
+    _KEY_QUERY, _query("status", {"type": "integer", "minimum": 100, "maximum": 599}, "only this HTTP status"),
+    _SINCE_QUERY, _UNTIL_QUERY,
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}, "rows at most")]})
 async def logs(request: Request) -> dict:
     """Request-log rows, newest first: ``key`` (name), ``status``, ``since``/``until``, ``limit`` (1..1000)."""
     await _admin(request)
@@ -222,7 +219,8 @@ async def logs(request: Request) -> dict:
     return {"object": "list", "data": [log_dict(row) for row in rows]}
 
 
-@router.get("/stats")
+@router.get("/stats", openapi_extra={"parameters": [
+    {**_SINCE_QUERY, "schema": {"type": "string", "default": "24h"}}, _UNTIL_QUERY, _KEY_QUERY]})
 async def stats(request: Request) -> dict:
     """Requests, errors, tokens, credits charged and counts by status over ``since`` (default 24h)."""
     await _admin(request)

@@ -108,9 +108,13 @@ def build_app(*, keys: KeyStore, limiter: Any, directory: Any, upstream: Any, st
     """The gateway app. ``health`` is an optional ``async () -> dict`` merged into ``/health``;
     ``moderator`` (``api.moderation.Moderator``) checks inputs before miners are called."""
     from api.admin_routes import router as admin_router
+    from api.admin_series import router as series_router
     from api.chat_routes import router as chat_router
+    from api.credits import CreditLedger
     from api.idempotency import IdempotencyStore
-    from api.openai_routes import COMPONENTS, router  # the routes read their parts from app.state
+    from api.openai_routes import router  # the routes read their parts from app.state
+    from api.pipeline import COMPONENTS
+    from api.web import mount_ui
 
     config = config or ApiConfig()
     app = FastAPI(title="Canopy API", version="0.1.0",
@@ -118,6 +122,7 @@ def build_app(*, keys: KeyStore, limiter: Any, directory: Any, upstream: Any, st
     app.state.keys, app.state.limiter, app.state.directory = keys, limiter, directory
     app.state.upstream, app.state.store, app.state.config = upstream, store, config
     app.state.request_log = RequestLogger(keys.engine, log_prompts=config.log_prompts)
+    app.state.credits = CreditLedger(keys)
     app.state.metrics = Metrics()
     app.state.moderator = moderator
     app.state.idempotency = IdempotencyStore(keys.engine, ttl_s=config.idempotency_ttl_s,
@@ -125,12 +130,15 @@ def build_app(*, keys: KeyStore, limiter: Any, directory: Any, upstream: Any, st
     app.include_router(router)
     app.include_router(chat_router)  # POST /chat, the Bittensor shapes
     app.include_router(admin_router)
+    app.include_router(series_router)  # /admin/stats/hourly, /admin/miners (for the UI)
+    mount_ui(app)  # the web UI at /ui/ (static files, not in the OpenAPI document)
     default_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = default_openapi()
             schema.setdefault("components", {}).setdefault("schemas", {}).update(COMPONENTS)
+            _document_auth_and_errors(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -167,6 +175,44 @@ def build_app(*, keys: KeyStore, limiter: Any, directory: Any, upstream: Any, st
     return app
 
 
+ERROR_SCHEMA: dict[str, Any] = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type", "param", "code"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"},
+        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+
+
+def _document_auth_and_errors(schema: dict[str, Any]) -> None:
+    """The OpenAPI document's bearer auth (every route but ``ops``) and error envelope (``default``
+    response); FastAPI's 422 is dropped: a request that fails validation is answered 400."""
+    components = schema["components"]
+    components.setdefault("securitySchemes", {})["bearer"] = {
+        "type": "http", "scheme": "bearer",
+        "description": "an API key (canopy keys create); /admin/* needs one made with --admin"}
+    components["schemas"]["Error"] = ERROR_SCHEMA
+    error = {"description": "an error in OpenAI's envelope",
+             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if "ops" in operation.get("tags", ()):
+                continue
+            operation["security"] = [{"bearer": []}]
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            responses["default"] = error
+    if "HTTPValidationError" not in str(schema.get("paths")):
+        for name in ("HTTPValidationError", "ValidationError"):
+            components["schemas"].pop(name, None)
+
+
 def _param(loc: Any) -> str | None:
     parts = [str(part) for part in loc if part not in ("body",)]
     return ".".join(parts) or None
+
+
+async def close_gateway(app: FastAPI) -> None:
+    """Write what the gateway still holds: queued log, idempotency and invocation rows, and
+    the credit leases (given back to their keys). Call after the server stopped."""
+    await app.state.request_log.drain()
+    await app.state.idempotency.drain()
+    await app.state.upstream.drain()
+    await app.state.credits.close()

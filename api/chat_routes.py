@@ -1,8 +1,9 @@
 """``POST /chat``: the two request shapes Bittensor users already send to subnet validators.
 
-Callers: ``api.app.build_app`` includes ``router``. It reuses the OpenAI routes' helpers
-(``api.openai_routes``: auth, body checks, rate limits, miner headers, request log,
-refunds, client-disconnect watching) and ``Upstream.open`` for every miner call; each
+Callers: ``api.app.build_app`` includes ``router``. It goes through the routes' shared
+steps (``api.pipeline``: auth, body checks, idempotency, rate limits, miner headers,
+request log, refunds, client-disconnect watching), ``Upstream.open`` for every miner call
+and ``api.chat_stream`` for the Subnet 1 stream; each
 request is one ``RequestLog`` row with route ``/chat`` and costs one credit, reserved
 before any miner is called, kept when at least one miner answered, refunded otherwise.
 
@@ -35,7 +36,7 @@ miners), minus the ``exclude``d uids; ``timeout`` per request (default: the gate
   "selected_uid"}`` (timings: seconds since the request started). SSE (``data: {..}``,
   ending ``data: [DONE]``) unless the client accepts ``application/x-ndjson`` (one JSON
   object per line). A failure after the stream started is one last chunk with
-  ``finish_reason: "error"`` and the OpenAI ``error`` envelope.
+  ``finish_reason: "error"`` and the OpenAI ``error`` envelope (``api.chat_stream``).
 - ``stream`` false: the k are asked in parallel; with ``prefer`` ``longest``/``shortest``
   all answers are awaited and that one is chosen, without ``prefer`` the first answer
   wins. JSON ``{"selected_uid", "responder_hotkey", "message", "finish_reason",
@@ -60,15 +61,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from api.chat_shapes import SubnetOneChatIn, ValidatorChatIn, _Sampling, request_shape as _shape
+from api.chat_stream import relay_sn1
 from api.directory import CHAT_PATH
 from api.errors import (
     ApiError, InsufficientCredits, InvalidRequest, NoMinerAvailable, NotFound, UpstreamFailed, UpstreamTimeout,
 )
+from api.idempotency import Claim
 from api.keys import KeyError_, KeyInfo, parse_strategy
 from api.moderation import moderate
-from api.openai_routes import (
-    ClientClosed, _admit, _authenticate, _body, _client_closed, _failure, _log, _miner_headers,
-    _refund, _request_body, _stream_ended, _unless_disconnected,
+from api.pipeline import (
+    ClientClosed, admit, answer_error, authenticate, claim_or_replay, client_closed, log_request, miner_headers,
+    parse_body, refund, request_body, unless_disconnected,
 )
 from api.requestlog import RequestRecord
 from api.upstream import NoAnswer
@@ -88,6 +91,7 @@ class _Answer:
     finish_reason: str | None = None
     error: str = ""
     timed_out: bool = False
+    client_error: bool = False  # the chute refused the payload (CLIENT_ERRORS): the request's fault
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -133,7 +137,7 @@ async def _ask(request: Request, route: Any, payload: dict[str, Any], timeout_s:
         last = failure.last
         return _Answer(route, (time.perf_counter() - started) * 1000.0,
                        error=f"{last.type}: {last.message}" if last is not None else "no answer",
-                       timed_out=failure.timed_out)
+                       timed_out=failure.timed_out, client_error=failure.client_error)
     return await _read(call, started)
 
 
@@ -161,6 +165,8 @@ async def _fan_out(request: Request, routes: list[Any], payload: dict[str, Any],
 
 def _no_answer(answers: list[_Answer]) -> ApiError:
     detail = answers[-1].error if answers else "no answer"
+    if answers and all(a.client_error for a in answers):  # as api.pipeline.answer_error: a 400, not a 502
+        return InvalidRequest(f"the chute refused the request: {detail}", code="invalid_payload")
     if answers and all(a.timed_out for a in answers):
         return UpstreamTimeout(f"no miner answered in time ({len(answers)} tried): {detail}")
     return UpstreamFailed(f"every miner tried failed ({len(answers)} tried): {detail}")
@@ -168,41 +174,53 @@ def _no_answer(answers: list[_Answer]) -> ApiError:
 
 @router.post(ROUTE, tags=["bittensor"], openapi_extra={"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"oneOf": [
-        _request_body(ValidatorChatIn)["requestBody"]["content"]["application/json"]["schema"],
-        _request_body(SubnetOneChatIn)["requestBody"]["content"]["application/json"]["schema"]]}}}}})
+        request_body(ValidatorChatIn)["requestBody"]["content"]["application/json"]["schema"],
+        request_body(SubnetOneChatIn)["requestBody"]["content"]["application/json"]["schema"]]}}}}})
 async def chat(request: Request) -> Response:
     """Bittensor chat: the validator-endpoint shape or the Subnet 1 API shape (see the module doc)."""
     record = RequestRecord(id=request.scope["state"]["request_id"], route=ROUTE)
-    key = None
+    key, claim = None, None
     try:
-        key = await _authenticate(request, record)
-        _, data = await _body(request, _Any)
-        body, _ = await _body(request, _shape(data))  # Starlette keeps the body: parsed again, not re-read
-        limit_headers = await _admit(request, key)
+        key = await authenticate(request, record)
+        _, data = await parse_body(request, _Any)
+        body, _ = await parse_body(request, _shape(data))  # Starlette keeps the body: parsed again, not re-read
+        record.prompt = data.get("messages") if isinstance(body, ValidatorChatIn) else \
+            {"roles": body.roles, "messages": body.messages}
+        claim, replay = await claim_or_replay(request, record, key, ROUTE, data)
+        if replay is not None:
+            return replay
+        limit_headers = await admit(request, key)
         model = _model(request, body, key)
         record.model = model
         await moderate(request, data.get("messages"), "messages")  # api.moderation: before any credit
         if isinstance(body, ValidatorChatIn):
-            record.prompt = data.get("messages")
-            return await _validator_shape(request, body, key, model, record, limit_headers)
-        record.prompt = {"roles": body.roles, "messages": body.messages}
-        return await _subnet_one_shape(request, body, key, model, record, limit_headers)
+            response = await _validator_shape(request, body, key, model, record, limit_headers)
+        else:
+            response = await _subnet_one_shape(request, body, key, model, record, limit_headers, claim)
+        if isinstance(response, StreamingResponse):
+            claim = None  # the stream keeps or frees it when it ends
+        elif claim is not None:
+            await claim.finish(response.status_code, bytes(response.body).decode(), dict(response.headers))
+        return response
     except ApiError as error:
         if key is not None:
-            await _refund(request, key, record)
-        _log(request, record, error.status, error.log_error or error.code or error.type)
+            refund(request, key, record)
+        log_request(request, record, error.status, error.log_error or error.code or error.type)
         raise
     except ClientClosed:
-        return await _client_closed(request, key, record)
+        return await client_closed(request, key, record)
     except Exception as error:  # a bug: give the credit back, log it, answer 500 in the envelope
         if key is not None:
-            await _refund(request, key, record)
-        _log(request, record, 500, type(error).__name__)
+            refund(request, key, record)
+        log_request(request, record, 500, type(error).__name__)
         raise
+    finally:
+        if claim is not None:
+            claim.release()  # not answered (or answered and kept: then this does nothing)
 
 
 async def _reserve(request: Request, key: KeyInfo, record: RequestRecord) -> None:
-    if not await request.app.state.keys.reserve(key.id, unlimited=key.credits is None):
+    if not await request.app.state.credits.reserve(key):
         raise InsufficientCredits("the API key has no credits left")
     record.charged = 1
 
@@ -211,7 +229,7 @@ def _settle(record: RequestRecord, answers: list[_Answer], served: _Answer) -> d
     record.uid, record.hotkey = served.route.uid, served.route.hotkey
     record.prompt_tokens = sum(a.prompt_tokens for a in answers if a.ok)
     record.completion_tokens = sum(a.completion_tokens for a in answers if a.ok)
-    return _miner_headers(served.route)
+    return miner_headers(served.route)
 
 
 async def _validator_shape(request: Request, body: ValidatorChatIn, key: KeyInfo, model: str,
@@ -237,7 +255,7 @@ async def _validator_shape(request: Request, body: ValidatorChatIn, key: KeyInfo
     payload = _payload(body, model, [m.model_dump(exclude_none=True) for m in body.messages], stream=False)
     timeout_s = state.config.request_timeout_s
     if fan_out:
-        answers = await _unless_disconnected(request, _fan_out(
+        answers = await unless_disconnected(request, _fan_out(
             request, routes, payload, timeout_s, first_only=body.respond_on_first_success,
             tried=record.miners_tried))
         if not any(a.ok for a in answers):
@@ -246,12 +264,12 @@ async def _validator_shape(request: Request, body: ValidatorChatIn, key: KeyInfo
     else:
         started = time.perf_counter()
         try:
-            call = await _unless_disconnected(request, state.upstream.open(
+            call = await unless_disconnected(request, state.upstream.open(
                 routes, CHAT_PATH, payload, stream=False, race=state.config.race, timeout_s=timeout_s,
                 tried=record.miners_tried))
         except NoAnswer as failure:
-            raise _failure(failure) from None
-        answer = await _unless_disconnected(request, _read(call, started))
+            raise answer_error(failure) from None
+        answer = await unless_disconnected(request, _read(call, started))
         if not answer.ok:
             raise UpstreamFailed(f"the miner failed mid-answer: {answer.error}")
         answers = [answer]
@@ -260,7 +278,7 @@ async def _validator_shape(request: Request, body: ValidatorChatIn, key: KeyInfo
     ok = [a for a in answers if a.ok]
     headers = {**limit_headers, **_settle(record, answers, ok[0])}
     record.answer = json.dumps([a.content for a in ok])
-    _log(request, record, 200)
+    log_request(request, record, 200)
     return JSONResponse({"choices": [
         {"index": i, "uid": a.route.uid, "responder_hotkey": a.route.hotkey,
          "message": {"role": "assistant", "content": a.content}, "response_ms": round(a.response_ms, 3)}
@@ -305,7 +323,7 @@ def _sn1_routes(request: Request, body: SubnetOneChatIn, model: str, record: Req
 
 
 async def _subnet_one_shape(request: Request, body: SubnetOneChatIn, key: KeyInfo, model: str,
-                            record: RequestRecord, limit_headers: dict[str, str]) -> Response:
+                            record: RequestRecord, limit_headers: dict[str, str], claim: Claim | None) -> Response:
     state = request.app.state
     if len(body.roles) != len(body.messages):
         raise InvalidRequest(f"roles ({len(body.roles)}) and messages ({len(body.messages)}) must pair up",
@@ -320,7 +338,7 @@ async def _subnet_one_shape(request: Request, body: SubnetOneChatIn, key: KeyInf
     timeout_s = body.timeout or state.config.request_timeout_s
     started = time.perf_counter()
     if not body.stream:
-        answers = await _unless_disconnected(request, _fan_out(
+        answers = await unless_disconnected(request, _fan_out(
             request, routes, payload, timeout_s, first_only=body.prefer is None, tried=record.miners_tried))
         ok = [a for a in answers if a.ok]
         if not ok:
@@ -329,7 +347,7 @@ async def _subnet_one_shape(request: Request, body: SubnetOneChatIn, key: KeyInf
             ok, key=lambda a: len(a.content or ""))
         headers = {**limit_headers, **_settle(record, answers, served)}
         record.answer = served.content
-        _log(request, record, 200)
+        log_request(request, record, 200)
         return JSONResponse({
             "selected_uid": served.route.uid, "responder_hotkey": served.route.hotkey,
             "message": {"role": "assistant", "content": served.content}, "finish_reason": served.finish_reason,
@@ -338,79 +356,13 @@ async def _subnet_one_shape(request: Request, body: SubnetOneChatIn, key: KeyInf
                           for a in ok],
             "failed_responses": [a.failure() for a in answers if not a.ok]}, headers=headers)
     try:
-        call = await _unless_disconnected(request, state.upstream.open(
+        call = await unless_disconnected(request, state.upstream.open(
             routes, CHAT_PATH, payload, stream=True, race=min(body.k, state.config.max_race), timeout_s=timeout_s,
             tried=record.miners_tried))
     except NoAnswer as failure:
-        raise _failure(failure) from None
+        raise answer_error(failure) from None
     record.uid, record.hotkey = call.route.uid, call.route.hotkey
     ndjson = "application/x-ndjson" in request.headers.get("accept", "")
-    return StreamingResponse(_relay(request, call, key, record, started, ndjson), status_code=200,
+    return StreamingResponse(relay_sn1(request, call, key, record, started, ndjson, claim), status_code=200,
                              media_type="application/x-ndjson" if ndjson else "text/event-stream",
-                             headers={**limit_headers, **_miner_headers(call.route)})
-
-
-def _deltas(events: str) -> list[tuple[str, str | None]]:
-    """(content delta, finish_reason) of each OpenAI chunk in complete SSE events."""
-    out = []
-    for event in events.split("\n\n"):
-        for line in event.splitlines():
-            if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-                continue
-            try:
-                chunk = json.loads(line[5:])
-            except ValueError:
-                continue
-            for choice in chunk.get("choices") or []:
-                delta = (choice.get("delta") or {}).get("content") or ""
-                if delta or choice.get("finish_reason"):
-                    out.append((delta, choice.get("finish_reason")))
-    return out
-
-
-async def _relay(request: Request, call: Any, key: KeyInfo, record: RequestRecord, started: float, ndjson: bool):
-    """The miner's OpenAI SSE re-cut as Subnet 1 chunks; a failure mid-stream is a last error chunk."""
-    chunks: list[str] = []
-    timings: list[float] = []
-    sequence = 0
-    status = 200
-    buffer = ""
-
-    def frame(item: dict[str, Any]) -> str:
-        text = json.dumps(item)
-        return text + "\n" if ndjson else f"data: {text}\n\n"
-
-    def chunk(delta: str, finish_reason: str | None, **extra: Any) -> str:
-        nonlocal sequence
-        sequence += 1
-        return frame({"delta": delta, "finish_reason": finish_reason, "accumulated_chunks": list(chunks),
-                      "accumulated_chunks_timings": list(timings), "timestamp": time.time(),
-                      "sequence_number": sequence, "selected_uid": call.route.uid, **extra})
-
-    try:
-        async for piece in call.pieces():
-            buffer += piece
-            complete, _, buffer = buffer.rpartition("\n\n")
-            for delta, finish_reason in _deltas(complete):
-                if delta:
-                    chunks.append(delta)
-                    timings.append(round(time.perf_counter() - started, 6))
-                yield chunk(delta, finish_reason)
-        for delta, finish_reason in _deltas(buffer):
-            if delta:
-                chunks.append(delta)
-                timings.append(round(time.perf_counter() - started, 6))
-            yield chunk(delta, finish_reason)
-        if not ndjson:
-            yield "data: [DONE]\n\n"
-    except wire.ProtocolError as error:
-        status, record.error = 502, error.type
-        await _refund(request, key, record)
-        failure = UpstreamFailed(f"the miner failed mid-stream: {error.type}: {error.message}")
-        yield chunk("", "error", **failure.body())
-        if not ndjson:
-            yield "data: [DONE]\n\n"
-    finally:  # synchronous up to the last line: a client that hung up cancels every await here
-        status = _stream_ended(request, key, record, call, "".join(chunks), status)
-        _log(request, record, status)
-        await call.close()
+                             headers={**limit_headers, **miner_headers(call.route)})

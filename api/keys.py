@@ -5,11 +5,10 @@ Callers: the API's auth dependency (``authenticate``, ``reserve``/``refund``), t
 (256 bits), so a plain SHA-256 digest is enough to store it: there is nothing to
 brute-force. Only a hint (``cnp_…`` + its last four characters) is ever listed.
 
-Credits are whole units, one per successful answer by default. ``reserve`` takes them in
-one conditional ``UPDATE … WHERE credits >= n`` (atomic on SQLite and Postgres alike), so
-with M credits, N > M concurrent requests get exactly M reservations and the balance never
-goes negative; ``refund`` gives a reservation back when the answer failed. ``None`` means
-unlimited credits.
+Credits are whole units, one per successful answer; ``None`` means unlimited. The API
+reserves and refunds them through ``api.credits.CreditLedger`` (leases taken in one
+conditional ``UPDATE … WHERE credits >= n``); a key's balance is its ``credits`` column
+plus the leases replicas hold, which ``get``/``list``/``edit`` account for.
 """
 
 from __future__ import annotations
@@ -23,11 +22,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from api.tables import ApiBase, ApiKey
+from api.tables import ApiBase, ApiKey, CreditLease
 from canopy.config import parse_rate_rule
 
 KEY_PREFIX = "cnp_"
@@ -132,9 +131,11 @@ class KeyInfo:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def of(cls, row: ApiKey) -> "KeyInfo":
+    def of(cls, row: ApiKey, leased: int = 0) -> "KeyInfo":
+        """``leased``: credits gateway replicas hold for this key (``api.credits``), still its balance."""
         models = json.loads(row.models) if row.models is not None else None
-        return cls(row.id, row.name, row.hint, row.credits, row.expires_at, row.disabled, row.admin,
+        credits = row.credits + leased if row.credits is not None else None
+        return cls(row.id, row.name, row.hint, credits, row.expires_at, row.disabled, row.admin,
                    tuple(RateRule.parse(rule) for rule in json.loads(row.rate_limits or "[]")), row.default_strategy,
                    tuple(models) if models is not None else None, row.created_at, row.last_used_at)
 
@@ -187,11 +188,14 @@ class KeyStore:
         self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.cache_s = cache_s
-        self._cache: dict[str, tuple[float, ApiKey]] = {}
+        self._cache: dict[str, tuple[float, KeyInfo]] = {}
+        #: key id -> credits this process spent or refunded from its leases but not yet wrote
+        #: to the lease rows (``api.credits.CreditLedger.unwritten``), so its own reads are exact
+        self.unwritten: Any = lambda key_id: 0
 
     async def create_tables(self) -> None:
-        async with self.engine.begin() as connection:
-            await connection.run_sync(ApiBase.metadata.create_all)
+        from validator.store import create_all  # waits out another replica creating them at once
+        await create_all(self.engine, ApiBase.metadata)
 
     async def create(self, name: str, **fields: Any) -> tuple[KeyInfo, str]:
         """A new key named ``name``; returns it with the key itself (shown this once)."""
@@ -213,27 +217,44 @@ class KeyStore:
             raise KeyError_(f"no key named {name!r} (canopy keys list)")
         return row
 
+    async def _leased(self, session: Any, key_id: int | None = None) -> dict[int, int]:
+        """Credits held in replicas' leases, by key id (all keys, or one)."""
+        query = select(CreditLease.key_id, func.sum(CreditLease.credits)).group_by(CreditLease.key_id)
+        if key_id is not None:
+            query = query.where(CreditLease.key_id == key_id)
+        leased = {key: int(total or 0) for key, total in (await session.execute(query)).all()}
+        return {key: total + self.unwritten(key) for key, total in leased.items()}
+
     async def get(self, name: str) -> KeyInfo:
         async with self.sessions() as session:
-            return KeyInfo.of(await self._row(session, name))
+            row = await self._row(session, name)
+            return KeyInfo.of(row, (await self._leased(session, row.id)).get(row.id, 0))
 
     async def list(self) -> list[KeyInfo]:
         async with self.sessions() as session:
-            return [KeyInfo.of(row) for row in (await session.scalars(select(ApiKey).order_by(ApiKey.id))).all()]
+            leased = await self._leased(session)
+            return [KeyInfo.of(row, leased.get(row.id, 0))
+                    for row in (await session.scalars(select(ApiKey).order_by(ApiKey.id))).all()]
 
     async def edit(self, name: str, **fields: Any) -> KeyInfo:
+        """New values; ``credits`` sets the key's whole balance, leases included (the column
+        gets what the replicas do not hold)."""
         values = _columns(**fields)
         self._cache.clear()
         async with self.sessions.begin() as session:
             row = await self._row(session, name)
+            leased = (await self._leased(session, row.id)).get(row.id, 0)
+            if values.get("credits") is not None:
+                values["credits"] = max(0, values["credits"] - leased)
             for column, value in values.items():
                 setattr(row, column, value)
-        return KeyInfo.of(row)
+        return KeyInfo.of(row, leased)
 
     async def delete(self, name: str) -> None:
         self._cache.clear()
         async with self.sessions.begin() as session:
             row = await self._row(session, name)
+            await session.execute(delete(CreditLease).where(CreditLease.key_id == row.id))
             await session.execute(delete(ApiKey).where(ApiKey.id == row.id))
 
     async def authenticate(self, key: str | None, now: float | None = None) -> KeyInfo:
@@ -243,44 +264,20 @@ class KeyStore:
         digest = hash_key(key)
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > time.monotonic():
-            row = cached[1]
+            info = cached[1]
         else:
             async with self.sessions() as session:
                 row = (await session.scalars(select(ApiKey).where(ApiKey.key_hash == digest))).first()
             if row is None:
                 raise KeyRejected("unknown", "the API key is not valid")
+            info = KeyInfo.of(row)
             if self.cache_s > 0:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
-                self._cache[digest] = (time.monotonic() + self.cache_s, row)
-        if row.disabled:
-            raise KeyRejected("disabled", f"the API key {row.hint} is disabled")
+                self._cache[digest] = (time.monotonic() + self.cache_s, info)
+        if info.disabled:
+            raise KeyRejected("disabled", f"the API key {info.hint} is disabled")
         now = time.time() if now is None else now
-        if row.expires_at is not None and row.expires_at <= now:
-            raise KeyRejected("expired", f"the API key {row.hint} expired")
-        return KeyInfo.of(row)
-
-    async def reserve(self, key_id: int, amount: int = 1, *, unlimited: bool | None = None) -> bool:
-        """Take ``amount`` credits if the key has them (one atomic UPDATE); True when taken.
-
-        ``unlimited`` (the caller's KeyInfo says credits is None) skips the write: a key
-        without a credit limit costs a read, not a transaction, per request.
-        """
-        if unlimited:
-            async with self.sessions() as session:
-                credits = (await session.execute(select(ApiKey.id, ApiKey.credits).where(ApiKey.id == key_id))).first()
-            if credits is not None and credits[1] is None:
-                return True
-        statement = (update(ApiKey).where(ApiKey.id == key_id, ApiKey.credits.is_not(None), ApiKey.credits >= amount)
-                     .values(credits=ApiKey.credits - amount, last_used_at=time.time()))
-        async with self.sessions.begin() as session:
-            if (await session.execute(statement)).rowcount:
-                return True
-            unlimited_now = (await session.execute(select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.credits.is_(None)))).first()
-        return unlimited_now is not None
-
-    async def refund(self, key_id: int, amount: int = 1) -> None:
-        """Give back a reservation whose request was not answered."""
-        async with self.sessions.begin() as session:
-            await session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.credits.is_not(None))
-                                  .values(credits=ApiKey.credits + amount))
+        if info.expires_at is not None and info.expires_at <= now:
+            raise KeyRejected("expired", f"the API key {info.hint} expired")
+        return info

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from api.batch import BatchWriter
 from api.keys import absolute_time
 from api.tables import RequestLog
+from validator.store import bulk_insert
 
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _SINCE_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -54,8 +55,9 @@ class RequestRecord:
     prompt: Any = None
     answer: str | None = None
 
-    def row(self, log_prompts: bool) -> RequestLog:
-        return RequestLog(
+    def row(self, log_prompts: bool) -> dict[str, Any]:
+        """The ``RequestLog`` columns (a plain dict: rows are bulk-inserted in batches)."""
+        return dict(
             id=self.id, key_id=self.key_id, route=self.route, model=self.model[:256], strategy=self.strategy,
             miners_tried=json.dumps(self.miners_tried), uid=self.uid, hotkey=self.hotkey, status=self.status,
             error=self.error[:64], latency_ms=(time.perf_counter() - self.started) * 1000.0,
@@ -66,7 +68,7 @@ class RequestRecord:
 
 class RequestLogger:
     def __init__(self, engine: AsyncEngine, *, log_prompts: bool = False) -> None:
-        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.engine = engine
         self.log_prompts = log_prompts
         self._pending: set[asyncio.Task] = set()
         self._rows = BatchWriter(self._insert_all, what="request log rows")
@@ -75,9 +77,8 @@ class RequestLogger:
         """Queue the row (the response does not wait for the database; see ``api.batch``)."""
         self._rows.add(record.row(self.log_prompts))
 
-    async def _insert_all(self, rows: list[RequestLog]) -> None:
-        async with self.sessions.begin() as session:
-            session.add_all(rows)
+    async def _insert_all(self, rows: list[dict[str, Any]]) -> None:
+        await bulk_insert(self.engine, RequestLog.__table__, rows)
 
     def spawn(self, work: Any) -> None:
         """Run a database write in its own task: it outlives a request cancelled by its client."""

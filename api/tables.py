@@ -8,7 +8,9 @@ the ``canopy keys`` / ``canopy logs`` commands, tests. The validator's tables li
   with its credits, expiry, rate-limit rules, default strategy, allowed models and flags;
 - ``RequestLog``: one row per API request (prompts and answers only when the operator
   opts in);
-- ``IdempotencyRecord``: the first answer to a request sent with an ``Idempotency-Key``.
+- ``IdempotencyRecord``: the first answer to a request sent with an ``Idempotency-Key``;
+- ``CreditLease``: credits one gateway replica took from a key's balance to reserve in
+  memory (``api.credits``); the key's balance is its ``credits`` plus its leases.
 """
 
 from __future__ import annotations
@@ -74,3 +76,14 @@ class IdempotencyRecord(ApiBase):
     body: Mapped[str] = mapped_column(Text)
     headers: Mapped[str] = mapped_column(Text, default="{}")
     created_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class CreditLease(ApiBase):
+    __tablename__ = "api_credit_leases"
+    __table_args__ = (UniqueConstraint("key_id", "replica"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_id: Mapped[int] = mapped_column(Integer, index=True)
+    replica: Mapped[str] = mapped_column(String(64))  # the gateway process holding it
+    credits: Mapped[int] = mapped_column(Integer)  # still unspent, as of updated_at
+    updated_at: Mapped[float] = mapped_column(Float, index=True)  # the holder's last heartbeat

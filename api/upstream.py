@@ -148,6 +148,11 @@ class Call:
     def ttft_s(self) -> float | None:
         return self.attempt.ttft_s
 
+    @property
+    def complete(self) -> bool:
+        """The whole reply came in the first chunk (``read`` will not wait)."""
+        return self.first_chunk.done
+
     def _absorb(self, chunk: InvokeChunk) -> None:
         if chunk.usage is not None:
             self.prompt_tokens, self.completion_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
@@ -222,15 +227,14 @@ class Upstream:
         synapse = Invoke(chute_id="-", path=path, payload=payload, stream=stream)
         timeout = timeout_s or self.timeout_s
         queue, tried = list(routes), ([] if tried is None else tried)
+        if race <= 1:
+            return await self._in_turn(queue, synapse, timeout, tried)
         active: dict[asyncio.Task, _Attempt] = {}
         last: errors.ProtocolError | None = None
         try:
             while True:
-                while len(active) < max(1, race) and queue:
-                    route = queue.pop(0)
-                    tried.append(route.uid)
-                    attempt = _Attempt(self, route, synapse.model_copy(update={"chute_id": route.chute.chute_id}),
-                                       timeout)
+                while len(active) < race and queue:
+                    attempt = self._start(queue.pop(0), synapse, timeout, tried)
                     active[asyncio.create_task(attempt.first())] = attempt
                 if not active:
                     raise NoAnswer(f"no miner answered ({len(tried)} tried)", tried, last)
@@ -238,21 +242,13 @@ class Upstream:
                 for task in done:
                     attempt = active.pop(task)
                     failure = task.exception()
-                    if failure is None and task.result() is None:
-                        failure = errors.DecodeError("the miner's reply was empty")
-                    if failure is None and (attempt.status or 200) >= 500:
-                        failure = errors.RemoteError(f"http_{attempt.status}", "the instance answered an error",
-                                                     status=attempt.status or 500)
-                    if failure is None:
+                    last = await self._judge(attempt, None if failure else task.result(), failure)
+                    if last is None:
                         for other_task, other in list(active.items()):
                             other_task.cancel()
                             await other.cancel()
                         active.clear()
                         return Call(self, attempt, task.result(), tried)
-                    last = failure if isinstance(failure, errors.ProtocolError) else \
-                        errors.ConnectionFailed(f"{type(failure).__name__}: {failure}")
-                    await attempt.cancel()
-                    self.record(attempt.route, ok=False, error=_kind(failure), started=attempt.started)
                     if last.type in CLIENT_ERRORS:
                         for other_task, other in list(active.items()):
                             other_task.cancel()
@@ -264,3 +260,43 @@ class Upstream:
                 task.cancel()
                 await attempt.cancel()
             raise
+
+    async def _in_turn(self, queue: list[Route], synapse: Invoke, timeout: float, tried: list[int]) -> Call:
+        """``open`` without a race: one candidate at a time, no task per attempt."""
+        last: errors.ProtocolError | None = None
+        for route in queue:
+            attempt = self._start(route, synapse, timeout, tried)
+            try:
+                chunk, failure = await attempt.first(), None
+            except Exception as error:  # noqa: BLE001 - judged below
+                chunk, failure = None, error
+            except BaseException:
+                await attempt.cancel()
+                raise
+            last = await self._judge(attempt, chunk, failure)
+            if last is None:
+                return Call(self, attempt, chunk, tried)
+            if last.type in CLIENT_ERRORS:
+                raise NoAnswer(last.message, tried, last)
+        raise NoAnswer(f"no miner answered ({len(tried)} tried)", tried, last)
+
+    def _start(self, route: Route, synapse: Invoke, timeout: float, tried: list[int]) -> _Attempt:
+        tried.append(route.uid)
+        return _Attempt(self, route, synapse.model_copy(update={"chute_id": route.chute.chute_id}), timeout)
+
+    async def _judge(self, attempt: _Attempt, chunk: InvokeChunk | None,
+                     failure: BaseException | None) -> errors.ProtocolError | None:
+        """None when ``attempt`` answered with content; else its error, the attempt stopped and
+        recorded as failed (an empty reply and a 5xx from the instance are failures too)."""
+        if failure is None and chunk is None:
+            failure = errors.DecodeError("the miner's reply was empty")
+        if failure is None and (attempt.status or 200) >= 500:
+            failure = errors.RemoteError(f"http_{attempt.status}", "the instance answered an error",
+                                         status=attempt.status or 500)
+        if failure is None:
+            return None
+        error = failure if isinstance(failure, errors.ProtocolError) else \
+            errors.ConnectionFailed(f"{type(failure).__name__}: {failure}")
+        await attempt.cancel()
+        self.record(attempt.route, ok=False, error=_kind(failure), started=attempt.started)
+        return error

@@ -48,6 +48,9 @@ Figures:
 
 - ``request_log_rows`` / ``invocation_rows`` / ``credits_spent``: read from the API's
   SQLite file after the run (warm-up and latency phases included): one of each per answer.
+- ``api_cpu_ms_per_request``: the API process's CPU time while serving (all its threads,
+  start-up excluded) over the requests it logged: what one request costs the gateway, whatever the
+  other processes on the box are doing.
 
 Targets (a 2-core box): ``api_rps >= 500``, ``added_p50_ms <= 3``; ``errors`` must be 0.
 ``--api-ref REF`` measures the ``api/`` package of a git ref (``git archive``) and

@@ -2,19 +2,23 @@
 
 Callers: ``run.sh demo`` (``python -m canopy.demo``) and the end-to-end test. It creates
 a fresh devnet under ``$CANOPY_HOME/demo``, makes the wallets (owner/validator and three
-miners), registers and stakes them, starts the miners as real processes
-(``neurons/miner.py``; each hosts the echo chute, two the SmolLM2 chute), waits for their
-axons on chain, pings each over the signed protocol from the validator's hotkey, then runs
-the validator's own steps (``validator.loop``: GraVal rounds on the CPU pseudo-devices, a
-synthetic round, scoring) in-process until it sets weights, streams a chat answer from
-the LLM chute, and prints the devices, chutes, scores, weights and the metagraph after
-the epoch. ``--once`` exits after printing; otherwise it serves until Ctrl-C. The API
-stage plugs in here with its issue.
+miners), registers and stakes them, starts the miners as real processes (two honest
+``neurons/miner.py`` with one and two CPU pseudo-devices, and ``canopy/demo_cheater.py``,
+which claims a device it cannot prove; each hosts the echo chute and the SmolLM2 chute)
+and the public API (``neurons/api.py``), waits for their axons on chain, pings each over
+the signed protocol from the validator's hotkey, then runs the validator's own steps
+(``validator.loop``: GraVal rounds, a synthetic round, scoring) in-process until it sets
+weights. It then creates an API key, asks the API a question with the official ``openai``
+client (streamed; the answering miner comes from the response headers), and prints the
+devices, chutes, the subnet table (devices claimed/verified, score, weight, incentive after
+the epoch), the metagraph, and the curl line and URLs to try next. ``--once`` exits after
+printing; otherwise it serves until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -24,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import typer
 from loguru import logger
 from rich.console import Console
@@ -34,27 +39,28 @@ from canopy.cli.tables import metagraph_table, short
 from canopy.config import canopy_home
 from canopy.wallets import coldkey_ss58, create_devnet_wallet
 from chain.devnet import DevnetChain, DevnetLedger
-from canopy.chains import SSEDecoder
 from canopy.chute import chute_id
 from canopy.templates.llm import BUNDLED_MODEL, _default_name
 from canopy.templates.model_files import models_root
-from protocol.chutes import Invoke
 from protocol.dendrite import Dendrite
 from protocol.graval.synapses import Inventory
 from protocol.graval.devices import load_gpu_table
 from protocol.synapse import Ping
 from canopy.config import load_settings
+from api.keys import KeyStore
 from validator.loop import Validator
 from validator.store import ValidatorStore
 
 REPO = Path(__file__).resolve().parent.parent
 NETUID = 1
 MINERS = ("miner1", "miner2", "miner3")
-MINER_DEVICES = (1, 2, 1)  # CPU pseudo-devices each miner offers
-LLM_MINERS = 2  # the first two also host the LLM chute (SmolLM2 on CPU)
+MINER_DEVICES = (1, 2, 1)  # CPU pseudo-devices each miner offers (claims)
+CHEATER = "miner3"  # commits to random GraVal roots: canopy/demo_cheater.py
+LLM_MINERS = len(MINERS)  # every miner hosts the LLM chute (SmolLM2 on CPU) and the echo chute
 QUESTION = "In one sentence: what is Bittensor?"
 DEVICE_MEMORY_MB = 16  # per device: 9 matrices of 1024 x 1024 and 144 access steps
 VALIDATOR_STAKE = 1000.0
+API_PORT = 8000  # the README's address, when it is free
 
 console = Console()
 
@@ -79,10 +85,18 @@ class DemoPaths:
     def validator_db(self) -> Path:
         return self.home / "validator.sqlite"
 
+    @property
+    def database_url(self) -> str:
+        return f"sqlite+aiosqlite:///{self.validator_db}"
 
-def _free_port() -> int:
+
+def _free_port(preferred: int = 0) -> int:
+    """``preferred`` when it is free, else any free loopback port."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
@@ -103,19 +117,34 @@ def _chutes_config(paths: DemoPaths, name: str, llm: bool) -> Path:
     return path
 
 
-def _start_miner(paths: DemoPaths, name: str, port: int, devices: int, llm: bool) -> subprocess.Popen:
+def _spawn(paths: DemoPaths, name: str, command: list[str]) -> subprocess.Popen:
+    """A neuron process of the demo, logging to ``logs/NAME.log``."""
     paths.logs.mkdir(parents=True, exist_ok=True)
     log = open(paths.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-    command = [
-        sys.executable, str(REPO / "neurons" / "miner.py"), "--network", "devnet", "--netuid", str(NETUID),
-        "--wallet.name", name, "--wallet.hotkey", "default", "--wallet.path", str(paths.wallets),
-        "--devnet.path", str(paths.chain), "--axon.ip", "127.0.0.1", "--axon.port", str(port),
-        "--graval.cpu_devices", str(devices), "--graval.cpu_memory_mb", str(DEVICE_MEMORY_MB),
-        "--chutes.config", str(_chutes_config(paths, name, llm)), "--chutes.log_dir", str(paths.logs),
-    ]
     env = {**os.environ, "CANOPY_HOME": str(paths.home), "PYTHONUNBUFFERED": "1",
            "CANOPY_MODEL_CACHE": str(models_root())}  # one converted model for every run
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+    return subprocess.Popen([sys.executable, *command], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                            start_new_session=True)
+
+
+def _devnet_flags(paths: DemoPaths, wallet: str, hotkey: str) -> list[str]:
+    return ["--network", "devnet", "--netuid", str(NETUID), "--devnet.path", str(paths.chain),
+            "--wallet.name", wallet, "--wallet.hotkey", hotkey, "--wallet.path", str(paths.wallets)]
+
+
+def _start_miner(paths: DemoPaths, name: str, port: int, devices: int, llm: bool) -> subprocess.Popen:
+    entry = ["-m", "canopy.demo_cheater"] if name == CHEATER else [str(REPO / "neurons" / "miner.py")]
+    return _spawn(paths, name, [
+        *entry, *_devnet_flags(paths, name, "default"), "--axon.ip", "127.0.0.1", "--axon.port", str(port),
+        "--graval.cpu_devices", str(devices), "--graval.cpu_memory_mb", str(DEVICE_MEMORY_MB),
+        "--chutes.config", str(_chutes_config(paths, name, llm)), "--chutes.log_dir", str(paths.logs)])
+
+
+def _start_api(paths: DemoPaths, port: int) -> subprocess.Popen:
+    """The public API on the validator's hotkey, sharing the validator's store."""
+    return _spawn(paths, "api", [str(REPO / "neurons" / "api.py"), *_devnet_flags(paths, "owner", "validator"),
+                                 "--axon.ip", "127.0.0.1", "--axon.port", str(port),
+                                 "--database_url", paths.database_url, "--api.refresh_s", "2"])
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
@@ -136,7 +165,7 @@ async def _wait_for_axons(chain: DevnetChain, processes: list[subprocess.Popen],
     while time.monotonic() < deadline:
         for process in processes:
             if process.poll() is not None:
-                raise RuntimeError(f"a miner exited with code {process.returncode}; see {process.args[1]} logs")
+                raise RuntimeError(f"a miner exited with code {process.returncode}; see its log")
         serving = len((await chain.metagraph(NETUID)).serving_miners())
         progress.update(task, completed=serving)
         if serving >= len(processes):
@@ -173,32 +202,62 @@ async def _wait_for_llm(dendrite: Dendrite, miners, timeout: float):
     raise RuntimeError(f"the LLM chute was not ready on {LLM_MINERS} miners within {timeout:.0f}s (see the miner logs)")
 
 
-async def _chat(validator, miner) -> str:
-    """Ask the LLM chute a question through the miner's axon, printing tokens as they stream."""
-    payload = {"model": BUNDLED_MODEL, "messages": [{"role": "user", "content": QUESTION}],
-               "max_tokens": 60, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
-    decoder, pieces, usage = SSEDecoder(), [], {}
-    console.print(f"[bold]Q[/] (validator → miner uid {miner.uid} → LLM chute): {QUESTION}")
+async def _api_key(paths: DemoPaths) -> str:
+    """A fresh API key in the store the API reads (``canopy keys create`` does the same)."""
+    store = await ValidatorStore.open(paths.database_url)
+    try:
+        keys = KeyStore(store.engine)
+        await keys.create_tables()
+        _, key = await keys.create(f"demo-{int(time.time())}", credits=1000, rate_limits=["60/60s"])
+        return key
+    finally:
+        await store.close()
+
+
+async def _wait_for_api(url: str, api: subprocess.Popen, key: str, timeout: float) -> None:
+    """Until ``GET /v1/models`` lists the LLM chute (verified miners with a ready instance)."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if api.poll() is not None:
+                raise RuntimeError(f"the API exited with code {api.returncode}; see logs/api.log")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{url}/v1/models", headers={"authorization": f"Bearer {key}"}) as response:
+                    if response.status == 200 and any(m["id"] == BUNDLED_MODEL for m in (await response.json())["data"]):
+                        return
+            await asyncio.sleep(0.5)
+    raise RuntimeError(f"the API did not list {BUNDLED_MODEL} within {timeout:.0f}s (see logs/api.log)")
+
+
+def _ask_api(url: str, key: str) -> tuple[str, str, str, float]:
+    """Stream an answer with the official ``openai`` client: (text, miner uid, hotkey, seconds)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{url}/v1", api_key=key, timeout=120, max_retries=1)
+    console.print(f"[bold]Q[/] (openai client → API → a verified miner → LLM chute): {QUESTION}")
     console.print("[bold]A[/] ", end="")
-    started = time.perf_counter()
-    async with Dendrite(validator) as dendrite:
-        synapse = Invoke(chute_id=LLM_CHUTE_ID, path="/v1/chat/completions", payload=payload, stream=True)
-        async for chunk in dendrite.stream(miner, synapse, timeout=120):
-            if chunk.error is not None:
-                raise RuntimeError(f"the LLM chute failed: {chunk.error.type}: {chunk.error.message}")
-            for event in decoder.feed(chunk.data or ""):
-                if isinstance(event, dict) and event.get("choices"):
-                    piece = event["choices"][0]["delta"].get("content") or ""
-                    pieces.append(piece)
-                    console.print(piece, end="", markup=False, highlight=False)
-                elif isinstance(event, dict) and event.get("usage"):
-                    usage = event["usage"]
-    elapsed = time.perf_counter() - started
+    pieces, started = [], time.perf_counter()
+    with client.chat.completions.with_streaming_response.create(
+            model=BUNDLED_MODEL, messages=[{"role": "user", "content": QUESTION}], max_tokens=60, temperature=0,
+            stream=True) as response:
+        uid, hotkey = response.headers.get("x-canopy-miner-uid", "?"), response.headers.get("x-canopy-miner-hotkey", "")
+        for chunk in response.parse():
+            piece = (chunk.choices[0].delta.content or "") if chunk.choices else ""
+            pieces.append(piece)
+            console.print(piece, end="", markup=False, highlight=False)
     console.print()
     if not "".join(pieces).strip():
-        raise RuntimeError("the LLM chute streamed an empty answer")
-    tokens = usage.get("completion_tokens", len(pieces))
-    return f"[dim]{tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.1f} tok/s), streamed over Invoke[/]"
+        raise RuntimeError("the API streamed an empty answer")
+    return "".join(pieces), uid, hotkey, time.perf_counter() - started
+
+
+def _try_next(url: str, key: str) -> str:
+    return (f"[bold]Try next[/] (the API serves until you stop the demo):\n"
+            f"  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+            f"-H 'Content-Type: application/json' \\\n"
+            f"    -d '{{\"model\": \"{BUNDLED_MODEL}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}], "
+            f"\"max_tokens\": 32}}'\n"
+            f"  API docs: {url}/docs  ·  web UI: {url}/ui/  ·  metrics: {url}/metrics")
 
 
 async def _inventories(validator, graph):
@@ -249,17 +308,20 @@ async def _verifications(store: ValidatorStore, graph) -> list[list]:
             for neuron in graph.serving_miners()]
 
 
-def _scores_table(graph, rounds, activity, report) -> Table:
-    table = Table(title="Validator scores (README: Scoring) and the weights set", header_style="bold")
-    for column in ("UID", "HOTKEY", "GPUS OK", "SYNTH OK", "FLAGGED", "RAW", "SCORE", "WEIGHT"):
+def _subnet_table(graph, rounds, activity, report) -> Table:
+    """Per miner: devices claimed and verified, synthetic calls, the validator's score and
+    weight, and the incentive the devnet's epoch paid (``graph`` read after it)."""
+    table = Table(title="The subnet: devices, scores, weights (validator) and incentive (devnet epoch)",
+                  header_style="bold")
+    for column in ("UID", "HOTKEY", "DEVICES CLAIMED", "VERIFIED", "SYNTH OK", "SCORE", "WEIGHT", "INCENTIVE"):
         table.add_column(column)
     weights = dict(zip(report.weights.uids, report.weights.weights)) if report.weights else {}
     for neuron, rows in zip(graph.serving_miners(), rounds):
         record = activity.get(neuron.hotkey)
-        table.add_row(str(neuron.uid), short(neuron.hotkey), f"{sum(r.ok for r in rows)}/{len(rows)}",
+        table.add_row(str(neuron.uid), short(neuron.hotkey), str(len(rows)), str(sum(r.ok for r in rows)),
                       f"{record.synthetic_ok}/{record.synthetic_total}" if record else "-",
-                      str(record.flagged) if record else "-", f"{report.raw.get(neuron.hotkey, 0.0):.3f}",
-                      f"{report.scores.get(neuron.hotkey, 0.0):.3f}", f"{weights.get(neuron.uid, 0.0):.3f}")
+                      f"{report.scores.get(neuron.hotkey, 0.0):.3f}", f"{weights.get(neuron.uid, 0.0):.3f}",
+                      f"{neuron.incentive:.3f}")
     return table
 
 
@@ -293,6 +355,9 @@ async def _run(paths: DemoPaths, once: bool, block_time: float, tempo: int) -> i
             processes = [_start_miner(paths, name, _free_port(), devices, llm=index < LLM_MINERS)
                          for index, (name, devices) in enumerate(zip(MINERS, MINER_DEVICES))]
             await _wait_for_axons(chain, processes, progress, timeout=90)
+            api_url = f"http://127.0.0.1:{_free_port(preferred=API_PORT)}"
+            api = _start_api(paths, int(api_url.rsplit(":", 1)[1]))
+            processes.append(api)
 
             graph = await chain.metagraph(NETUID)
             store = await ValidatorStore.open(f"sqlite+aiosqlite:///{paths.validator_db}")
@@ -302,7 +367,7 @@ async def _run(paths: DemoPaths, once: bool, block_time: float, tempo: int) -> i
                     if not any(result.ok for result in results):
                         raise RuntimeError("no miner answered the signed Ping")
                     chat_task = progress.add_task("LLM chute ready on a miner (first run converts the model, ~40 s)", total=1)
-                    host = await _wait_for_llm(dendrite, graph.serving_miners(), timeout=300)
+                    await _wait_for_llm(dendrite, graph.serving_miners(), timeout=300)
                     progress.update(chat_task, completed=1)
                     report = await _validate(paths, validator, chain, store, dendrite, progress)
                 rounds = await _verifications(store, graph)
@@ -314,17 +379,26 @@ async def _run(paths: DemoPaths, once: bool, block_time: float, tempo: int) -> i
             while (await chain.metagraph(NETUID)).by_uid(submission.uids[0]).incentive == 0:
                 await asyncio.sleep(block_time / 2)
             progress.update(weights_task, completed=1)
+            api_task = progress.add_task("API: a key, verified miners listed", total=1)
+            key = await _api_key(paths)
+            await _wait_for_api(api_url, api, key, timeout=60)
+            progress.update(api_task, completed=1)
 
         console.print(_ping_table(graph, results))
         console.print(_devices_table(graph, rounds))
         console.print(_chutes_table(graph, await _inventories(validator, graph)))
-        console.print(await _chat(validator, host))
-        console.print(_scores_table(graph, rounds, activity, report))
+        _, uid, hotkey, elapsed = await asyncio.to_thread(_ask_api, api_url, key)
+        console.print(f"[dim]served by miner uid {uid} ({short(hotkey)}) in {elapsed:.1f} s, "
+                      "through the API with the openai client[/]")
+        paid = await chain.metagraph(NETUID)
+        console.print(_subnet_table(paid, rounds, activity, report))
+        weights = dict(zip(submission.uids, submission.weights))
         console.print(f"Weights set at block {submission.block}: " + ", ".join(
-            f"uid {uid} = {weight:.3f}" for uid, weight in zip(submission.uids, submission.weights)))
-        console.print(metagraph_table(await chain.metagraph(NETUID), width=console.width))
+            f"uid {neuron.uid} = {weights.get(neuron.uid, 0.0):.3f}" for neuron in paid.serving_miners()))
+        console.print(metagraph_table(paid, width=console.width))
         console.print(f"Devnet: {paths.chain}  ·  logs: {paths.logs}  ·  inspect with "
                       f"[bold]CANOPY_HOME={paths.home} ./run.sh canopy devnet metagraph[/]")
+        console.print(_try_next(api_url, key), soft_wrap=True)
         if once:
             return 0
         console.print("Serving until Ctrl-C …")

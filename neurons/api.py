@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import uvicorn  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from api.app import ApiConfig, build_app as build_gateway  # noqa: E402
+from api.app import ApiConfig, build_app as build_gateway, close_gateway  # noqa: E402
 from api.moderation import from_settings as moderator_from_settings  # noqa: E402
 from api.directory import MinerDirectory  # noqa: E402
 from api.keys import KeyStore, RateRule  # noqa: E402
@@ -89,9 +89,7 @@ async def main(ctx: NeuronContext) -> None:
         await serving
         retention.cancel()
         await asyncio.gather(retention, return_exceptions=True)
-        await app.state.request_log.drain()
-        await app.state.idempotency.drain()
-        await app.state.upstream.drain()
+        await close_gateway(app)  # queued rows written, credit leases given back
         await directory.stop()
         await dendrite.close()
         await limiter.close()

@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from sqlalchemy import case, delete, event, func, select
+from sqlalchemy import case, delete, event, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -94,6 +94,38 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API
     cursor.close()
 
 
+_CREATING_ELSEWHERE = ("already exists", "database is locked",
+                       "pg_type_typname_nsp_index", "pg_class_relname_nsp_index")
+
+
+async def create_all(engine: AsyncEngine, metadata: Any) -> None:
+    """``metadata.create_all`` that waits out another process (the API, a second replica) creating
+    the same tables at once: SQLite refuses at once rather than wait (or while the new file
+    switches to WAL), Postgres reports the loser as "already exists" or a duplicate catalog row (type, sequence)."""
+    for attempt in range(10):
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(metadata.create_all)
+            return
+        except (OperationalError, ProgrammingError, IntegrityError) as error:
+            if not any(text in str(error) for text in _CREATING_ELSEWHERE) or attempt == 9:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+
+
+async def bulk_insert(engine: AsyncEngine, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (dicts of column values) in one transaction: a Core executemany per set
+    of keys, with the columns' defaults for the keys a row leaves out. No ORM objects: the
+    API writes two rows per request this way (``api.batch``)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append(row)
+    if groups:
+        async with engine.begin() as connection:
+            for group in groups.values():
+                await connection.execute(insert(table), group)
+
+
 class ValidatorStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -105,17 +137,7 @@ class ValidatorStore:
         engine = create_async_engine(url)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        for attempt in range(10):
-            try:
-                async with engine.begin() as connection:
-                    await connection.run_sync(Base.metadata.create_all)
-                break
-            except (OperationalError, ProgrammingError) as error:
-                # Another process (the API, a second replica) is creating the same tables, or
-                # switching the new file to WAL: SQLite refuses at once rather than wait.
-                if not any(text in str(error) for text in ("already exists", "database is locked")) or attempt == 9:
-                    raise
-                await asyncio.sleep(0.05 * (attempt + 1))
+        await create_all(engine, Base.metadata)
         return cls(engine)
 
     async def close(self) -> None:
@@ -173,12 +195,11 @@ class ValidatorStore:
 
     async def record_invocations(self, rows: Iterable[Mapping[str, Any]]) -> int:
         """Append invocation rows (``Invocation`` columns; ``source`` organic or synthetic)."""
-        records = [Invocation(**row) for row in rows]
+        records = [dict(row) for row in rows]
         for record in records:
-            if record.source not in (ORGANIC, SYNTHETIC):
-                raise ValueError(f"invocation source must be {ORGANIC!r} or {SYNTHETIC!r}, got {record.source!r}")
-        async with self.sessions.begin() as session:
-            session.add_all(records)
+            if record.get("source") not in (ORGANIC, SYNTHETIC):
+                raise ValueError(f"invocation source must be {ORGANIC!r} or {SYNTHETIC!r}, got {record.get('source')!r}")
+        await bulk_insert(self.engine, Invocation.__table__, records)
         return len(records)
 
     async def invocation_sums(self, *, since: float | None = None, before: float | None = None,

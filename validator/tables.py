@@ -14,7 +14,7 @@ to the same database), tests. One class per table:
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Float, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ORGANIC, SYNTHETIC = "organic", "synthetic"
@@ -49,7 +49,7 @@ class DeviceVerification(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     model_id: Mapped[str] = mapped_column(String(32), default="")
     name: Mapped[str] = mapped_column(String(128), default="")
-    memory_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # 64-bit on Postgres: GPUs have > 2 GiB
     elapsed_s: Mapped[float] = mapped_column(Float, default=0.0)
     expected_s: Mapped[float] = mapped_column(Float, default=0.0)
     throughput_macs_s: Mapped[float] = mapped_column(Float, default=0.0)

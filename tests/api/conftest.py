@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import pytest_asyncio
 import uvicorn
 
-from api.app import ApiConfig, build_app
+from api.app import ApiConfig, build_app, close_gateway
 from api.directory import MinerDirectory
 from api.keys import KeyStore, RateRule
 from api.limits import MemoryRateLimiter
@@ -112,8 +112,7 @@ async def gateway(tmp_path_factory):
         server.should_exit = True
         if serving is not None:
             await serving
-        await app.state.request_log.drain()
-        await upstream.drain()
+        await close_gateway(app)
         await dendrite.close()
         await asyncio.gather(*(axon.stop() for axon in axons), return_exceptions=True)
         await asyncio.gather(*(manager.stop() for manager in managers), return_exceptions=True)

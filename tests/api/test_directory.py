@@ -114,8 +114,8 @@ def test_api_flags_and_prompt_opt_in():
         load_settings(["--api.race", "5", "--api.max_race", "4"])
     record = RequestRecord(id="req_1", route="/v1/chat/completions", prompt=[{"role": "user", "content": "hi"}],
                            answer="yo", status=200)
-    assert record.row(False).prompt is None and record.row(False).answer is None
-    assert "hi" in record.row(True).prompt and record.row(True).answer == "yo"
+    assert record.row(False)["prompt"] is None and record.row(False)["answer"] is None
+    assert "hi" in record.row(True)["prompt"] and record.row(True)["answer"] == "yo"
 
 
 async def test_the_background_refresh_keeps_the_last_view_when_a_refresh_fails(directory):

@@ -121,3 +121,24 @@ async def test_records_expire_and_are_pruned(gateway):
         left = (await session.scalars(select(IdempotencyRecord.idempotency_key)
                                       .where(IdempotencyRecord.key_id == 999))).all()
     assert left == ["old"]
+
+
+async def test_chat_retries_replay_both_bittensor_shapes(gateway):
+    key = await new_key(gateway, "idem-chat", credits=5)
+    before = len(await invocations(gateway))
+    validator_body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "seed": 21}
+    first = await post(gateway, key, validator_body, path="/chat", headers={"Idempotency-Key": "v1"})
+    again = await post(gateway, key, validator_body, path="/chat", headers={"Idempotency-Key": "v1"})
+    assert first.status_code == again.status_code == 200 and again.json() == first.json()
+    assert again.headers["x-canopy-idempotent-replay"] == "true"
+    assert again.headers["x-canopy-miner-uid"] == first.headers["x-canopy-miner-uid"]
+    sn1_body = {"roles": ["user"], "messages": ["hi"], "max_tokens": 8, "seed": 22, "stream": True}
+    streamed = await post(gateway, key, sn1_body, path="/chat", headers={"Idempotency-Key": "s1"})
+    assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
+    await gateway.app.state.idempotency.drain()
+    replayed = await post(gateway, key, sn1_body, path="/chat", headers={"Idempotency-Key": "s1"})
+    assert replayed.text == streamed.text and replayed.headers["content-type"].startswith("text/event-stream")
+    assert await credits(gateway, "idem-chat") == 3, "two answers charged, the replays free"
+    assert len(await invocations(gateway)) == before + 2
+    other_shape = await post(gateway, key, {**sn1_body, "stream": False}, path="/chat", headers={"Idempotency-Key": "s1"})
+    assert_envelope(other_shape, 422, param="Idempotency-Key")

@@ -71,17 +71,6 @@ async def test_authentication_refuses_missing_unknown_disabled_and_expired_keys(
         await keys.authenticate(key)
 
 
-async def test_concurrent_reservations_never_overdraw(keys):
-    info, _ = await keys.create("few", credits=7)
-    taken = await asyncio.gather(*(keys.reserve(info.id) for _ in range(25)))
-    assert sum(taken) == 7 and (await keys.get("few")).credits == 0
-    await keys.refund(info.id)
-    assert (await keys.get("few")).credits == 1
-    unlimited, _ = await keys.create("many")
-    assert all(await asyncio.gather(*(keys.reserve(unlimited.id) for _ in range(10))))
-    assert (await keys.get("many")).credits is None
-
-
 def test_parsers():
     assert RateRule.parse("10/60s") == RateRule(10, 60) and RateRule.parse("5/m") == RateRule(5, 60)
     assert RateRule.parse("100/1h") == RateRule(100, 3600) and str(RateRule(10, 60)) == "10/60s"
@@ -104,8 +93,6 @@ async def test_the_key_cache_saves_reads_and_edits_through_it_apply_at_once(keys
     await cached.edit("cached", disabled=True)  # through this store: at once
     with pytest.raises(KeyRejected, match="disabled"):
         await cached.authenticate(key)
-    assert await cached.reserve(info.id, unlimited=True)  # unlimited: a read, no write
-    assert (await cached.get("cached")).last_used_at is None
 
 
 async def test_batch_writer_writes_everything_queued_in_few_transactions():

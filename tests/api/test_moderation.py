@@ -159,6 +159,19 @@ async def test_flagged_chat_is_400_without_charge_or_miner(gateway, blocklist):
     assert len(await invocations(gateway)) == before
 
 
+async def test_an_opted_in_log_keeps_the_prompt_of_a_flagged_request(gateway, blocklist):
+    key = await new_key(gateway, "mod-logged")
+    gateway.app.state.request_log.log_prompts = True
+    try:
+        chat = await post(gateway, key, {"model": MODEL, "messages": [{"role": "user", "content": "forbidden fruit"}]})
+        sn1 = await post(gateway, key, {"roles": ["user"], "messages": ["forbidden fruit!"]}, path="/chat")
+    finally:
+        gateway.app.state.request_log.log_prompts = False
+    for response, text in ((chat, "forbidden fruit"), (sn1, "forbidden fruit!")):
+        row = await log_row(gateway, response.headers["x-request-id"])
+        assert row.status == 400 and row.error == "moderation" and text in row.prompt, "operators can review it"
+
+
 async def test_clean_chat_passes_and_is_charged(gateway, blocklist):
     key = await new_key(gateway, "mod-clean", credits=2)
     response = await post(gateway, key, {"model": MODEL, "max_tokens": 8, "seed": 1,

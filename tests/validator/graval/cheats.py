@@ -8,26 +8,15 @@ run is exactly the cheat. Used by ``test_cheats.py`` (in-process) and ``test_ses
 from __future__ import annotations
 
 import base64
-import os
 from typing import Any
 
 import numpy as np
 
+from canopy.demo_cheater import RandomRoots  # noqa: F401 - the demo's cheat, tested with the others
 from miner.graval.prover import Prover
 from protocol.graval.merkle import MerkleTree
 from protocol.graval.spec import ChallengeSpec
 from protocol.graval.synapses import Commitment, LeafRef, Openings
-
-
-class RandomRoots(Prover):
-    """Commits to random roots without computing anything, then opens honestly computed data."""
-
-    def prove(self) -> Commitment:
-        honest = super().prove()
-        return honest.model_copy(update={
-            "matrix_roots": [os.urandom(32).hex() for _ in honest.matrix_roots],
-            "state_roots": [os.urandom(32).hex() for _ in honest.state_roots],
-        })
 
 
 class PartialRows(Prover):
