@@ -12,7 +12,8 @@ usage() {
   cat <<'USAGE'
 Usage: ./run.sh COMMAND [ARGS...]
 
-  demo [--once]        start a local devnet, register wallets, and show the subnet
+  demo [--once|--keep] run a local subnet (devnet, miners, validator, API) and ask it a question
+  demo stop            stop a demo left running by --keep
   test [PYTEST ARGS]   run the whole test suite (slow devnet tests included)
   miner [FLAGS]        run a miner       (flags: python neurons/miner.py --help)
   validator [FLAGS]    run a validator   (flags: python neurons/validator.py --help)

@@ -25,7 +25,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.15",
     packages=find_packages(include=["canopy*", "chain*", "protocol*", "miner*", "validator*", "api*", "neurons*"]),
-    package_data={"protocol.graval": ["gpus.toml"], "api.web": ["static/*"]},
+    package_data={"protocol.graval": ["gpus.toml"], "api.web": ["static/*"],
+                  "validator.migrations": ["script.py.mako", "README"]},
     install_requires=requirements("requirements.txt"),
     extras_require={
         "gpu": ["torch>=2.4", "cupy-cuda12x>=13.0", "nvidia-ml-py==13.615.71"],

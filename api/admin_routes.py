@@ -14,6 +14,9 @@ an unknown key name: 404; a name in use: 409.
 - ``DELETE /admin/keys/{name}``;
 - ``GET /admin/logs?key=NAME&status=200&since=1h&limit=50``: request-log rows, newest first;
 - ``GET /admin/stats?since=24h&key=NAME``: requests, errors, tokens, charged, by status.
+
+``api.admin_series`` (the hourly stats and the miners, for the web UI) shares
+``require_admin``, ``key_id_named``, ``parse_since_param`` and the query-parameter docs.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class KeyPatch(_KeyFields):
     disabled: StrictBool | None = None
 
 
-async def _admin(request: Request) -> KeyInfo:
+async def require_admin(request: Request) -> KeyInfo:
     key = await bearer_key(request)
     if not key.admin:
         raise Forbidden("this API key is not an admin key (canopy keys create --admin)")
@@ -97,7 +100,7 @@ def _checked(body: _KeyFields) -> dict[str, Any]:
     return fields
 
 
-async def _key_id(request: Request, name: str | None) -> int | None:
+async def key_id_named(request: Request, name: str | None) -> int | None:
     if not name:
         return None
     try:
@@ -111,8 +114,8 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
-_KEY_QUERY = _query("key", {"type": "string"}, "only this key's requests (its name)")
-_SINCE_QUERY = _query("since", {"type": "string"}, "a duration back from now (1h, 30m, 7d) or a time (ISO, epoch)")
+KEY_QUERY = _query("key", {"type": "string"}, "only this key's requests (its name)")
+SINCE_QUERY = _query("since", {"type": "string"}, "a duration back from now (1h, 30m, 7d) or a time (ISO, epoch)")
 _UNTIL_QUERY = _query("until", {"type": "string"}, "as since: the end of the window")
 
 
@@ -124,7 +127,7 @@ def _int(value: str | None, param: str, low: int, high: int) -> int | None:
     return int(value)
 
 
-def _since(value: str | None, param: str = "since") -> float | None:
+def parse_since_param(value: str | None, param: str = "since") -> float | None:
     if not value:
         return None
     try:
@@ -136,14 +139,14 @@ def _since(value: str | None, param: str = "since") -> float | None:
 @router.get("/keys")
 async def list_keys(request: Request) -> dict:
     """Every key (hints only, never the keys)."""
-    await _admin(request)
+    await require_admin(request)
     return {"object": "list", "data": [key.as_dict() for key in await request.app.state.keys.list()]}
 
 
 @router.post("/keys", status_code=201, openapi_extra=request_body(KeyCreate))
 async def create_key(request: Request) -> JSONResponse:
     """Create a key; the answer carries ``key`` this once (only its hash is stored)."""
-    await _admin(request)
+    await require_admin(request)
     body = await _json(request, KeyCreate)
     fields = _checked(body)
     try:
@@ -157,7 +160,7 @@ async def create_key(request: Request) -> JSONResponse:
 
 @router.get("/keys/{name}")
 async def get_key(request: Request, name: str) -> dict:
-    await _admin(request)
+    await require_admin(request)
     try:
         return (await request.app.state.keys.get(name)).as_dict()
     except KeyError_ as error:
@@ -167,7 +170,7 @@ async def get_key(request: Request, name: str) -> dict:
 @router.patch("/keys/{name}", openapi_extra=request_body(KeyPatch))
 async def edit_key(request: Request, name: str) -> dict:
     """Change credits (or add_credits), expiry, limits, strategy, models, disabled, admin; null clears."""
-    await _admin(request)
+    await require_admin(request)
     body = await _json(request, KeyPatch)
     fields = _checked(body)
     given = body.model_fields_set
@@ -194,7 +197,7 @@ async def edit_key(request: Request, name: str) -> dict:
 @router.delete("/keys/{name}")
 async def delete_key(request: Request, name: str) -> dict:
     """Delete a key for good (its request logs stay)."""
-    await _admin(request)
+    await require_admin(request)
     try:
         await request.app.state.keys.delete(name)
     except KeyError_ as error:
@@ -203,29 +206,29 @@ async def delete_key(request: Request, name: str) -> dict:
 
 
 @router.get("/logs", openapi_extra={"parameters": [
-    _KEY_QUERY, _query("status", {"type": "integer", "minimum": 100, "maximum": 599}, "only this HTTP status"),
-    _SINCE_QUERY, _UNTIL_QUERY,
+    KEY_QUERY, _query("status", {"type": "integer", "minimum": 100, "maximum": 599}, "only this HTTP status"),
+    SINCE_QUERY, _UNTIL_QUERY,
     _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}, "rows at most")]})
 async def logs(request: Request) -> dict:
     """Request-log rows, newest first: ``key`` (name), ``status``, ``since``/``until``, ``limit`` (1..1000)."""
-    await _admin(request)
+    await require_admin(request)
     query = request.query_params
     status = _int(query.get("status"), "status", 100, 599)
     limit = _int(query.get("limit"), "limit", 1, MAX_LIMIT) or 50
-    since, until = _since(query.get("since")), _since(query.get("until"), "until")
-    key_id = await _key_id(request, query.get("key"))
+    since, until = parse_since_param(query.get("since")), parse_since_param(query.get("until"), "until")
+    key_id = await key_id_named(request, query.get("key"))
     rows = await query_logs(request.app.state.keys.engine, key_id=key_id, status=status, since=since, until=until,
                             limit=limit)
     return {"object": "list", "data": [log_dict(row) for row in rows]}
 
 
 @router.get("/stats", openapi_extra={"parameters": [
-    {**_SINCE_QUERY, "schema": {"type": "string", "default": "24h"}}, _UNTIL_QUERY, _KEY_QUERY]})
+    {**SINCE_QUERY, "schema": {"type": "string", "default": "24h"}}, _UNTIL_QUERY, KEY_QUERY]})
 async def stats(request: Request) -> dict:
     """Requests, errors, tokens, credits charged and counts by status over ``since`` (default 24h)."""
-    await _admin(request)
+    await require_admin(request)
     query = request.query_params
-    since = _since(query.get("since") or "24h")
-    until = _since(query.get("until"), "until")
-    key_id = await _key_id(request, query.get("key"))
+    since = parse_since_param(query.get("since") or "24h")
+    until = parse_since_param(query.get("until"), "until")
+    key_id = await key_id_named(request, query.get("key"))
     return await log_stats(request.app.state.keys.engine, since=since, until=until, key_id=key_id)

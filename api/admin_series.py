@@ -40,7 +40,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import Integer, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from api.admin_routes import _SINCE_QUERY, _KEY_QUERY, _admin, _key_id, _since
+from api.admin_routes import SINCE_QUERY, KEY_QUERY, require_admin, key_id_named, parse_since_param
 from api.errors import InvalidRequest
 from api.tables import RequestLog
 
@@ -71,17 +71,17 @@ async def hourly_counts(engine: AsyncEngine, *, since: float, until: float, key_
 
 
 @router.get("/stats/hourly", openapi_extra={"parameters": [
-    {**_SINCE_QUERY, "schema": {"type": "string", "default": "24h"}}, _KEY_QUERY]})
+    {**SINCE_QUERY, "schema": {"type": "string", "default": "24h"}}, KEY_QUERY]})
 async def stats_hourly(request: Request) -> dict:
     """Requests and errors per clock hour over ``since`` (default 24h, at most 31 days), oldest first."""
-    await _admin(request)
+    await require_admin(request)
     query = request.query_params
     until = time.time()
-    since = _since(query.get("since") or "24h")
+    since = parse_since_param(query.get("since") or "24h")
     if since >= until or (until - since) / BUCKET_S > MAX_BUCKETS:
         raise InvalidRequest(f"since must be in the past and at most {MAX_BUCKETS} hours back",
                              param="since", code="invalid_value")
-    key_id = await _key_id(request, query.get("key"))
+    key_id = await key_id_named(request, query.get("key"))
     data = await hourly_counts(request.app.state.keys.engine, since=since, until=until, key_id=key_id)
     return {"object": "list", "since": since, "until": until, "bucket_s": BUCKET_S, "key_id": key_id, "data": data}
 
@@ -112,7 +112,7 @@ async def _weights(store: Any) -> tuple[dict[int, float], int | None]:
 @router.get("/miners")
 async def miners(request: Request) -> dict:
     """The serving miners: uid, hotkey, verified devices, the chutes routed to, score and weight."""
-    await _admin(request)
+    await require_admin(request)
     directory, store = request.app.state.directory, request.app.state.store
     graph = directory.graph
     scores, devices = await _scores(store), await _devices(store)

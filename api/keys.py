@@ -26,7 +26,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from api.tables import ApiBase, ApiKey, CreditLease
+from api.tables import ApiKey, CreditLease
 from canopy.config import parse_rate_rule
 
 KEY_PREFIX = "cnp_"
@@ -194,8 +194,9 @@ class KeyStore:
         self.unwritten: Any = lambda key_id: 0
 
     async def create_tables(self) -> None:
-        from validator.store import create_all  # waits out another replica creating them at once
-        await create_all(self.engine, ApiBase.metadata)
+        from validator.schema import upgrade  # the store's migrations (validator and API tables share them)
+
+        await upgrade(self.engine)
 
     async def create(self, name: str, **fields: Any) -> tuple[KeyInfo, str]:
         """A new key named ``name``; returns it with the key itself (shown this once)."""

@@ -53,7 +53,7 @@ class ConfigError(ValueError):
 
 
 class WalletSettings(BaseModel):
-    name: str = Field("default", description="Coldkey (wallet) name, as in `btcli wallet create --wallet.name`.")
+    name: str = Field("default", description="Coldkey (wallet) name, as in `btcli wallet create --wallet NAME`.")
     hotkey: str = Field("default", description="Hotkey name inside the wallet.")
     path: str | None = Field(
         None,

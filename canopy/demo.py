@@ -11,21 +11,20 @@ the signed protocol from the validator's hotkey, then runs the validator's own s
 weights. It then creates an API key, asks the API a question with the official ``openai``
 client (streamed; the answering miner comes from the response headers), and prints the
 devices, chutes, the subnet table (devices claimed/verified, score, weight, incentive after
-the epoch), the metagraph, and the curl line and URLs to try next. ``--once`` exits after
-printing; otherwise it serves until Ctrl-C.
+the epoch), the metagraph, and the curl line and URLs to try next. Then the validator goes
+on as a process (weights every tempo): ``--once`` exits after printing (everything
+stopped), ``--keep`` leaves it all running in the background (``./run.sh demo stop`` ends
+it; ``canopy.demo_processes``), and by default it serves until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -37,11 +36,13 @@ from rich.table import Table
 
 from canopy.cli.tables import metagraph_table, short
 from canopy.config import canopy_home
+from canopy.demo_processes import (
+    NETUID, REPO, DemoPaths, devnet_flags, free_port, keep, spawn, start_api, start_validator, stop, stop_kept,
+)
 from canopy.wallets import coldkey_ss58, create_devnet_wallet
 from chain.devnet import DevnetChain, DevnetLedger
 from canopy.chute import chute_id
 from canopy.templates.llm import BUNDLED_MODEL, _default_name
-from canopy.templates.model_files import models_root
 from protocol.dendrite import Dendrite
 from protocol.graval.synapses import Inventory
 from protocol.graval.devices import load_gpu_table
@@ -51,8 +52,6 @@ from api.keys import KeyStore
 from validator.loop import Validator
 from validator.store import ValidatorStore
 
-REPO = Path(__file__).resolve().parent.parent
-NETUID = 1
 MINERS = ("miner1", "miner2", "miner3")
 MINER_DEVICES = (1, 2, 1)  # CPU pseudo-devices each miner offers (claims)
 CHEATER = "miner3"  # commits to random GraVal roots: canopy/demo_cheater.py
@@ -63,41 +62,6 @@ VALIDATOR_STAKE = 1000.0
 API_PORT = 8000  # the README's address, when it is free
 
 console = Console()
-
-
-@dataclass
-class DemoPaths:
-    home: Path
-
-    @property
-    def chain(self) -> Path:
-        return self.home / "devnet.sqlite"
-
-    @property
-    def wallets(self) -> Path:
-        return self.home / "wallets"
-
-    @property
-    def logs(self) -> Path:
-        return self.home / "logs"
-
-    @property
-    def validator_db(self) -> Path:
-        return self.home / "validator.sqlite"
-
-    @property
-    def database_url(self) -> str:
-        return f"sqlite+aiosqlite:///{self.validator_db}"
-
-
-def _free_port(preferred: int = 0) -> int:
-    """``preferred`` when it is free, else any free loopback port."""
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", preferred))
-        except OSError:
-            sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _fresh_devnet(paths: DemoPaths, block_time: float, tempo: int) -> DevnetLedger:
@@ -117,46 +81,12 @@ def _chutes_config(paths: DemoPaths, name: str, llm: bool) -> Path:
     return path
 
 
-def _spawn(paths: DemoPaths, name: str, command: list[str]) -> subprocess.Popen:
-    """A neuron process of the demo, logging to ``logs/NAME.log``."""
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    log = open(paths.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-    env = {**os.environ, "CANOPY_HOME": str(paths.home), "PYTHONUNBUFFERED": "1",
-           "CANOPY_MODEL_CACHE": str(models_root())}  # one converted model for every run
-    return subprocess.Popen([sys.executable, *command], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                            start_new_session=True)
-
-
-def _devnet_flags(paths: DemoPaths, wallet: str, hotkey: str) -> list[str]:
-    return ["--network", "devnet", "--netuid", str(NETUID), "--devnet.path", str(paths.chain),
-            "--wallet.name", wallet, "--wallet.hotkey", hotkey, "--wallet.path", str(paths.wallets)]
-
-
 def _start_miner(paths: DemoPaths, name: str, port: int, devices: int, llm: bool) -> subprocess.Popen:
     entry = ["-m", "canopy.demo_cheater"] if name == CHEATER else [str(REPO / "neurons" / "miner.py")]
-    return _spawn(paths, name, [
-        *entry, *_devnet_flags(paths, name, "default"), "--axon.ip", "127.0.0.1", "--axon.port", str(port),
+    return spawn(paths, name, [
+        *entry, *devnet_flags(paths, name, "default"), "--axon.ip", "127.0.0.1", "--axon.port", str(port),
         "--graval.cpu_devices", str(devices), "--graval.cpu_memory_mb", str(DEVICE_MEMORY_MB),
         "--chutes.config", str(_chutes_config(paths, name, llm)), "--chutes.log_dir", str(paths.logs)])
-
-
-def _start_api(paths: DemoPaths, port: int) -> subprocess.Popen:
-    """The public API on the validator's hotkey, sharing the validator's store."""
-    return _spawn(paths, "api", [str(REPO / "neurons" / "api.py"), *_devnet_flags(paths, "owner", "validator"),
-                                 "--axon.ip", "127.0.0.1", "--axon.port", str(port),
-                                 "--database_url", paths.database_url, "--api.refresh_s", "2"])
-
-
-def _stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + 10
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 async def _wait_for_axons(chain: DevnetChain, processes: list[subprocess.Popen], progress: Progress, timeout: float) -> None:
@@ -335,7 +265,7 @@ def _ping_table(graph, results) -> Table:
     return table
 
 
-async def _run(paths: DemoPaths, once: bool, block_time: float, tempo: int) -> int:
+async def _run(paths: DemoPaths, mode: str, block_time: float, tempo: int) -> int:
     processes: list[subprocess.Popen] = []
     try:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
@@ -352,11 +282,11 @@ async def _run(paths: DemoPaths, once: bool, block_time: float, tempo: int) -> i
             ledger.add_stake(NETUID, validator.hotkey.ss58_address, VALIDATOR_STAKE)
             progress.advance(step)
 
-            processes = [_start_miner(paths, name, _free_port(), devices, llm=index < LLM_MINERS)
+            processes = [_start_miner(paths, name, free_port(), devices, llm=index < LLM_MINERS)
                          for index, (name, devices) in enumerate(zip(MINERS, MINER_DEVICES))]
             await _wait_for_axons(chain, processes, progress, timeout=90)
-            api_url = f"http://127.0.0.1:{_free_port(preferred=API_PORT)}"
-            api = _start_api(paths, int(api_url.rsplit(":", 1)[1]))
+            api_url = f"http://127.0.0.1:{free_port(preferred=API_PORT)}"
+            api = start_api(paths, int(api_url.rsplit(":", 1)[1]))
             processes.append(api)
 
             graph = await chain.metagraph(NETUID)
@@ -399,30 +329,51 @@ async def _run(paths: DemoPaths, once: bool, block_time: float, tempo: int) -> i
         console.print(f"Devnet: {paths.chain}  ·  logs: {paths.logs}  ·  inspect with "
                       f"[bold]CANOPY_HOME={paths.home} ./run.sh canopy devnet metagraph[/]")
         console.print(_try_next(api_url, key), soft_wrap=True)
-        if once:
+        if mode == "once":
+            return 0
+        processes.append(start_validator(paths))  # weights go on being set every tempo
+        if mode == "keep":
+            keep(paths, dict(zip([*MINERS, "api", "validator"], processes)), api_url)
+            processes = []  # left running
+            console.print(f"Left running in the background (logs in {paths.logs}); stop it with "
+                          "[bold]./run.sh demo stop[/]")
             return 0
         console.print("Serving until Ctrl-C …")
-        stop = asyncio.Event()
+        stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+            loop.add_signal_handler(signum, stopped.set)
+        await stopped.wait()
         return 0
     finally:
-        _stop(processes)
+        stop(processes)
 
 
 def main(
+    action: str = typer.Argument("run", help="run (the default), or stop: end a demo left running by --keep."),
     once: bool = typer.Option(False, "--once", help="Exit (code 0) right after printing, for scripts and CI."),
+    keep_running: bool = typer.Option(False, "--keep", help="Leave the subnet running in the background "
+                                      "(./run.sh demo stop ends it)."),
     block_time: float = typer.Option(1.0, "--block-time", min=0.1, max=12, help="Seconds per devnet block."),
     tempo: int = typer.Option(5, "--tempo", min=1, help="Blocks between epochs."),
 ) -> None:
-    """Run a local Canopy subnet on the devnet and show it working."""
+    """Run a local Canopy subnet on the devnet and show it working (./run.sh demo [--once|--keep|stop])."""
     paths = DemoPaths(canopy_home() / "demo")
+    if action not in ("run", "stop"):
+        raise typer.BadParameter(f"{action!r}: use run (the default) or stop", param_hint="ACTION")
+    if once and keep_running:
+        raise typer.BadParameter("--once exits and stops everything; --keep leaves it running: pick one")
+    stopped = stop_kept(paths)  # one demo at a time: it owns the devnet files
+    if action == "stop":
+        console.print(f"stopped: {', '.join(stopped)}" if stopped else "no demo was left running")
+        raise typer.Exit(0)
+    if stopped:
+        console.print(f"[dim]stopped the demo left running before: {', '.join(stopped)}[/]")
     logger.remove()  # the tables tell the story; neuron logs are in the logs folder
     logger.add(sys.stderr, level="WARNING")
+    mode = "once" if once else "keep" if keep_running else "serve"
     try:
-        code = asyncio.run(_run(paths, once, block_time, tempo))
+        code = asyncio.run(_run(paths, mode, block_time, tempo))
     except RuntimeError as error:
         console.print(f"[red]demo failed:[/] {error} (logs in {paths.logs})")
         raise typer.Exit(1) from None

@@ -27,8 +27,8 @@ def _create_hint(name: str, hotkey: str, path: str, network: str) -> str:
     if network == "devnet":
         return f"canopy devnet register --wallet.name {name} --wallet.hotkey {hotkey}"
     return (
-        f"btcli wallet create --wallet.name {name} --wallet.hotkey {hotkey}"
-        + (f" --wallet.path {path}" if path and not path.startswith("~/.bittensor") else "")
+        f"btcli wallet create --wallet {name} --wallet-hotkey {hotkey}"
+        + (f" --wallet-path {path}" if path and not path.startswith("~/.bittensor") else "")
     )
 
 
@@ -73,8 +73,8 @@ async def require_registered(chain: Chain, wallet: bt.Wallet, netuid: int, *, ne
             fix = f"canopy devnet register --netuid {netuid} --wallet.name {wallet.name} --wallet.hotkey {wallet.hotkey_str}"
         else:
             fix = (
-                f"btcli subnets register --netuid {netuid} --wallet.name {wallet.name} "
-                f"--wallet.hotkey {wallet.hotkey_str} --network {network}"
+                f"btcli subnets register --netuid {netuid} --wallet {wallet.name} "
+                f"--wallet-hotkey {wallet.hotkey_str} --network {network}"
             )
         raise WalletError(f"hotkey {wallet.hotkey.ss58_address} is not registered on netuid {netuid}: register it with `{fix}`")
     return uid

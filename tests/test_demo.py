@@ -1,15 +1,18 @@
-"""``./run.sh demo --once`` end to end: the devnet, three miner processes (one a cheater),
-the API, signed pings, the validator's steps (GraVal, synthetic calls, scores), weights, an
-epoch, and a chat answer through the API with the openai client."""
+"""``./run.sh demo --keep`` then ``./run.sh demo stop`` end to end: the devnet, three miner
+processes (one a cheater), the API, signed pings, the validator's steps (GraVal, synthetic
+calls, scores), weights, an epoch, a chat answer through the API with the openai client,
+then the subnet left running (the API answering, the validator a process) until stopped."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from canopy.templates.model_files import models_root
@@ -19,12 +22,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.timeout(330)
-def test_demo_once_prints_pings_a_chat_answer_weights_and_the_metagraph(tmp_path):
+def test_demo_prints_an_answer_and_the_weights_then_keeps_serving_until_stopped(tmp_path):
     # a fresh home, but the converted model of the test session (converting takes ~40 s)
     env = {**os.environ, "CANOPY_HOME": str(tmp_path), "COLUMNS": "160", "CANOPY_MODEL_CACHE": str(models_root())}
-    result = subprocess.run(
-        [sys.executable, "-m", "canopy.demo", "--once"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    try:
+        result = subprocess.run([sys.executable, "-m", "canopy.demo", "--keep"], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=300)
+        _check_output(result)
+        kept = json.loads((tmp_path / "demo" / "pids.json").read_text())
+        assert sorted(kept["processes"]) == ["api", "miner1", "miner2", "miner3", "validator"]
+        health = httpx.get(kept["api_url"] + "/health", timeout=10)
+        assert health.status_code == 200 and health.json()["serving_miners"] == 3, health.text
+    finally:
+        stopped = subprocess.run([sys.executable, "-m", "canopy.demo", "stop"], cwd=REPO, env=env,
+                                 capture_output=True, text=True, timeout=60)
+    assert stopped.returncode == 0 and "stopped: api, miner1, miner2, miner3, validator" in stopped.stdout, stopped
+    assert not (tmp_path / "demo" / "pids.json").exists()
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""  # every process was stopped
+
+
+def _check_output(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "Signed Ping from the validator" in out
@@ -49,5 +67,4 @@ def test_demo_once_prints_pings_a_chat_answer_weights_and_the_metagraph(tmp_path
     header = next([t for t in line.split() if t != "τ"] for line in out.splitlines() if "INCENT" in line.split())
     incentive = [float(row.split()[header.index("INCENT")]) for row in miners]  # the epoch paid by those weights
     assert len(miners) == 3 and incentive[1] > incentive[0] > incentive[2] == 0, miners
-    leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
-    assert leftover.stdout.strip() == ""  # every miner process was stopped
+    assert "Left running in the background" in out and "./run.sh demo stop" in out

@@ -9,19 +9,18 @@ restart reads the scores, device verifications and the last weights back from he
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from sqlalchemy import case, delete, event, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from validator.schema import upgrade
 from validator.tables import (
-    ORGANIC, SYNTHETIC, Base, DeviceVerification, Invocation, Miner, Score, ScoreHistory, WeightSubmission,
+    ORGANIC, SYNTHETIC, DeviceVerification, Invocation, Miner, Score, ScoreHistory, WeightSubmission,
 )
 
 __all__ = ["ValidatorStore", "MinerActivity", "ChuteSums", "activity_from_sums", "DeviceVerification", "Invocation", "ORGANIC", "SYNTHETIC"]
@@ -94,25 +93,6 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API
     cursor.close()
 
 
-_CREATING_ELSEWHERE = ("already exists", "database is locked",
-                       "pg_type_typname_nsp_index", "pg_class_relname_nsp_index")
-
-
-async def create_all(engine: AsyncEngine, metadata: Any) -> None:
-    """``metadata.create_all`` that waits out another process (the API, a second replica) creating
-    the same tables at once: SQLite refuses at once rather than wait (or while the new file
-    switches to WAL), Postgres reports the loser as "already exists" or a duplicate catalog row (type, sequence)."""
-    for attempt in range(10):
-        try:
-            async with engine.begin() as connection:
-                await connection.run_sync(metadata.create_all)
-            return
-        except (OperationalError, ProgrammingError, IntegrityError) as error:
-            if not any(text in str(error) for text in _CREATING_ELSEWHERE) or attempt == 9:
-                raise
-            await asyncio.sleep(0.05 * (attempt + 1))
-
-
 async def bulk_insert(engine: AsyncEngine, table: Any, rows: list[dict[str, Any]]) -> None:
     """Insert ``rows`` (dicts of column values) in one transaction: a Core executemany per set
     of keys, with the columns' defaults for the keys a row leaves out. No ORM objects: the
@@ -137,7 +117,7 @@ class ValidatorStore:
         engine = create_async_engine(url)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        await create_all(engine, Base.metadata)
+        await upgrade(engine)  # validator.schema: the newest migration, whoever opens it first
         return cls(engine)
 
     async def close(self) -> None:

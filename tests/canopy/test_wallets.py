@@ -18,7 +18,7 @@ def test_devnet_wallets_are_created_once_and_reused(tmp_path):
 
 
 def test_missing_wallet_names_btcli_on_a_real_network(tmp_path):
-    with pytest.raises(WalletError, match="btcli wallet create --wallet.name ghost --wallet.hotkey hk"):
+    with pytest.raises(WalletError, match="btcli wallet create --wallet ghost --wallet-hotkey hk"):
         open_wallet("ghost", "hk", str(tmp_path), network="finney")
 
 
@@ -40,7 +40,7 @@ async def test_unregistered_hotkey_names_the_register_command(tmp_path):
     chain = DevnetChain(tmp_path / "c.sqlite", block_time=1.0)
     chain.ledger.create_subnet(1)
     wallet = create_devnet_wallet("cold", "hot", tmp_path / "w")
-    with pytest.raises(WalletError, match="btcli subnets register --netuid 1 --wallet.name cold --wallet.hotkey hot --network test"):
+    with pytest.raises(WalletError, match="btcli subnets register --netuid 1 --wallet cold --wallet-hotkey hot --network test"):
         await require_registered(chain, wallet, 1, network="test")
     await chain.register(wallet, 1)
     assert await require_registered(chain, wallet, 1, network="devnet") == 0

@@ -1,0 +1,72 @@
+"""The Dockerfiles (docker/): what they copy and run exists, and the ``docker run`` lines in
+their headers are flags the neurons accept. (No image is built here: CI has no Docker daemon
+and no registry for the CUDA base image.)"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from canopy.config import load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n\s*", " ", path.read_text())  # join continued lines
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+            for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _run_lines(path: Path) -> list[list[str]]:
+    """The ``docker run`` examples in the header comment, as argument lists after the image name."""
+    comment = "\n".join(line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#"))
+    comment = re.sub(r"\\\n\s*", " ", comment)
+    runs = []
+    for line in comment.splitlines():
+        if line.startswith("docker run"):
+            words = shlex.split(line.replace("<NETUID>", "7").replace("<PUBLIC_IP>", "203.0.113.5"))
+            image = next(i for i, word in enumerate(words) if word in ("canopy-miner", "canopy-node"))
+            runs.append(words[image + 1:])
+    return runs
+
+
+def test_there_is_a_miner_image_and_a_node_image():
+    assert [path.name for path in DOCKERFILES] == ["miner.Dockerfile", "node.Dockerfile"]
+    assert "nvidia/cuda" in _instructions(REPO / "docker" / "miner.Dockerfile")[0][1]
+    assert "python:3.11" in _instructions(REPO / "docker" / "node.Dockerfile")[0][1]
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda path: path.name)
+def test_copied_files_and_entry_points_exist(path):
+    instructions = _instructions(path)
+    for kind, argument in instructions:
+        if kind == "COPY":
+            for source in argument.split()[:-1]:
+                assert source == "." or (REPO / source).exists(), f"{path.name} copies a missing {source}"
+    entry = next(argument for kind, argument in instructions if kind == "ENTRYPOINT")
+    command = next(argument for kind, argument in instructions if kind == "CMD")
+    for word in [*eval(entry), *eval(command)]:  # noqa: S307 - JSON-form lists from our own file
+        if word.endswith(".py"):
+            assert (REPO / word).is_file(), f"{path.name} runs a missing {word}"
+    extras = re.findall(r'\.\[([a-z,]+)\]', path.read_text())
+    setup = (REPO / "setup.py").read_text()
+    for extra in ",".join(extras).split(","):
+        if extra:
+            assert f'"{extra}":' in setup, f"{path.name} installs an extra setup.py lacks: {extra}"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda path: path.name)
+def test_the_documented_docker_run_lines_are_valid_neuron_flags(path):
+    runs = _run_lines(path)
+    assert runs, f"{path.name} documents how to run it"
+    for arguments in runs:
+        if arguments[0].endswith(".py"):  # the node image: the neuron is the first argument
+            assert (REPO / arguments[0]).is_file()
+            arguments = arguments[1:]
+        settings = load_settings(arguments)
+        assert settings.netuid == 7 and settings.network == "test"

@@ -1,0 +1,106 @@
+"""Store migrations (validator/schema.py, validator/migrations): a new version keeps the existing
+keys, logs and scores, on SQLite files and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from api.keys import KeyStore
+from validator.schema import current_revision, metadata, upgrade
+from validator.store import ValidatorStore
+from validator.tables import DeviceVerification
+from tests.postgres_server import needs_postgres, postgres_server, postgres_url  # noqa: F401 - fixtures
+
+HEAD = "0002"
+
+
+def _differences(connection: sa.Connection) -> list:
+    return compare_metadata(MigrationContext.configure(connection), metadata())
+
+
+async def _seed(engine) -> None:
+    """What a running subnet has at revision 0001: a key, a request log row, a score, a verification."""
+    async with engine.begin() as connection:
+        await connection.execute(sa.text(
+            "INSERT INTO api_keys (name, key_hash, hint, credits, disabled, admin, rate_limits, created_at) "
+            "VALUES ('alice', :hash, 'cnp_…abcd', 40, false, false, '[]', :now)"), {"hash": "a" * 64, "now": time.time()})
+        await connection.execute(sa.text(
+            "INSERT INTO api_request_logs (id, key_id, route, model, strategy, miners_tried, hotkey, status, error, "
+            "latency_ms, prompt_tokens, completion_tokens, charged, created_at) VALUES ('req-1', 1, '/v1/chat/completions', "
+            "'m', 'default', '[1]', 'h', 200, '', 3.5, 5, 7, 1, :now)"), {"now": time.time()})
+    await ValidatorStore(engine).save_scores(3, 120, {"hk1": 0.75}, {"hk1": 0.8}, {"hk1": 1}, time.time())
+
+
+async def _check_kept(engine) -> None:
+    keys = KeyStore(engine)
+    alice = await keys.get("alice")
+    assert alice.credits == 40 and alice.hint == "cnp_…abcd"
+    async with engine.connect() as connection:
+        logged = (await connection.execute(sa.text("SELECT prompt_tokens, completion_tokens FROM api_request_logs"))).all()
+        assert [tuple(row) for row in logged] == [(5, 7)]
+        assert await connection.run_sync(current_revision) == HEAD
+        assert await connection.run_sync(_differences) == [], "the newest revision is exactly the tables"
+    scores, step = await ValidatorStore(engine).load_scores()
+    assert scores == {"hk1": pytest.approx(0.75)} and step == 3
+
+
+async def _upgrade_keeps_everything(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        await upgrade(engine, "0001")
+        await _seed(engine)
+        store = await ValidatorStore.open(url)  # a new version starting on the old database
+        await store.close()
+        await _check_kept(engine)
+        async with engine.begin() as connection:  # what 0002 changed is usable
+            await connection.execute(sa.text(
+                "INSERT INTO api_credit_leases (key_id, replica, credits, updated_at) VALUES (1, 'r', 3, 0)"))
+            await connection.execute(sa.insert(DeviceVerification).values(
+                miner_hotkey="hk1", uuid="GPU-1", ok=True, reason="ok", memory_bytes=80 * 2**30, verified_at=0.0))
+            memory = (await connection.execute(sa.select(DeviceVerification.memory_bytes))).scalar_one()
+            assert memory == 80 * 2**30, "64-bit after 0002"
+    finally:
+        await engine.dispose()
+
+
+async def test_a_new_version_keeps_keys_logs_and_scores_on_sqlite(tmp_path):
+    await _upgrade_keeps_everything(f"sqlite+aiosqlite:///{tmp_path / 'old.sqlite'}")
+
+
+@needs_postgres[0]
+@needs_postgres[1]
+async def test_a_new_version_keeps_keys_logs_and_scores_on_postgres(postgres_url):  # noqa: F811
+    await _upgrade_keeps_everything(postgres_url)
+
+
+async def test_a_database_made_before_migrations_is_stamped_then_upgraded(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'legacy.sqlite'}"
+    engine = create_async_engine(url)
+    legacy = sa.MetaData()
+    for table in metadata().tables.values():  # what create_all made at the first release
+        if table.name != "api_credit_leases":
+            table.to_metadata(legacy)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(legacy.create_all)
+        await _seed(engine)
+        await KeyStore(engine).create_tables()  # the API (or canopy keys) opening it first
+        await _check_kept(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_fresh_database_is_created_at_the_newest_revision(tmp_path):
+    store = await ValidatorStore.open(f"sqlite+aiosqlite:///{tmp_path / 'new.sqlite'}")
+    try:
+        async with store.engine.connect() as connection:
+            assert await connection.run_sync(current_revision) == HEAD
+            assert await connection.run_sync(_differences) == []
+    finally:
+        await store.close()

@@ -1,0 +1,105 @@
+"""The store's schema: every table's metadata and the Alembic upgrade each store opens through.
+
+Callers: ``validator.store.ValidatorStore.open`` and ``api.keys.KeyStore.create_tables``
+(so the validator, the API and ``canopy keys`` all bring a database to the newest
+revision before using it), tests, and developers adding a migration
+(``python -m validator.schema revision "what changed"``). The validator's tables
+(``validator.tables``) and the API's (``api.tables``) share one database, so they share one
+migration history, in ``validator/migrations/versions``.
+
+A database made before migrations existed (tables present, no ``alembic_version``) is
+stamped at the baseline revision, then upgraded, so a new version keeps its keys, logs and
+scores. Two processes opening a new database at once (the validator and the API, or two
+replicas) race on the same DDL: the loser's transaction fails ("already exists", SQLite's
+"database is locked", a duplicate Postgres catalog row) and is retried, finding the work done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import weakref
+from functools import lru_cache
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+BASELINE = "0001"
+LEGACY_TABLES = ("miners", "api_keys")  # either one: a database ``create_all`` made before migrations
+_CREATING_ELSEWHERE = ("already exists", "database is locked",
+                       "pg_type_typname_nsp_index", "pg_class_relname_nsp_index")
+
+
+@lru_cache(maxsize=1)
+def metadata() -> sa.MetaData:
+    """Every table of the store (the validator's and the API's) in one ``MetaData``."""
+    from api.tables import ApiBase
+    from validator.tables import Base
+
+    combined = sa.MetaData()
+    for source in (Base.metadata, ApiBase.metadata):
+        for table in source.tables.values():
+            table.to_metadata(combined)
+    return combined
+
+
+def _config(connection: sa.Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_sync(connection: sa.Connection, revision: str = "head") -> None:
+    """Bring the database on ``connection`` to ``revision`` (stamping a pre-migration one first)."""
+    config = _config(connection)
+    tables = set(sa.inspect(connection).get_table_names())
+    if "alembic_version" not in tables and tables & set(LEGACY_TABLES):
+        command.stamp(config, BASELINE)
+    command.upgrade(config, revision)
+
+
+def current_revision(connection: sa.Connection) -> str | None:
+    if "alembic_version" not in sa.inspect(connection).get_table_names():
+        return None
+    return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
+
+
+_LOCKS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """``upgrade_sync`` on ``engine``, waiting out another process doing the same at once.
+    Within a process one upgrade runs at a time: Alembic's ``op``/``context`` are module globals."""
+    lock = _LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    for attempt in range(10):
+        try:
+            async with lock, engine.begin() as connection:
+                await connection.run_sync(upgrade_sync, revision)
+            return
+        except (OperationalError, ProgrammingError, IntegrityError) as error:
+            if not any(text in str(error) for text in _CREATING_ELSEWHERE) or attempt == 9:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+
+
+def new_revision(message: str) -> None:
+    """Autogenerate a migration from the difference between the newest revision and the tables."""
+    with tempfile.TemporaryDirectory() as folder:
+        engine = sa.create_engine(f"sqlite:///{folder}/head.sqlite")
+        with engine.begin() as connection:
+            upgrade_sync(connection)
+            command.revision(_config(connection), message=message, autogenerate=True)
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "revision":
+        sys.exit('usage: python -m validator.schema revision "what changed"')
+    new_revision(sys.argv[2])
