@@ -60,7 +60,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
-from api.chat_shapes import SubnetOneChatIn, ValidatorChatIn, _Sampling, request_shape as _shape
+from api.chat_shapes import SamplingFields, SubnetOneChatIn, ValidatorChatIn, request_shape as _shape
 from api.chat_stream import relay_sn1
 from api.directory import CHAT_PATH
 from api.errors import (
@@ -104,7 +104,7 @@ class _Answer:
                 "response_ms": round(self.response_ms, 3)}
 
 
-def _payload(body: _Sampling, model: str, messages: list[dict[str, Any]], stream: bool) -> dict[str, Any]:
+def _payload(body: SamplingFields, model: str, messages: list[dict[str, Any]], stream: bool) -> dict[str, Any]:
     payload: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
     for name in ("max_tokens", "temperature", "top_p", "seed"):
         if getattr(body, name) is not None:
@@ -114,7 +114,7 @@ def _payload(body: _Sampling, model: str, messages: list[dict[str, Any]], stream
     return payload
 
 
-def _model(request: Request, body: _Sampling, key: KeyInfo) -> str:
+def _model(request: Request, body: SamplingFields, key: KeyInfo) -> str:
     directory = request.app.state.directory
     if body.model is None:
         served = directory.models(key.allows_model)

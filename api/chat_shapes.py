@@ -21,7 +21,7 @@ VALIDATOR_FIELDS = frozenset({"uids", "top_n", "respond_on_first_success"})
 MAX_MINERS = 64
 
 
-class _Sampling(BaseModel):
+class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, min_length=1, max_length=256,
@@ -32,7 +32,7 @@ class _Sampling(BaseModel):
     seed: int | None = None
 
 
-class ValidatorChatIn(_Sampling):
+class ValidatorChatIn(SamplingFields):
     """The validator-endpoint shape."""
 
     messages: list[ChatMessageIn] = Field(..., min_length=1)
@@ -41,7 +41,7 @@ class ValidatorChatIn(_Sampling):
     respond_on_first_success: StrictBool = True
 
 
-class SubnetOneChatIn(_Sampling):
+class SubnetOneChatIn(SamplingFields):
     """The Subnet 1 API shape: ``roles`` and ``messages`` are parallel lists of strings."""
 
     roles: list[Literal["system", "user", "assistant"]] = Field(..., min_length=1)
@@ -54,7 +54,7 @@ class SubnetOneChatIn(_Sampling):
     stream: StrictBool = True
 
 
-def request_shape(data: dict[str, Any]) -> type[_Sampling]:
+def request_shape(data: dict[str, Any]) -> type[SamplingFields]:
     sn1, validator = SN1_FIELDS & data.keys(), VALIDATOR_FIELDS & data.keys()
     if sn1 and validator:
         field = sorted(validator)[0]

@@ -35,19 +35,18 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from canopy.cli.tables import metagraph_table, short
-from canopy.config import canopy_home
+from canopy.config import canopy_home, load_settings
 from canopy.demo_processes import (
-    NETUID, REPO, DemoPaths, devnet_flags, free_port, keep, spawn, start_api, start_validator, stop, stop_kept,
+    NETUID, REPO, VALIDATOR_FLAGS, DemoPaths, devnet_flags, free_port, keep, spawn, start_api, start_validator, stop, stop_kept,
 )
 from canopy.wallets import coldkey_ss58, create_devnet_wallet
 from chain.devnet import DevnetChain, DevnetLedger
 from canopy.chute import chute_id
-from canopy.templates.llm import BUNDLED_MODEL, _default_name
+from canopy.templates.llm import BUNDLED_MODEL, default_chute_name
 from protocol.dendrite import Dendrite
 from protocol.graval.synapses import Inventory
 from protocol.graval.devices import load_gpu_table
 from protocol.synapse import Ping
-from canopy.config import load_settings
 from api.keys import KeyStore
 from validator.loop import Validator
 from validator.store import ValidatorStore
@@ -116,7 +115,7 @@ def _devices_table(graph, rounds) -> Table:
     return table
 
 
-LLM_CHUTE_ID = chute_id("canopy", _default_name(BUNDLED_MODEL))
+LLM_CHUTE_ID = chute_id("canopy", default_chute_name(BUNDLED_MODEL))
 
 
 async def _wait_for_llm(dendrite: Dendrite, miners, timeout: float):
@@ -181,8 +180,11 @@ def _ask_api(url: str, key: str) -> tuple[str, str, str, float]:
     return "".join(pieces), uid, hotkey, time.perf_counter() - started
 
 
-def _try_next(url: str, key: str) -> str:
-    return (f"[bold]Try next[/] (the API serves until you stop the demo):\n"
+def _try_next(url: str, key: str, mode: str) -> str:
+    serving = {"once": "with ./run.sh demo or --keep: --once stops everything now",
+               "keep": "the API keeps serving until ./run.sh demo stop",
+               "serve": "the API serves until Ctrl-C"}[mode]
+    return (f"[bold]Try next[/] ({serving}):\n"
             f"  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
             f"-H 'Content-Type: application/json' \\\n"
             f"    -d '{{\"model\": \"{BUNDLED_MODEL}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}], "
@@ -207,9 +209,8 @@ def _chutes_table(graph, inventories) -> Table:
 
 
 def _validator_settings(paths: DemoPaths):
-    return load_settings(["--network", "devnet", "--netuid", str(NETUID), "--devnet.path", str(paths.chain),
-                          "--wallet.name", "owner", "--wallet.hotkey", "validator", "--wallet.path", str(paths.wallets),
-                          "--graval.allow_cpu", "--wandb.mode", "disabled"])
+    """The in-process validator's settings: those ``start_validator`` gives the process after it."""
+    return load_settings([*devnet_flags(paths, "owner", "validator"), *VALIDATOR_FLAGS])
 
 
 async def _validate(paths: DemoPaths, wallet, chain: DevnetChain, store: ValidatorStore, dendrite: Dendrite,
@@ -238,14 +239,14 @@ async def _verifications(store: ValidatorStore, graph) -> list[list]:
             for neuron in graph.serving_miners()]
 
 
-def _subnet_table(graph, rounds, activity, report) -> Table:
-    """Per miner: devices claimed and verified, synthetic calls, the validator's score and
-    weight, and the incentive the devnet's epoch paid (``graph`` read after it)."""
-    table = Table(title="The subnet: devices, scores, weights (validator) and incentive (devnet epoch)",
+def _subnet_table(graph, rounds, activity, report, weights: dict[int, float]) -> Table:
+    """Per miner: devices claimed and verified, synthetic calls, the validator's score, the
+    weight the devnet holds from it (``weights``) and the incentive its epoch paid (``graph``
+    read after it)."""
+    table = Table(title="The subnet: devices, scores (validator), weights and incentive (devnet)",
                   header_style="bold")
     for column in ("UID", "HOTKEY", "DEVICES CLAIMED", "VERIFIED", "SYNTH OK", "SCORE", "WEIGHT", "INCENTIVE"):
         table.add_column(column)
-    weights = dict(zip(report.weights.uids, report.weights.weights)) if report.weights else {}
     for neuron, rows in zip(graph.serving_miners(), rounds):
         record = activity.get(neuron.hotkey)
         table.add_row(str(neuron.uid), short(neuron.hotkey), str(len(rows)), str(sum(r.ok for r in rows)),
@@ -321,14 +322,15 @@ async def _run(paths: DemoPaths, mode: str, block_time: float, tempo: int) -> in
         console.print(f"[dim]served by miner uid {uid} ({short(hotkey)}) in {elapsed:.1f} s, "
                       "through the API with the openai client[/]")
         paid = await chain.metagraph(NETUID)
-        console.print(_subnet_table(paid, rounds, activity, report))
+        on_chain = ledger.weights(NETUID).get(paid.by_hotkey(validator.hotkey.ss58_address).uid, {})
+        console.print(_subnet_table(paid, rounds, activity, report, on_chain))
         weights = dict(zip(submission.uids, submission.weights))
         console.print(f"Weights set at block {submission.block}: " + ", ".join(
             f"uid {neuron.uid} = {weights.get(neuron.uid, 0.0):.3f}" for neuron in paid.serving_miners()))
         console.print(metagraph_table(paid, width=console.width))
         console.print(f"Devnet: {paths.chain}  ·  logs: {paths.logs}  ·  inspect with "
                       f"[bold]CANOPY_HOME={paths.home} ./run.sh canopy devnet metagraph[/]")
-        console.print(_try_next(api_url, key), soft_wrap=True)
+        console.print(_try_next(api_url, key, mode), soft_wrap=True)
         if mode == "once":
             return 0
         processes.append(start_validator(paths))  # weights go on being set every tempo

@@ -25,6 +25,7 @@ from canopy.templates.model_files import models_root
 REPO = Path(__file__).resolve().parent.parent
 NETUID = 1
 STOP_GRACE_S = 10.0
+VALIDATOR_FLAGS = ("--graval.allow_cpu", "--wandb.mode", "disabled")  # CPU pseudo-devices, no wandb run
 
 
 @dataclass
@@ -92,8 +93,7 @@ def start_api(paths: DemoPaths, port: int) -> subprocess.Popen:
 def start_validator(paths: DemoPaths) -> subprocess.Popen:
     """The validator neuron, going on from the store the demo's own validator steps left."""
     return spawn(paths, "validator", [str(REPO / "neurons" / "validator.py"), *devnet_flags(paths, "owner", "validator"),
-                                      "--graval.allow_cpu", "--wandb.mode", "disabled",
-                                      "--database_url", paths.database_url])
+                                      *VALIDATOR_FLAGS, "--database_url", paths.database_url])
 
 
 def _signal(pid: int, signum: int, *, group: bool = False) -> None:
@@ -114,6 +114,20 @@ def _alive(pid: int) -> bool:
         return os.waitpid(pid, os.WNOHANG) == (0, 0)
     except ChildProcessError:
         return True
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:  # no /proc (macOS): ask ps
+        found = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+        return found.stdout
+
+
+def is_demo_process(pid: int, paths: DemoPaths) -> bool:
+    """``pid`` runs and is one of this demo's (its command line names the demo's folder), not
+    a process that took the number since (after a reboot, say)."""
+    return _alive(pid) and f"{paths.home}{os.sep}" in _command_line(pid)
 
 
 def stop_pids(pids: list[int], grace_s: float = STOP_GRACE_S) -> None:
@@ -140,6 +154,7 @@ def stop(processes: list[subprocess.Popen]) -> None:
 
 def keep(paths: DemoPaths, processes: dict[str, subprocess.Popen], api_url: str) -> None:
     """Record the running processes so ``stop_kept`` (``./run.sh demo stop``) can end them."""
+    paths.home.mkdir(parents=True, exist_ok=True)
     paths.pids.write_text(json.dumps({"api_url": api_url, "processes": {
         name: process.pid for name, process in processes.items() if process.poll() is None}}, indent=2))
 
@@ -153,7 +168,7 @@ def stop_kept(paths: DemoPaths) -> list[str]:
     except (ValueError, KeyError, TypeError):
         paths.pids.unlink()
         return []
-    running = {name: pid for name, pid in kept.items() if isinstance(pid, int) and _alive(pid)}
+    running = {name: pid for name, pid in kept.items() if isinstance(pid, int) and is_demo_process(pid, paths)}
     stop_pids(list(running.values()))
     paths.pids.unlink()
     return sorted(running)

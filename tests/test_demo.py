@@ -53,7 +53,7 @@ def _check_output(result: subprocess.CompletedProcess) -> None:
     assert answer and len(answer.group(1).split()) >= 3, out  # a real streamed chat answer
     served = re.search(r"served by miner uid (\d+) \(.+\) in [\d.]+ s, through the API with the openai client", out)
     assert served and served.group(1) in ("1", "2"), out  # the API routes to verified miners only
-    assert "The subnet: devices, scores, weights (validator) and incentive (devnet epoch)" in out
+    assert "The subnet: devices, scores (validator), weights and incentive (devnet)" in out
     assert re.search(r"curl -s http://127\.0\.0\.1:\d+/v1/chat/completions -H 'Authorization: Bearer cnp_", out)
     weights = re.search(r"Weights set at block \d+: uid 1 = ([\d.]+), uid 2 = ([\d.]+), uid 3 = ([\d.]+)", out)
     assert weights, out

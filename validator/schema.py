@@ -7,9 +7,9 @@ revision before using it), tests, and developers adding a migration
 (``validator.tables``) and the API's (``api.tables``) share one database, so they share one
 migration history, in ``validator/migrations/versions``.
 
-A database made before migrations existed (tables present, no ``alembic_version``) is
-stamped at the baseline revision, then upgraded, so a new version keeps its keys, logs and
-scores. Two processes opening a new database at once (the validator and the API, or two
+A database made before migrations existed (``create_all``; no ``alembic_version``) runs
+every revision from the baseline, which creates only the tables it lacks (a validator-only
+database gains the API's), so a new version keeps its keys, logs and scores. Two processes opening a new database at once (the validator and the API, or two
 replicas) race on the same DDL: the loser's transaction fails ("already exists", SQLite's
 "database is locked", a duplicate Postgres catalog row) and is retried, finding the work done.
 """
@@ -30,8 +30,6 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-BASELINE = "0001"
-LEGACY_TABLES = ("miners", "api_keys")  # either one: a database ``create_all`` made before migrations
 _CREATING_ELSEWHERE = ("already exists", "database is locked",
                        "pg_type_typname_nsp_index", "pg_class_relname_nsp_index")
 
@@ -57,12 +55,8 @@ def _config(connection: sa.Connection) -> Config:
 
 
 def upgrade_sync(connection: sa.Connection, revision: str = "head") -> None:
-    """Bring the database on ``connection`` to ``revision`` (stamping a pre-migration one first)."""
-    config = _config(connection)
-    tables = set(sa.inspect(connection).get_table_names())
-    if "alembic_version" not in tables and tables & set(LEGACY_TABLES):
-        command.stamp(config, BASELINE)
-    command.upgrade(config, revision)
+    """Bring the database on ``connection`` to ``revision``."""
+    command.upgrade(_config(connection), revision)
 
 
 def current_revision(connection: sa.Connection) -> str | None:

@@ -75,7 +75,7 @@ def build_llm_chute(model: str = BUNDLED_MODEL, revision: str | None = None, *, 
     chosen = pick_engine(engine)
     if node_selector is None:
         node_selector = NodeSelector(gpu_count=1, min_vram_gb_per_gpu=0 if chosen == "cpu" else 16)
-    chute = Chute(username=username, name=name or _default_name(model), image=image, readme=readme or _readme(model, chosen),
+    chute = Chute(username=username, name=name or default_chute_name(model), image=image, readme=readme or _readme(model, chosen),
                   tagline=tagline or f"OpenAI-compatible {model} ({chosen})", node_selector=node_selector,
                   concurrency=concurrency, max_instances=max_instances)
     chute.model_name, chute.revision, chute.engine_name = model, revision, chosen
@@ -86,7 +86,7 @@ def build_llm_chute(model: str = BUNDLED_MODEL, revision: str | None = None, *, 
     return chute
 
 
-def _default_name(model: str) -> str:
+def default_chute_name(model: str) -> str:
     base = Path(model.rstrip("/")).name or "llm"
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in base.lower())[:64]
 

@@ -79,18 +79,48 @@ async def test_a_new_version_keeps_keys_logs_and_scores_on_postgres(postgres_url
     await _upgrade_keeps_everything(postgres_url)
 
 
-async def test_a_database_made_before_migrations_is_stamped_then_upgraded(tmp_path):
+def _legacy(*prefixes: str) -> sa.MetaData:
+    """What ``create_all`` made before migrations: the tables whose names start with ``prefixes``."""
+    legacy = sa.MetaData()
+    for table in metadata().tables.values():
+        if table.name.startswith(prefixes) and table.name != "api_credit_leases":
+            table.to_metadata(legacy)
+    return legacy
+
+
+VALIDATOR_TABLES = ("miners", "device_", "invocations", "score", "weight_")
+
+
+@pytest.mark.parametrize("opener", ["validator", "api"])
+async def test_a_validator_only_database_gains_the_api_tables_and_keeps_its_scores(tmp_path, opener):
     url = f"sqlite+aiosqlite:///{tmp_path / 'legacy.sqlite'}"
     engine = create_async_engine(url)
-    legacy = sa.MetaData()
-    for table in metadata().tables.values():  # what create_all made at the first release
-        if table.name != "api_credit_leases":
-            table.to_metadata(legacy)
+    try:
+        async with engine.begin() as connection:  # the validator ran alone before migrations existed
+            await connection.run_sync(_legacy(*VALIDATOR_TABLES).create_all)
+        await ValidatorStore(engine).save_scores(3, 120, {"hk1": 0.75}, {"hk1": 0.8}, {"hk1": 1}, time.time())
+        if opener == "validator":
+            await (await ValidatorStore.open(url)).close()
+        else:
+            await KeyStore(engine).create_tables()  # the API (or canopy keys) opening it first
+        info, _ = await KeyStore(engine).create("after", credits=5)
+        assert info.credits == 5
+        assert await ValidatorStore(engine).load_scores() == ({"hk1": pytest.approx(0.75)}, 3)
+        async with engine.connect() as connection:
+            assert await connection.run_sync(current_revision) == HEAD
+            assert await connection.run_sync(_differences) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_a_database_with_both_tables_made_before_migrations_keeps_everything(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'legacy.sqlite'}"
+    engine = create_async_engine(url)
     try:
         async with engine.begin() as connection:
-            await connection.run_sync(legacy.create_all)
+            await connection.run_sync(_legacy(*VALIDATOR_TABLES, "api_").create_all)
         await _seed(engine)
-        await KeyStore(engine).create_tables()  # the API (or canopy keys) opening it first
+        await KeyStore(engine).create_tables()
         await _check_kept(engine)
     finally:
         await engine.dispose()

@@ -331,10 +331,12 @@ function say(role, text) {
   return { item, who, content };
 }
 
-function strategy() {
+/** The x-canopy-strategy header for the chosen strategy (none: the key's own default applies). */
+function strategyHeaders() {
   const kind = $("#strategy").value;
   const argument = $("#strategy-arg").value.replace(/\s+/g, "");
-  return kind === "default" ? "default" : `${kind}:${argument}`;
+  if (kind === "key") return {};
+  return { "x-canopy-strategy": kind === "default" ? "default" : `${kind}:${argument}` };
 }
 
 async function loadModels() {
@@ -353,7 +355,7 @@ async function send(prompt) {
   const answer = say("assistant", "");
   answer.item.setAttribute("aria-busy", "true");
   const response = await api("/v1/chat/completions", {
-    method: "POST", raw: true, headers: { "x-canopy-strategy": strategy() },
+    method: "POST", raw: true, headers: strategyHeaders(),
     body: { model: $("#model").value, messages: history, stream: true },
   });
   const uid = response.headers.get("x-canopy-miner-uid");
@@ -388,7 +390,7 @@ async function send(prompt) {
 
 function setUpChat() {
   $("#strategy").addEventListener("change", () => {
-    $("#strategy-arg").disabled = $("#strategy").value === "default";
+    $("#strategy-arg").disabled = ["key", "default"].includes($("#strategy").value);
   });
   $("#clear-chat").addEventListener("click", () => { history = []; $("#messages").replaceChildren(); });
   $("#chat-form").addEventListener("submit", async (event) => {
