@@ -49,9 +49,27 @@ function cell(row, value, className) {
 const when = (epoch) => (epoch ? new Date(epoch * 1000).toISOString().replace(".000", "") : null);
 const list = (text) => text.split(",").map((part) => part.trim()).filter(Boolean);
 
-// --- the key form in the header ---------------------------------------------------------------
+// --- the header every page shares: the pages, and the key form -----------------------------------
+
+const PAGE_LINKS = [["keys", "Keys"], ["logs", "Logs"], ["stats", "Stats"], ["miners", "Miners"], ["chat", "Chat"]];
+
+/** Fill <header id="site-header"> (each page carries only the brand): the nav and the key form. */
+function renderHeader() {
+  const header = $("#site-header");
+  const items = PAGE_LINKS.map(([page, label]) => `<li><a href="${page}.html">${label}</a></li>`).join("");
+  header.insertAdjacentHTML("beforeend", `
+  <nav aria-label="Pages"><ul>${items}</ul></nav>
+  <form id="key-form" class="key-form">
+    <label for="api-key">API key</label>
+    <input id="api-key" name="key" type="password" autocomplete="off" placeholder="cnp_…" required>
+    <button type="submit">Use key</button>
+    <button type="button" id="forget-key">Forget</button>
+    <span id="key-state" aria-live="polite"></span>
+  </form>`);
+}
 
 function setUpKeyForm() {
+  renderHeader();
   const state = $("#key-state");
   const show = () => { state.textContent = apiKey() ? "key set" : "no key"; };
   $("#key-form").addEventListener("submit", (event) => {
