@@ -209,9 +209,12 @@ class CreditLedger:
 
     def _spawn_write(self, key_id: int, amount: int) -> None:
         async def write() -> None:
-            async with self.sessions.begin() as session:
-                await session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.credits.is_not(None))
-                                      .values(credits=ApiKey.credits + amount))
+            try:
+                async with self.sessions.begin() as session:
+                    await session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.credits.is_not(None))
+                                          .values(credits=ApiKey.credits + amount))
+            except Exception as error:  # the answer is sent already; say what was not given back
+                logger.warning("could not refund {} credit(s) to key {}: {}", amount, key_id, error)
         task = asyncio.get_running_loop().create_task(write())
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
