@@ -9,7 +9,7 @@ credits >= n`` moves ``n`` credits from the key's balance into an ``api_credit_l
 that names the replica, in the same transaction; requests then reserve and refund from that
 lease in memory, synchronously, with no await between the check and the decrement.
 
-- Lease size ``n = min(lease_max, max(1, balance // lease_share))``: a key with plenty of
+- Lease size ``n = min(lease_max, max(1, balance // lease_share))`` (256 and 8 by default): a key with plenty of
   credits costs one write per ``n`` requests; a key near empty leases one credit at a time,
   so with M credits, N > M concurrent requests still get exactly M, and the balance (the
   column plus every lease) never goes negative.
@@ -48,7 +48,7 @@ class _Lease:
 
 
 class CreditLedger:
-    def __init__(self, keys: KeyStore, *, replica: str | None = None, lease_max: int = 64, lease_share: int = 8,
+    def __init__(self, keys: KeyStore, *, replica: str | None = None, lease_max: int = 256, lease_share: int = 8,
                  idle_s: float = 2.0, heartbeat_s: float = 1.0, stale_s: float = 60.0) -> None:
         if lease_max < 1 or lease_share < 1 or heartbeat_s <= 0 or stale_s <= heartbeat_s:
             raise ValueError("lease_max and lease_share must be >= 1 and stale_s > heartbeat_s > 0")

@@ -148,11 +148,6 @@ class Call:
     def ttft_s(self) -> float | None:
         return self.attempt.ttft_s
 
-    @property
-    def complete(self) -> bool:
-        """The whole reply came in the first chunk (``read`` will not wait)."""
-        return self.first_chunk.done
-
     def _absorb(self, chunk: InvokeChunk) -> None:
         if chunk.usage is not None:
             self.prompt_tokens, self.completion_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
