@@ -80,6 +80,12 @@ def devices(count: int, salt: str = "a", memory: int = MEMORY):
     return [cpu_device(memory_bytes=memory, salt=f"{salt}{i}").model_copy(update={"index": i}) for i in range(count)]
 
 
+#: Timing tests judge a device against this machine's own speed; when another process takes
+#: the cores the honest side can miss the window too, which says nothing about the verifier.
+#: Such an attempt is measured again (a cheat passing is a failure at once, never retried).
+NOISY_BOX_ATTEMPTS = 3
+
+
 async def wire_throughput(miner, dendrite, memory: int = MEMORY) -> float:
     """This machine's honest throughput, measured over the wire as the validator sees it.
 
@@ -155,13 +161,18 @@ async def test_wire_cheats_are_caught(miner, dendrite, cheat, reason):
 
 
 async def test_regenerating_missing_matrices_misses_the_window(miner, dendrite):
-    row = cpu_row(challenge_macs_per_s=await wire_throughput(miner, dendrite, BIG_MEMORY), window_low=0.2, window_high=1.6)
     honest = await miner(devices(1, "h", BIG_MEMORY))
     cheat = await miner(devices(1, "r", BIG_MEMORY), prover_factory=lambda spec, backend: cheats.Regenerating(spec, backend))
-    verifier = GravalVerifier(dendrite, [row], allow_cpu=True)
-    assert [result.reason for result in await verifier.verify_miner(honest.axon)] == ["ok"]
-    caught = await verifier.verify_miner(cheat.axon)
-    assert [result.reason for result in caught] == ["too_slow"], caught
+    for _ in range(NOISY_BOX_ATTEMPTS):
+        row = cpu_row(challenge_macs_per_s=await wire_throughput(miner, dendrite, BIG_MEMORY), window_low=0.2,
+                      window_high=1.6)
+        verifier = GravalVerifier(dendrite, [row], allow_cpu=True)
+        honest_reasons = [result.reason for result in await verifier.verify_miner(honest.axon)]
+        caught = await verifier.verify_miner(cheat.axon)
+        assert [result.reason for result in caught] == ["too_slow"], caught  # never passes, whatever the load
+        if honest_reasons == ["ok"]:
+            return
+    pytest.fail(f"the honest device missed the window in {NOISY_BOX_ATTEMPTS} attempts: the box is too loaded to judge")
 
 
 async def test_a_slower_device_claiming_a_faster_model_misses_the_window(miner, dendrite, calibrated_macs_per_s):
@@ -183,11 +194,16 @@ class OneDeviceBehindTwoClaims(GravalService):
             return await super().prove(synapse, caller)
 
 
-async def test_one_device_cannot_answer_for_two_claims(miner, dendrite, calibrated_macs_per_s):
-    row = cpu_row(challenge_macs_per_s=calibrated_macs_per_s, window_low=0.2, window_high=1.6)
+async def test_one_device_cannot_answer_for_two_claims(miner, dendrite):
     started = await miner(devices(2, "d"), service_class=OneDeviceBehindTwoClaims)
-    results = await GravalVerifier(dendrite, [row], allow_cpu=True).verify_miner(started.axon)
-    assert sorted(result.reason for result in results) == ["ok", "too_slow"]
+    for _ in range(NOISY_BOX_ATTEMPTS):
+        row = cpu_row(challenge_macs_per_s=await wire_throughput(miner, dendrite), window_low=0.2, window_high=1.6)
+        reasons = sorted(result.reason for result in await GravalVerifier(dendrite, [row], allow_cpu=True)
+                         .verify_miner(started.axon))
+        assert reasons != ["ok", "ok"], "one device answered for two claims"  # never, whatever the load
+        if reasons == ["ok", "too_slow"]:  # the first proof in time, the second queued behind it
+            return
+    pytest.fail(f"both proofs missed the window in {NOISY_BOX_ATTEMPTS} attempts: the box is too loaded to judge")
 
 
 async def test_the_miner_refuses_bad_challenges_with_typed_errors(miner, dendrite, wallets):
