@@ -7,6 +7,9 @@ Rows are queued here and written by one background task in a single transaction 
 ``max_delay_s`` (or per ``max_batch`` rows), off every answer's path; the task outlives
 the request that queued the row (a client hanging up does not lose its log row).
 ``drain`` writes everything queued so far (shutdown, tests).
+
+``BackgroundWrites`` is the unbatched kind: one write in its own task (an idempotency
+record, a late refund), kept referenced until it ends and awaited by ``drain``.
 """
 
 from __future__ import annotations
@@ -46,3 +49,19 @@ class BatchWriter:
     async def drain(self) -> None:
         while self._task is not None:
             await asyncio.shield(self._task)
+
+
+class BackgroundWrites:
+    """Writes that run in their own tasks, so a request cancelled by its client cannot cut them short."""
+
+    def __init__(self) -> None:
+        self._pending: set[asyncio.Task] = set()
+
+    def spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self) -> None:
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)

@@ -64,13 +64,13 @@ from api.chat_shapes import SamplingFields, SubnetOneChatIn, ValidatorChatIn, re
 from api.chat_stream import relay_sn1
 from api.directory import CHAT_PATH
 from api.errors import (
-    ApiError, InsufficientCredits, InvalidRequest, NoMinerAvailable, NotFound, UpstreamFailed, UpstreamTimeout,
+    ApiError, InvalidRequest, NoMinerAvailable, NotFound, UpstreamFailed, UpstreamTimeout,
 )
 from api.idempotency import Claim
 from api.keys import KeyError_, KeyInfo, parse_strategy
 from api.moderation import moderate
 from api.pipeline import (
-    ClientClosed, admit, answer_error, authenticate, claim_or_replay, client_closed, log_request, miner_headers,
+    ClientClosed, admit, answer_error, authenticate, charge, claim_or_replay, client_closed, log_request, miner_headers,
     parse_body, refund, request_body, unless_disconnected,
 )
 from api.requestlog import RequestRecord
@@ -219,12 +219,6 @@ async def chat(request: Request) -> Response:
             claim.release()  # not answered (or answered and kept: then this does nothing)
 
 
-async def _reserve(request: Request, key: KeyInfo, record: RequestRecord) -> None:
-    if not await request.app.state.credits.reserve(key):
-        raise InsufficientCredits("the API key has no credits left")
-    record.charged = 1
-
-
 def _settle(record: RequestRecord, answers: list[_Answer], served: _Answer) -> dict[str, str]:
     record.uid, record.hotkey = served.route.uid, served.route.hotkey
     record.prompt_tokens = sum(a.prompt_tokens for a in answers if a.ok)
@@ -251,7 +245,7 @@ async def _validator_shape(request: Request, body: ValidatorChatIn, key: KeyInfo
     if not routes:
         raise NoMinerAvailable(f"no miner can serve {model!r} with strategy {record.strategy} right now; "
                                "retry shortly")
-    await _reserve(request, key, record)
+    await charge(request, key, record)
     payload = _payload(body, model, [m.model_dump(exclude_none=True) for m in body.messages], stream=False)
     timeout_s = state.config.request_timeout_s
     if fan_out:
@@ -332,7 +326,7 @@ async def _subnet_one_shape(request: Request, body: SubnetOneChatIn, key: KeyInf
     if not routes:
         raise NoMinerAvailable(f"no miner can serve {model!r} ({body.sampling_mode}, {len(body.exclude)} "
                                "excluded) right now; retry shortly")
-    await _reserve(request, key, record)
+    await charge(request, key, record)
     messages = [{"role": role, "content": text} for role, text in zip(body.roles, body.messages)]
     payload = _payload(body, model, messages, stream=body.stream)
     timeout_s = body.timeout or state.config.request_timeout_s

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from loguru import logger
 from sqlalchemy import delete, select, update
 
+from api.batch import BackgroundWrites
 from api.keys import KeyInfo, KeyStore
 from api.tables import ApiKey, CreditLease
 
@@ -59,7 +60,7 @@ class CreditLedger:
         self._leases: dict[int, _Lease] = {}
         self._locks: dict[int, asyncio.Lock] = {}  # per key: this replica's writes for it, one at a time
         self._task: asyncio.Task | None = None
-        self._writes: set[asyncio.Task] = set()
+        self._writes = BackgroundWrites()  # refunds that reach the balance after their lease went back
         keys.unwritten = self.unwritten
 
     # --- the request path ---------------------------------------------------------------------
@@ -71,16 +72,16 @@ class CreditLedger:
             return True
         if self._task is None:
             self.start()
-        if self._take_one(self._leases.setdefault(key.id, _Lease())):
+        if self._take_one(self._lease_of(key.id)):
             return True
         async with self._lock(key.id):  # one lease request per key at a time; the others wait for it
-            while not self._take_one(lease := self._leases.setdefault(key.id, _Lease())):
+            while not self._take_one(self._lease_of(key.id)):
                 taken = await self._lease(key.id)
                 if taken is None:  # the key became unlimited
                     return True
                 if taken == 0:
                     return False
-                lease = self._leases.setdefault(key.id, _Lease())
+                lease = self._lease_of(key.id)
                 lease.unspent += taken
                 lease.written += taken
         return True
@@ -97,6 +98,12 @@ class CreditLedger:
         """Credits of ``key_id``'s lease spent (negative) or refunded here since its row was written."""
         lease = self._leases.get(key_id)
         return lease.unspent - lease.written if lease is not None else 0
+
+    def _lease_of(self, key_id: int) -> _Lease:
+        lease = self._leases.get(key_id)
+        if lease is None:
+            lease = self._leases[key_id] = _Lease()
+        return lease
 
     def _lock(self, key_id: int) -> asyncio.Lock:
         return self._locks.setdefault(key_id, asyncio.Lock())
@@ -215,9 +222,7 @@ class CreditLedger:
                                           .values(credits=ApiKey.credits + amount))
             except Exception as error:  # the answer is sent already; say what was not given back
                 logger.warning("could not refund {} credit(s) to key {}: {}", amount, key_id, error)
-        task = asyncio.get_running_loop().create_task(write())
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        self._writes.spawn(write())
 
     async def close(self) -> None:
         """Stop the heartbeat and give every lease back."""
@@ -226,8 +231,7 @@ class CreditLedger:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self._writes.drain()
         for key_id in list(self._leases):
             async with self._lock(key_id):
                 if key_id in self._leases:

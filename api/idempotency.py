@@ -40,6 +40,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from api.batch import BackgroundWrites
 from api.errors import ApiError, InvalidRequest
 from api.tables import IdempotencyRecord
 
@@ -116,16 +117,8 @@ class IdempotencyStore:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.ttl_s, self.wait_s, self.poll_s = ttl_s, wait_s, poll_s
         self.stale_s = stale_s if stale_s is not None else max(2 * wait_s + 30.0, 60.0)
-        self._pending: set[asyncio.Task] = set()
-
-    def spawn(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def drain(self) -> None:
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        self._writes = BackgroundWrites()
+        self.spawn, self.drain = self._writes.spawn, self._writes.drain  # finishing and freeing claims
 
     async def claim(self, key_id: int, idempotency_key: str, digest: str, now: float | None = None) -> Claim:
         """Claim the key (a pending row), or the stored answer to replay; 422/409 as described above."""

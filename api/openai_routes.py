@@ -20,12 +20,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from api.directory import CHAT_PATH, COMPLETIONS_PATH
-from api.errors import ApiError, InsufficientCredits, InvalidRequest, NoMinerAvailable, NotFound, UpstreamFailed, sse_error
+from api.errors import ApiError, InvalidRequest, NoMinerAvailable, NotFound, UpstreamFailed, sse_error
 from api.idempotency import Claim
 from api.keys import KeyError_, KeyInfo, parse_strategy
 from api.moderation import moderate
 from api.pipeline import (
-    ClientClosed, admit, answer_error, authenticate, claim_or_replay, client_closed, log_request, miner_headers,
+    ClientClosed, admit, answer_error, authenticate, charge, claim_or_replay, client_closed, log_request, miner_headers,
     parse_body, refund, request_body, stream_ended, unless_disconnected,
 )
 from api.requestlog import RequestRecord
@@ -96,9 +96,7 @@ async def _serve(request: Request, kind: type[_Common], path: str) -> Response:
         if not routes:
             raise NoMinerAvailable(f"no miner can serve {body.model!r} with strategy {strategy} right now "
                                    "(all busy, unverified or not ready); retry shortly")
-        if not await state.credits.reserve(key):
-            raise InsufficientCredits("the API key has no credits left")
-        record.charged = 1
+        await charge(request, key, record)
         payload = {k: v for k, v in data.items() if k not in CANOPY_FIELDS}
         if body.stream:
             payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}

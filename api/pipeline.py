@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from api.errors import (
-    ApiError, InvalidRequest, PayloadTooLarge, RateLimited, Unauthorized, UpstreamFailed, UpstreamTimeout,
+    ApiError, InsufficientCredits, InvalidRequest, PayloadTooLarge, RateLimited, Unauthorized, UpstreamFailed, UpstreamTimeout,
 )
 from api.idempotency import Claim, claim_for
 from api.keys import KeyInfo, KeyRejected
@@ -100,6 +100,13 @@ async def parse_body(request: Request, model: type[BaseModel]) -> tuple[BaseMode
         param = ".".join(str(part) for part in first["loc"]) or None
         raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"], param=param,
                              code="invalid_value") from None
+
+
+async def charge(request: Request, key: KeyInfo, record: RequestRecord) -> None:
+    """Reserve the request's credit (``api.credits``), or 402 when the key has none left."""
+    if not await request.app.state.credits.reserve(key):
+        raise InsufficientCredits("the API key has no credits left")
+    record.charged = 1
 
 
 def miner_headers(route: Any) -> dict[str, str]:

@@ -70,7 +70,6 @@ class RequestLogger:
     def __init__(self, engine: AsyncEngine, *, log_prompts: bool = False) -> None:
         self.engine = engine
         self.log_prompts = log_prompts
-        self._pending: set[asyncio.Task] = set()
         self._rows = BatchWriter(self._insert_all, what="request log rows")
 
     def write(self, record: RequestRecord) -> None:
@@ -80,15 +79,7 @@ class RequestLogger:
     async def _insert_all(self, rows: list[dict[str, Any]]) -> None:
         await bulk_insert(self.engine, RequestLog.__table__, rows)
 
-    def spawn(self, work: Any) -> None:
-        """Run a database write in its own task: it outlives a request cancelled by its client."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
     async def drain(self) -> None:
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
         await self._rows.drain()
 
 

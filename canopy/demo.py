@@ -118,15 +118,14 @@ def _devices_table(graph, rounds) -> Table:
 LLM_CHUTE_ID = chute_id("canopy", default_chute_name(BUNDLED_MODEL))
 
 
-async def _wait_for_llm(dendrite: Dendrite, miners, timeout: float):
-    """The first miner hosting the LLM chute, once every LLM host has a ready instance (so the
-    validator's synthetic round measures them all)."""
+async def _wait_for_llm(dendrite: Dendrite, miners, timeout: float) -> None:
+    """Until every LLM host has a ready instance (so the validator's synthetic round measures them all)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ready = [miner for miner, result in zip(miners, await dendrite.query(miners, Inventory(), timeout=5.0))
                  if result.ok and any(c.chute_id == LLM_CHUTE_ID and c.ready_instances for c in result.response.chutes)]
         if len(ready) >= LLM_MINERS:
-            return ready[0]
+            return
         await asyncio.sleep(1.0)
     raise RuntimeError(f"the LLM chute was not ready on {LLM_MINERS} miners within {timeout:.0f}s (see the miner logs)")
 
