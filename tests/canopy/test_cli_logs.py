@@ -18,19 +18,18 @@ from neurons.api import gateway_config
 from validator.store import ValidatorStore
 
 runner = CliRunner()
-NOW = time.time()
 
 
-async def _seed(url: str) -> None:
+async def _seed(url: str, now: float) -> None:
     store = await ValidatorStore.open(url)
     try:
         keys = KeyStore(store.engine)
         await keys.create_tables()
         alice, _ = await keys.create("alice")
         bob, _ = await keys.create("bob")
-        rows = [("req_old", alice.id, 200, NOW - 3 * 86400), ("req_a1", alice.id, 200, NOW - 600),
-                ("req_a2", alice.id, 429, NOW - 300), ("req_b1", bob.id, 200, NOW - 200),
-                ("req_a3", alice.id, 200, NOW - 100)]
+        rows = [("req_old", alice.id, 200, now - 3 * 86400), ("req_a1", alice.id, 200, now - 600),
+                ("req_a2", alice.id, 429, now - 300), ("req_b1", bob.id, 200, now - 200),
+                ("req_a3", alice.id, 200, now - 100)]
         async with keys.sessions.begin() as session:
             for request_id, key_id, status, created in rows:
                 session.add(RequestLog(id=request_id, key_id=key_id, route="/v1/chat/completions", model="fake-model",
@@ -43,9 +42,15 @@ async def _seed(url: str) -> None:
 
 
 @pytest.fixture()
-def url(tmp_path):
+def now() -> float:
+    """The moment the rows are seeded: the suite runs for minutes, so a module-level clock would age them."""
+    return time.time()
+
+
+@pytest.fixture()
+def url(tmp_path, now):
     url = f"sqlite+aiosqlite:///{tmp_path / 'api.sqlite'}"
-    asyncio.run(_seed(url))
+    asyncio.run(_seed(url, now))
     return url
 
 
@@ -66,12 +71,12 @@ def test_the_table_shows_rows_newest_first(url):
     assert out.index("req_a3") < out.index("req_b1") < out.index("req_a2") < out.index("req_a1") < out.index("req_old")
 
 
-def test_filters_key_status_since_limit(url):
+def test_filters_key_status_since_limit(url, now):
     assert ids(logs(url, "--json")) == ["req_a3", "req_b1", "req_a2", "req_a1", "req_old"]
     assert ids(logs(url, "--json", "--key", "alice")) == ["req_a3", "req_a2", "req_a1", "req_old"]
     assert ids(logs(url, "--json", "--key", "alice", "--status", "200", "--since", "1h")) == ["req_a3", "req_a1"]
     assert ids(logs(url, "--json", "--since", "250s", "--limit", "1")) == ["req_a3"]
-    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW - 400))
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 400))
     assert ids(logs(url, "--json", "--since", iso)) == ["req_a3", "req_b1", "req_a2"]
     row = json.loads(logs(url, "--json", "--limit", "1").output)
     assert row["key"] == "alice" and row["miners_tried"] == [1, 2] and row["completion_tokens"] == 5
@@ -86,13 +91,13 @@ def test_bad_filters_are_refused(url):
     assert logs(url, "--limit", "0").exit_code == 2
 
 
-def test_prune_and_the_retention_loop(url):
+def test_prune_and_the_retention_loop(url, now):
     async def go() -> int:
         store = await ValidatorStore.open(url)
         try:
-            removed = await prune_logs(store.engine, NOW - 86400)
+            removed = await prune_logs(store.engine, now - 86400)
             async with KeyStore(store.engine).sessions.begin() as session:  # one more old row for the loop
-                session.add(RequestLog(id="req_older", route="/v1/models", status=200, created_at=NOW - 40 * 86400))
+                session.add(RequestLog(id="req_older", route="/v1/models", status=200, created_at=now - 40 * 86400))
             loop = asyncio.create_task(retention_loop(store.engine, 30, interval_s=0.01))
             await asyncio.sleep(0.2)
             loop.cancel()
