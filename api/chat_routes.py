@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from api.chat_shapes import SamplingFields, SubnetOneChatIn, ValidatorChatIn, request_shape as _shape
@@ -76,6 +76,7 @@ from api.pipeline import (
 from api.requestlog import RequestRecord
 from api.upstream import NoAnswer
 from protocol import errors as wire
+from protocol.asgi import WatchedStreamingResponse
 
 router = APIRouter()
 ROUTE = "/chat"
@@ -197,7 +198,7 @@ async def chat(request: Request) -> Response:
             response = await _validator_shape(request, body, key, model, record, limit_headers)
         else:
             response = await _subnet_one_shape(request, body, key, model, record, limit_headers, claim)
-        if isinstance(response, StreamingResponse):
+        if isinstance(response, WatchedStreamingResponse):
             claim = None  # the stream keeps or frees it when it ends
         elif claim is not None:
             await claim.finish(response.status_code, bytes(response.body).decode(), dict(response.headers))
@@ -357,6 +358,6 @@ async def _subnet_one_shape(request: Request, body: SubnetOneChatIn, key: KeyInf
         raise answer_error(failure) from None
     record.uid, record.hotkey = call.route.uid, call.route.hotkey
     ndjson = "application/x-ndjson" in request.headers.get("accept", "")
-    return StreamingResponse(relay_sn1(request, call, key, record, started, ndjson, claim), status_code=200,
+    return WatchedStreamingResponse(relay_sn1(request, call, key, record, started, ndjson, claim), status_code=200,
                              media_type="application/x-ndjson" if ndjson else "text/event-stream",
                              headers={**limit_headers, **miner_headers(call.route)})

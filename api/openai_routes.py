@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from api.directory import CHAT_PATH, COMPLETIONS_PATH
@@ -31,6 +31,7 @@ from api.pipeline import (
 from api.requestlog import RequestRecord
 from api.upstream import NoAnswer
 from protocol import errors as wire
+from protocol.asgi import WatchedStreamingResponse
 
 router = APIRouter()
 CANOPY_FIELDS = ("strategy", "race")
@@ -113,7 +114,7 @@ async def _serve(request: Request, kind: type[_Common], path: str) -> Response:
         headers = {**limit_headers, **miner_headers(call.route)}
         if body.stream:
             stream, claim = _relay(request, call, key, record, claim), None  # the stream settles the claim
-            return StreamingResponse(stream, status_code=call.status,
+            return WatchedStreamingResponse(stream, status_code=call.status,
                                      media_type="text/event-stream", headers=headers)
         try:
             # No disconnect watcher here: a JSON answer is ready when its first byte comes (the

@@ -43,14 +43,20 @@ Figures:
   completions (sequential, interleaved, ``--stream-n`` each), API minus miner path;
   ``stream_ttft_*_ms`` are each path's medians.
 - ``errors``: failed requests in the measured phases (any non-200); must be 0.
-- ``litellm_rps``: LiteLLM's proxy in front of the same instance, when ``litellm`` is
-  importable (``litellm`` says why not otherwise).
+- ``litellm_rps``, ``litellm_p50_ms``, ``litellm_added_p50_ms``: LiteLLM's proxy (one worker,
+  a master key, no database) in front of the same instance, measured like the others when
+  a LiteLLM is found: ``--litellm-python``, else ``.venv-litellm`` (``./run.sh bench api
+  --litellm`` makes it from ``bench/requirements-litellm.txt``: it pins rich and FastAPI
+  differently from ours), else this interpreter; ``litellm`` says what ran or why not.
+  Its added latency is against the instance (what it fronts), the API's against the miner path.
 
 - ``request_log_rows`` / ``invocation_rows`` / ``credits_spent``: read from the API's
   SQLite file after the run (warm-up and latency phases included): one of each per answer.
 - ``api_cpu_ms_per_request``: the API process's CPU time while serving (all its threads,
   start-up excluded) over the requests it logged: what one request costs the gateway, whatever the
-  other processes on the box are doing.
+  other processes on the box are doing. ``miner_cpu_ms_per_invoke`` is the same for the
+  miner process (axon + ChutesService, not its instance) over the ``miner_invokes`` it
+  answered (the miner path's and the API's calls, every phase): both paths pay it.
 
 Targets (a 2-core box): ``api_rps >= 500``, ``added_p50_ms <= 3``; ``errors`` must be 0.
 ``--api-ref REF`` measures the ``api/`` package of a git ref (``git archive``) and
@@ -68,6 +74,7 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,7 +108,8 @@ class Paths:
         self.invoke = {stream: Invoke(chute_id=miner["chute_id"], path=CHAT_PATH, payload=chat_body(stream),
                                       stream=stream) for stream in (False, True)}
         self.bodies = {stream: json.dumps(chat_body(stream)).encode() for stream in (False, True)}
-        self.extra: dict[str, str] = {}  # other HTTP paths by name (litellm)
+        self.extra: dict[str, tuple[str, dict[str, str]]] = {}  # other HTTP paths: name -> (url, headers)
+        self.answered: dict[str, int] = {}  # completed calls per path, every phase (the miner's CPU share)
 
     async def call(self, name: str, stream: bool = False) -> float:
         started = time.perf_counter()
@@ -113,15 +121,17 @@ class Paths:
                 final = chunk
             if final is None or not final.done or final.error is not None or (final.status or 200) >= 400:
                 raise RuntimeError(f"miner path failed: {final}")
+            self.answered[name] = self.answered.get(name, 0) + 1
             return (first or time.perf_counter()) - started
-        url = {"instance": self.instance_url, "api": self.api_url}.get(name) or self.extra[name]
-        headers = {"content-type": "application/json", **(self.auth if name in ("api", "litellm") else {})}
+        url, auth = {"instance": (self.instance_url, {}), "api": (self.api_url, self.auth)}.get(name) or self.extra[name]
+        headers = {"content-type": "application/json", **auth}
         async with self.session.post(url, data=self.bodies[stream], headers=headers) as response:
             first = None
             async for _ in response.content.iter_any():
                 first = first or time.perf_counter()
             if response.status != 200:
                 raise RuntimeError(f"{name} answered {response.status}")
+        self.answered[name] = self.answered.get(name, 0) + 1
         return (first or time.perf_counter()) - started
 
 
@@ -165,7 +175,7 @@ async def measure(args, miner: dict, api: dict, litellm_url: str | None, bar) ->
         paths = Paths(session, dendrite, miner, api)
         names = ["instance", "miner", "api"]
         if litellm_url:
-            paths.extra["litellm"] = litellm_url + CHAT_PATH
+            paths.extra["litellm"] = (litellm_url + CHAT_PATH, {"authorization": f"Bearer {LITELLM_KEY}"})
             names.append("litellm")
         errors = 0
         task = bar.add_task("throughput", total=len(names))
@@ -184,7 +194,7 @@ async def measure(args, miner: dict, api: dict, litellm_url: str | None, bar) ->
         results["direct_miner_loaded_p50_ms"] = results.pop("miner_loaded_p50_ms")
 
         for stream, n, label in ((False, args.latency_n, "latency"), (True, args.stream_n, "stream ttft")):
-            samples: dict[str, list[float]] = {name: [] for name in ("instance", "miner", "api")}
+            samples: dict[str, list[float]] = {name: [] for name in names}
             task = bar.add_task(label, total=n)
             for index in range(n):
                 order = list(samples) if index % 2 == 0 else list(reversed(samples))
@@ -207,24 +217,34 @@ async def measure(args, miner: dict, api: dict, litellm_url: str | None, bar) ->
                     results[f"{name}_p99_ms"] = pct(values, 0.99) * 1e3
                 results["added_p50_ms"] = results["api_p50_ms"] - results["miner_p50_ms"]
                 results["added_p99_ms"] = results["api_p99_ms"] - results["miner_p99_ms"]
+                if litellm_url:
+                    results["litellm_added_p50_ms"] = results["litellm_p50_ms"] - results["instance_p50_ms"]
         results["errors"] = errors
+        results["miner_invokes"] = paths.answered.get("miner", 0) + paths.answered.get("api", 0)
     return results
 
 
 # --- optional: LiteLLM's proxy in front of the same instance ---------------------------------------
 
 
-def litellm_missing() -> str:
-    try:
-        import litellm  # noqa: F401
-        import litellm.proxy.proxy_server  # noqa: F401
-    except Exception as error:  # noqa: BLE001 - reported
-        return f"not installed ({type(error).__name__}: {str(error)[:80]})"
-    return ""
+LITELLM_KEY = "sk-canopy-bench"  # the proxy's master key: it checks a bearer key as the API does
 
 
-def start_litellm(instance_url: str, workdir: Path):
-    import subprocess
+def find_litellm(explicit: str | None) -> tuple[str | None, str]:
+    """(the Python that has LiteLLM's proxy, a note); (None, why not) when none has it."""
+    candidates = [explicit] if explicit else [str(ROOT / ".venv-litellm" / "bin" / "python"), sys.executable]
+    for python in candidates:
+        if not Path(python).exists():
+            continue
+        probe = subprocess.run([python, "-c", "import litellm.proxy.proxy_server, importlib.metadata as m; "
+                                "print(m.version('litellm'))"], capture_output=True, text=True, timeout=120)
+        if probe.returncode == 0:
+            return python, f"litellm {probe.stdout.strip()} ({python})"
+    return None, "not installed (./run.sh bench api --litellm makes .venv-litellm)"
+
+
+def start_litellm(python: str, instance_url: str, workdir: Path) -> tuple[subprocess.Popen | None, str]:
+    """LiteLLM's proxy (one worker, a master key, no database) in front of the instance."""
     import urllib.request
 
     from bench.protocol import free_ports
@@ -232,21 +252,26 @@ def start_litellm(instance_url: str, workdir: Path):
     port = free_ports(1)[0]
     config = workdir / "litellm.yaml"
     config.write_text(f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: openai/{MODEL}\n"
-                      f"      api_base: {instance_url}/v1\n      api_key: none\n")
-    process = subprocess.Popen([sys.executable, "-m", "litellm", "--config", str(config), "--port", str(port),
-                                "--num_workers", "1"], cwd=workdir, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    deadline = time.time() + 90
-    while time.time() < deadline:
+                      f"      api_base: {instance_url}/v1\n      api_key: none\n"
+                      f"general_settings:\n  master_key: {LITELLM_KEY}\n"
+                      # LiteLLM's own benchmark settings (docs.litellm.ai/docs/benchmarks): no callbacks, no retries
+                      "litellm_settings:\n  callbacks: []\n  num_retries: 0\n  request_timeout: 30\n"
+                      "  set_verbose: false\n  telemetry: false\n  turn_off_message_logging: true\n")
+    log = open(workdir / "litellm.log", "wb")
+    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    process = subprocess.Popen([python, "-m", "litellm.proxy.proxy_cli", "--config", str(config), "--host", "127.0.0.1",
+                                "--port", str(port), "--num_workers", "1"], cwd=workdir, stdout=log,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveliness", timeout=1)
             return process, f"http://127.0.0.1:{port}"
         except Exception:  # noqa: BLE001 - still starting
-            if process.poll() is not None:
-                break
             time.sleep(0.5)
     process.kill()
-    return None, ""
+    tail = (workdir / "litellm.log").read_text(errors="replace").strip().splitlines()[-3:]
+    return None, " | ".join(tail)
 
 
 # --- main --------------------------------------------------------------------------------------------
@@ -265,6 +290,9 @@ def main() -> None:
     parser.add_argument("--profile", help="write a cProfile of the API process (the measured phases) to this file")
     parser.add_argument("--api-ref", help="measure the api/ package of this git ref (e.g. HEAD) instead of the working tree's")
     parser.add_argument("--api-src", help="measure the api/ package under this folder (an A/B copy) instead")
+    parser.add_argument("--litellm", action="store_true",
+                        help="measure LiteLLM's proxy too, and fail if it cannot (run.sh installs .venv-litellm)")
+    parser.add_argument("--litellm-python", help="the Python whose environment has litellm[proxy]")
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM even when it is installed")
     parser.add_argument("--role", choices=("miner", "api"), help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -284,7 +312,10 @@ def main() -> None:
 
     os.environ["BENCH_STREAM_TOKENS"] = str(args.stream_tokens)  # inherited by the miner and its instance
     console = Console(stderr=True)
-    litellm_note = "skipped (--no-litellm)" if args.no_litellm else litellm_missing()
+    litellm_python, litellm_note = (None, "skipped (--no-litellm)") if args.no_litellm else \
+        find_litellm(args.litellm_python)
+    if args.litellm and litellm_python is None:
+        parser.error(f"--litellm: LiteLLM's proxy was not found: {litellm_note}")
     with tempfile.TemporaryDirectory(prefix="canopy-bench-api-") as workdir:
         work = Path(workdir)
         args.wallets = workdir
@@ -299,8 +330,6 @@ def main() -> None:
                     raise RuntimeError(f"the instance did not start: {miner['error'] or miner['refused']}")
             api_src = str(Path(args.api_src).resolve()) if args.api_src else None
             if args.api_ref:
-                import subprocess
-
                 api_src = str(work / "api-src")
                 os.makedirs(api_src)
                 archive = subprocess.run(["git", "archive", args.api_ref, "api"], cwd=ROOT, capture_output=True, check=True)
@@ -311,18 +340,25 @@ def main() -> None:
                 api_child = Child(Path(__file__), "api", write_config(work / "api.json", api_config))
                 children.append(api_child)
             litellm_url = None
-            if not litellm_note:
+            if litellm_python:
                 with console.status("starting LiteLLM's proxy"):
-                    litellm_process, litellm_url = start_litellm(miner["instance"], work)
-                litellm_note = "measured" if litellm_url else "installed but its proxy did not start"
+                    litellm_process, started = start_litellm(litellm_python, miner["instance"], work)
+                litellm_url = started if litellm_process else None
+                if litellm_process is None:
+                    litellm_note = f"its proxy did not start: {started}"
+                    if args.litellm:
+                        raise RuntimeError(f"--litellm: {litellm_note}")
             gc.collect()
             gc.freeze()
             with progress(console) as bar:
                 results = uvloop.run(measure(args, miner, api_child.hello, litellm_url, bar))
-            api_child.process.stdin.close()
-            tail = [line for line in api_child.process.stdout.read().splitlines() if line.strip()]
-            if tail:
-                results.update(json.loads(tail[-1]))
+            for child in (api_child, miner_child):  # each prints its closing figures when its stdin closes
+                child.process.stdin.close()
+                tail = [line for line in child.process.stdout.read().splitlines() if line.strip()]
+                if tail:
+                    results.update(json.loads(tail[-1]))
+            if results.get("miner_cpu_ms") is not None:
+                results["miner_cpu_ms_per_invoke"] = results.pop("miner_cpu_ms") / max(1, results["miner_invokes"])
         finally:
             if litellm_process is not None:
                 litellm_process.terminate()
@@ -334,6 +370,8 @@ def main() -> None:
                "litellm": litellm_note}
     if "litellm_rps" not in results:
         results["litellm_rps"] = None
+    elif results["litellm_rps"]:
+        results["api_vs_litellm_rps"] = results["api_rps"] / results["litellm_rps"]
     checks = {"api_rps": (f">= {TARGETS['api_rps']:g}", results["api_rps"] >= TARGETS["api_rps"]),
               "added_p50_ms": (f"<= {TARGETS['added_p50_ms']:g}", results["added_p50_ms"] <= TARGETS["added_p50_ms"]),
               "errors": ("0", results["errors"] == 0)}

@@ -101,9 +101,12 @@ async def serve_miner(config: dict) -> None:
     print(json.dumps({"axon": axon.url, "hotkey": axon.hotkey, "chute_id": hosted.info.chute_id, "instance": instance.url,
                       "ready": instance.state.value, "error": instance.last_error,
                       "refused": {r.ref: r.reason for r in plan.refused}}), flush=True)
+    cpu_at_start = time.process_time()  # the miner's own CPU while serving (its instance is another process)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
+    cpu_ms = (time.process_time() - cpu_at_start) * 1000.0
     await axon.stop()
     await manager.stop()
+    print(json.dumps({"miner_cpu_ms": round(cpu_ms, 1)}), flush=True)
 
 
 async def serve_api(config: dict) -> None:

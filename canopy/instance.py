@@ -48,6 +48,7 @@ from canopy import __version__
 from canopy.chute import Chute, ChuteLoadError, load_chute
 from canopy.cord import (Cord, encode_chunk, is_async_iterator, remote_error, to_jsonable, validation_detail,
                          validation_message)
+from protocol.asgi import WatchedStreamingResponse
 
 COMPUTE_HEADER = "X-Canopy-Compute-S"
 STARTUP_FAILED_EXIT = 3
@@ -95,7 +96,7 @@ class InstanceState:
         return 503, body
 
 
-class _Stream(StreamingResponse):
+class _Stream(WatchedStreamingResponse):
     """A streaming response that always runs ``on_close`` (client gone, error, or done)."""
 
     def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Any], **kwargs: Any) -> None:
