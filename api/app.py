@@ -14,7 +14,8 @@ Here: the request-id middleware (``x-request-id`` on every response, a bounded b
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,16 +62,22 @@ class Metrics:
 
 class RequestIdMiddleware:
     """Gives each request an id (``scope["state"]["request_id"]``), echoes it as ``x-request-id``,
-    refuses a declared body over the limit with 413 before reading it."""
+    refuses a declared body over the limit with 413 before reading it.
+
+    An id is this app's 64 random bits and a counter (``req_`` + 32 hex digits): unique across
+    replicas writing one request log, without a ``getrandom`` call per request (``uuid4`` was
+    1.5% of the gateway's CPU in py-spy)."""
 
     def __init__(self, app: Any, max_body_bytes: int) -> None:
         self.app, self.max_body_bytes = app, max_body_bytes
+        self.id_prefix = "req_" + secrets.token_hex(8)
+        self._counter = itertools.count(1)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = "req_" + uuid.uuid4().hex
+        request_id = f"{self.id_prefix}{next(self._counter):016x}"
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
 

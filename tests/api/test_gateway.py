@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import httpx
@@ -242,7 +243,8 @@ async def test_health_metrics_docs_and_unknown_routes(gateway):
     async with httpx.AsyncClient(base_url=gateway.url) as client:
         health = await client.get("/health")
         assert health.status_code == 200 and health.json()["models"] == [MODEL]
-        assert health.headers["x-request-id"].startswith("req_")
+        ids = [health.headers["x-request-id"], *[(await client.get("/health")).headers["x-request-id"] for _ in range(3)]]
+        assert len(set(ids)) == 4 and all(re.fullmatch(r"req_[0-9a-f]{32}", one) for one in ids)
         metrics = await client.get("/metrics")
         assert metrics.status_code == 200 and "canopy_api_requests_total" in metrics.text
         assert (await client.get("/docs")).status_code == 200
@@ -344,3 +346,10 @@ async def test_an_unexpected_failure_is_a_500_envelope_and_refunds(gateway, monk
     assert_envelope(response, 500, type_="server_error")
     assert (await gateway.keys.get("crash")).credits == 1
     assert (await log_row(gateway, response.headers["x-request-id"])).status == 500
+
+
+async def test_request_ids_differ_between_replicas():
+    from api.app import RequestIdMiddleware
+
+    first, second = RequestIdMiddleware(None, 1), RequestIdMiddleware(None, 1)
+    assert first.id_prefix != second.id_prefix and len(first.id_prefix) == len("req_") + 16
