@@ -27,11 +27,13 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-_CREATING_ELSEWHERE = ("already exists", "database is locked",
-                       "pg_type_typname_nsp_index", "pg_class_relname_nsp_index")
+_CREATING_ELSEWHERE = ("already exists", "database is locked", "UNIQUE constraint failed: alembic_version",
+                       "alembic_version_pkc", "pg_type_typname_nsp_index", "pg_class_relname_nsp_index")
+#: ``pg_advisory_xact_lock`` key of the store's migrations (any constant shared by every replica).
+_PG_MIGRATION_LOCK = 0x63616E6F7079  # "canopy"
 
 
 @lru_cache(maxsize=1)
@@ -75,12 +77,26 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     for attempt in range(10):
         try:
             async with lock, engine.begin() as connection:
+                await _exclusive(connection)
                 await connection.run_sync(upgrade_sync, revision)
             return
         except (OperationalError, ProgrammingError, IntegrityError) as error:
             if not any(text in str(error) for text in _CREATING_ELSEWHERE) or attempt == 9:
                 raise
             await asyncio.sleep(0.05 * (attempt + 1))
+
+
+async def _exclusive(connection: AsyncConnection) -> None:
+    """Make the upgrade one transaction that other processes wait for, so the second one to
+    open a new database finds it at head instead of running the same migrations again
+    (the validator and a reader opening one fresh SQLite file once left two version rows).
+    SQLite: ``BEGIN IMMEDIATE`` takes the write lock up front (``busy_timeout`` waits for
+    it) and its DDL is transactional once a transaction is open; Postgres: a transaction
+    advisory lock, released at commit."""
+    if connection.dialect.name == "sqlite":
+        await connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif connection.dialect.name == "postgresql":
+        await connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
 
 
 def new_revision(message: str) -> None:

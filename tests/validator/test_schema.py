@@ -3,7 +3,11 @@ keys, logs and scores, on SQLite files and on a real PostgreSQL server."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +22,7 @@ from validator.tables import DeviceVerification
 from tests.postgres_server import needs_postgres, postgres_server, postgres_url  # noqa: F401 - fixtures
 
 HEAD = "0002"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _differences(connection: sa.Connection) -> list:
@@ -134,3 +139,55 @@ async def test_a_fresh_database_is_created_at_the_newest_revision(tmp_path):
             assert await connection.run_sync(_differences) == []
     finally:
         await store.close()
+
+
+_OPENER = """
+import asyncio, os, sys, time
+from validator.store import ValidatorStore
+
+async def main():
+    while not os.path.exists(sys.argv[2]):  # every process imported; now they open at once
+        await asyncio.sleep(0.005)
+    store = await ValidatorStore.open(sys.argv[1])
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def _processes_open_at_once(url: str, go: Path, n: int = 4) -> None:
+    children = [subprocess.Popen([sys.executable, "-c", _OPENER, url, str(go)], cwd=ROOT, stderr=subprocess.PIPE,
+                                 text=True) for _ in range(n)]
+    try:
+        await asyncio.sleep(3.0)  # the imports (~1-2 s each on two cores)
+        go.touch()
+        for child in children:
+            _, errors = child.communicate(timeout=120)
+            assert child.returncode == 0, errors[-3000:]
+    finally:
+        for child in children:
+            child.kill()
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            assert await connection.run_sync(current_revision) == HEAD
+            versions = (await connection.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
+            assert [tuple(row) for row in versions] == [(HEAD,)]
+            assert await connection.run_sync(_differences) == []
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.slow
+async def test_processes_opening_one_new_sqlite_file_at_once_all_find_it_at_head(tmp_path):
+    """A validator and a reader (the API, ``canopy logs``) starting together on a fresh file."""
+    for round_ in range(2):
+        await _processes_open_at_once(f"sqlite+aiosqlite:///{tmp_path / f'race{round_}.sqlite'}",
+                                      tmp_path / f"go{round_}")
+
+
+@pytest.mark.slow
+@needs_postgres[0]
+@needs_postgres[1]
+async def test_processes_opening_one_new_postgres_database_at_once_all_find_it_at_head(postgres_url, tmp_path):  # noqa: F811
+    await _processes_open_at_once(postgres_url, tmp_path / "go")
