@@ -2,8 +2,8 @@
 
 Callers: ``api.app.build_app`` includes ``router``. It goes through the routes' shared
 steps (``api.pipeline``: auth, body checks, idempotency, rate limits, miner headers,
-request log, refunds, client-disconnect watching), ``Upstream.open`` for every miner call
-and ``api.chat_stream`` for the Subnet 1 stream; each
+request log, refunds), ``protocol.asgi.until_disconnect`` (a client that hangs up cancels the
+miner calls), ``Upstream.open`` for every miner call and ``api.chat_stream`` for the Subnet 1 stream; each
 request is one ``RequestLog`` row with route ``/chat`` and costs one credit, reserved
 before any miner is called, kept when at least one miner answered, refunded otherwise.
 
@@ -70,13 +70,13 @@ from api.idempotency import Claim
 from api.keys import KeyError_, KeyInfo, parse_strategy
 from api.moderation import moderate
 from api.pipeline import (
-    ClientClosed, admit, answer_error, authenticate, charge, claim_or_replay, client_closed, log_request, miner_headers,
-    parse_body, refund, request_body, unless_disconnected,
+    admit, answer_error, authenticate, charge, claim_or_replay, client_closed, log_request, miner_headers,
+    parse_body, refund, request_body,
 )
 from api.requestlog import RequestRecord
 from api.upstream import NoAnswer
 from protocol import errors as wire
-from protocol.asgi import WatchedStreamingResponse
+from protocol.asgi import ClientGone, WatchedStreamingResponse, until_disconnect
 
 router = APIRouter()
 ROUTE = "/chat"
@@ -208,7 +208,7 @@ async def chat(request: Request) -> Response:
             refund(request, key, record)
         log_request(request, record, error.status, error.log_error or error.code or error.type)
         raise
-    except ClientClosed:
+    except ClientGone:
         return await client_closed(request, key, record)
     except Exception as error:  # a bug: give the credit back, log it, answer 500 in the envelope
         if key is not None:
@@ -250,21 +250,21 @@ async def _validator_shape(request: Request, body: ValidatorChatIn, key: KeyInfo
     payload = _payload(body, model, [m.model_dump(exclude_none=True) for m in body.messages], stream=False)
     timeout_s = state.config.request_timeout_s
     if fan_out:
-        answers = await unless_disconnected(request, _fan_out(
+        answers = await until_disconnect(_fan_out(
             request, routes, payload, timeout_s, first_only=body.respond_on_first_success,
-            tried=record.miners_tried))
+            tried=record.miners_tried), request.receive)
         if not any(a.ok for a in answers):
             raise _no_answer(answers)
         failed = [a.failure() for a in answers if not a.ok]
     else:
         started = time.perf_counter()
         try:
-            call = await unless_disconnected(request, state.upstream.open(
+            call = await until_disconnect(state.upstream.open(
                 routes, CHAT_PATH, payload, stream=False, race=state.config.race, timeout_s=timeout_s,
-                tried=record.miners_tried))
+                tried=record.miners_tried), request.receive)
         except NoAnswer as failure:
             raise answer_error(failure) from None
-        answer = await unless_disconnected(request, _read(call, started))
+        answer = await until_disconnect(_read(call, started), request.receive)
         if not answer.ok:
             raise UpstreamFailed(f"the miner failed mid-answer: {answer.error}")
         answers = [answer]
@@ -333,8 +333,9 @@ async def _subnet_one_shape(request: Request, body: SubnetOneChatIn, key: KeyInf
     timeout_s = body.timeout or state.config.request_timeout_s
     started = time.perf_counter()
     if not body.stream:
-        answers = await unless_disconnected(request, _fan_out(
-            request, routes, payload, timeout_s, first_only=body.prefer is None, tried=record.miners_tried))
+        answers = await until_disconnect(_fan_out(
+            request, routes, payload, timeout_s, first_only=body.prefer is None, tried=record.miners_tried),
+            request.receive)
         ok = [a for a in answers if a.ok]
         if not ok:
             raise _no_answer(answers)
@@ -351,13 +352,13 @@ async def _subnet_one_shape(request: Request, body: SubnetOneChatIn, key: KeyInf
                           for a in ok],
             "failed_responses": [a.failure() for a in answers if not a.ok]}, headers=headers)
     try:
-        call = await unless_disconnected(request, state.upstream.open(
+        call = await until_disconnect(state.upstream.open(
             routes, CHAT_PATH, payload, stream=True, race=min(body.k, state.config.max_race), timeout_s=timeout_s,
-            tried=record.miners_tried))
+            tried=record.miners_tried), request.receive)
     except NoAnswer as failure:
         raise answer_error(failure) from None
     record.uid, record.hotkey = call.route.uid, call.route.hotkey
     ndjson = "application/x-ndjson" in request.headers.get("accept", "")
     return WatchedStreamingResponse(relay_sn1(request, call, key, record, started, ndjson, claim), status_code=200,
-                             media_type="application/x-ndjson" if ndjson else "text/event-stream",
-                             headers={**limit_headers, **miner_headers(call.route)})
+                                    media_type="application/x-ndjson" if ndjson else "text/event-stream",
+                                    headers={**limit_headers, **miner_headers(call.route)})

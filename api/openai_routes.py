@@ -25,13 +25,13 @@ from api.idempotency import Claim
 from api.keys import KeyError_, KeyInfo, parse_strategy
 from api.moderation import moderate
 from api.pipeline import (
-    ClientClosed, admit, answer_error, authenticate, charge, claim_or_replay, client_closed, log_request, miner_headers,
-    parse_body, refund, request_body, stream_ended, unless_disconnected,
+    admit, answer_error, authenticate, charge, claim_or_replay, client_closed, log_request, miner_headers,
+    parse_body, refund, request_body, stream_ended,
 )
 from api.requestlog import RequestRecord
 from api.upstream import NoAnswer
 from protocol import errors as wire
-from protocol.asgi import WatchedStreamingResponse
+from protocol.asgi import ClientGone, WatchedStreamingResponse, until_disconnect
 
 router = APIRouter()
 CANOPY_FIELDS = ("strategy", "race")
@@ -102,20 +102,20 @@ async def _serve(request: Request, kind: type[_Common], path: str) -> Response:
         if body.stream:
             payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
         try:
-            call = await unless_disconnected(request, state.upstream.open(
+            call = await until_disconnect(state.upstream.open(
                 routes, path, payload, stream=body.stream, race=race, timeout_s=state.config.request_timeout_s,
-                tried=record.miners_tried))
+                tried=record.miners_tried), request.receive)
         except NoAnswer as failure:
             refund(request, key, record)
             raise answer_error(failure) from None
-        except ClientClosed:
+        except ClientGone:
             return await client_closed(request, key, record)
         record.miners_tried, record.uid, record.hotkey = call.tried, call.route.uid, call.route.hotkey
         headers = {**limit_headers, **miner_headers(call.route)}
         if body.stream:
             stream, claim = _relay(request, call, key, record, claim), None  # the stream settles the claim
             return WatchedStreamingResponse(stream, status_code=call.status,
-                                     media_type="text/event-stream", headers=headers)
+                                            media_type="text/event-stream", headers=headers)
         try:
             # No disconnect watcher here: a JSON answer is ready when its first byte comes (the
             # wait is before it, watched above); the rest is bounded by the idle timeout.

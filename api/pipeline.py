@@ -1,4 +1,4 @@
-"""The steps every gateway route shares: auth, body, limits, request log, refunds, disconnects.
+"""The steps every gateway route shares: auth, body, limits, request log, refunds, hang-ups (499).
 
 Callers: ``api.openai_routes`` (``/v1/...``), ``api.chat_routes`` (``/chat``) and, for the
 OpenAPI request bodies, ``api.admin_routes``. Each step reads its part from
@@ -9,8 +9,6 @@ one ``RequestLog`` row. A route is these steps in order, then its own miner call
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
 from typing import Any
@@ -117,34 +115,6 @@ def log_request(request: Request, record: RequestRecord, status: int, error: str
     record.status, record.error = status, error or record.error
     request.app.state.request_log.write(record)
     request.app.state.metrics.observe(record.route, status, time.perf_counter() - record.started)
-
-
-class ClientClosed(Exception):
-    """The client hung up while the miners were working."""
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def unless_disconnected(request: Request, work: Any) -> Any:
-    """``await work``, cancelled (miner calls included) if the client disconnects first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        raise ClientClosed()
-    return task.result()
 
 
 async def client_closed(request: Request, key: KeyInfo, record: RequestRecord) -> Response:

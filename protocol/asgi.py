@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import uvicorn
 from starlette.responses import StreamingResponse
@@ -24,10 +24,12 @@ JSON = b"application/json"
 NDJSON = "application/x-ndjson"
 Send = Callable[[dict[str, Any]], Any]
 Receive = Callable[[], Any]
+T = TypeVar("T")
 
 
 class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
+    """The client disconnected: before its request body arrived, or while its answer was
+    being made (``until_disconnect``)."""
 
 
 async def send_body(send: Send, status: int, body: bytes, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -68,13 +70,14 @@ async def read_body(receive: Receive, declared: bytes | None, limit: int) -> byt
     return b"".join(chunks)
 
 
-async def until_disconnect(work: Awaitable[Any], receive: Receive) -> bool:
-    """Await ``work`` in this task, cancelled if the client disconnects first; True if it did.
+async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
+    """``await work`` in this task; if the client disconnects first, ``work`` is cancelled at
+    its current ``await`` (miner calls, a stream's generator) and ``ClientGone`` is raised.
 
     One watcher task cancels this one, where Starlette's ``StreamingResponse`` opens an anyio
-    task group per response (measured with py-spy: ~10% of a miner's CPU per ``Invoke``).
-    uvicorn drops the writes to a closed connection silently, so without a watcher a
-    stream whose client left would run to its end."""
+    task group per response (measured with py-spy: ~10% of a miner's CPU per ``Invoke``) and
+    the API used to run the work in a second task. uvicorn drops the writes to a closed
+    connection silently, so without a watcher a stream whose client left would run to its end."""
     task = asyncio.current_task()
     assert task is not None
     gone = False
@@ -89,16 +92,17 @@ async def until_disconnect(work: Awaitable[Any], receive: Receive) -> bool:
 
     watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await work
+        result = await work
     except asyncio.CancelledError:
         if not gone or task.uncancel() > 0:  # a cancel from elsewhere (shutdown) still propagates
             raise
-        return True
+        raise ClientGone() from None
     finally:
         watcher.cancel()
     if gone:  # the work caught the cancel and ended on its own
         task.uncancel()
-    return gone
+        raise ClientGone()
+    return result
 
 
 class WatchedStreamingResponse(StreamingResponse):
@@ -109,7 +113,8 @@ class WatchedStreamingResponse(StreamingResponse):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        await until_disconnect(self.stream_response(send), receive)
+        with contextlib.suppress(ClientGone):
+            await until_disconnect(self.stream_response(send), receive)
         if self.background is not None:
             await self.background()
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import uvicorn
 
-from protocol.asgi import WatchedStreamingResponse, bind_socket, until_disconnect
+from protocol.asgi import ClientGone, WatchedStreamingResponse, bind_socket, until_disconnect
 
 
 class Client:
@@ -27,7 +27,7 @@ class Client:
 
 async def test_work_that_ends_first_is_returned_and_leaves_no_cancel_behind():
     client = Client()
-    assert await until_disconnect(asyncio.sleep(0.01), client.receive) is False
+    assert await until_disconnect(asyncio.sleep(0.01, result="answer"), client.receive) == "answer"
     assert asyncio.current_task().cancelling() == 0
     client.leave()
     await asyncio.sleep(0.01)  # the watcher is gone: a late hang-up cancels nothing
@@ -45,7 +45,8 @@ async def test_a_hang_up_cancels_the_work_at_its_await_and_the_caller_carries_on
 
     asyncio.get_running_loop().call_later(0.05, client.leave)
     started = asyncio.get_running_loop().time()
-    assert await until_disconnect(idle_stream(), client.receive) is True
+    with pytest.raises(ClientGone):
+        await until_disconnect(idle_stream(), client.receive)
     assert asyncio.get_running_loop().time() - started < 5 and cleaned.is_set()
     assert asyncio.current_task().cancelling() == 0
     await asyncio.sleep(0.01)  # the task is usable: no cancel left pending
@@ -61,7 +62,8 @@ async def test_work_that_swallows_the_cancel_still_counts_as_a_hang_up():
             return
 
     asyncio.get_running_loop().call_later(0.02, client.leave)
-    assert await until_disconnect(stubborn(), client.receive) is True
+    with pytest.raises(ClientGone):
+        await until_disconnect(stubborn(), client.receive)
     assert asyncio.current_task().cancelling() == 0
 
 
@@ -77,8 +79,8 @@ async def test_a_cancel_from_elsewhere_propagates():
 async def test_a_shutdown_during_a_hang_up_still_propagates():
     client = Client()
 
-    async def watched() -> bool:
-        return await until_disconnect(asyncio.sleep(30), client.receive)
+    async def watched() -> None:
+        await until_disconnect(asyncio.sleep(30), client.receive)
 
     task = asyncio.create_task(watched())
     await asyncio.sleep(0.02)
