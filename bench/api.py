@@ -257,11 +257,11 @@ def start_litellm(python: str, instance_url: str, workdir: Path) -> tuple[subpro
                       # LiteLLM's own benchmark settings (docs.litellm.ai/docs/benchmarks): no callbacks, no retries
                       "litellm_settings:\n  callbacks: []\n  num_retries: 0\n  request_timeout: 30\n"
                       "  set_verbose: false\n  telemetry: false\n  turn_off_message_logging: true\n")
-    log = open(workdir / "litellm.log", "wb")
     env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    process = subprocess.Popen([python, "-m", "litellm.proxy.proxy_cli", "--config", str(config), "--host", "127.0.0.1",
-                                "--port", str(port), "--num_workers", "1"], cwd=workdir, stdout=log,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    with open(workdir / "litellm.log", "wb") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen([python, "-m", "litellm.proxy.proxy_cli", "--config", str(config), "--host",
+                                    "127.0.0.1", "--port", str(port), "--num_workers", "1"], cwd=workdir, stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
         try:

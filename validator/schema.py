@@ -30,6 +30,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# What another process creating the same tables at once looks like. ``upgrade`` takes the
+# database's lock first (``_exclusive``), so these remain for a replica of an older version,
+# which upgrades without it, racing a new one during a rolling restart.
 _CREATING_ELSEWHERE = ("already exists", "database is locked", "UNIQUE constraint failed: alembic_version",
                        "alembic_version_pkc", "pg_type_typname_nsp_index", "pg_class_relname_nsp_index")
 #: ``pg_advisory_xact_lock`` key of the store's migrations (any constant shared by every replica).
