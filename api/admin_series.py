@@ -17,13 +17,19 @@ Seam: admin REST, beside ``api.admin_routes`` (same admin-key rule: no key or a 
 
       {"object": "list", "block": 10, "refreshed": true, "weights_block": null, "data": [
         {"uid": 1, "hotkey": "5F…", "incentive": 0.1, "stake": 0.0, "verified": true,
-         "devices": [{"uuid": "dev-a", "ok": true, "name": "", "reason": "ok", "verified_at": 1.7e9}],
+         "devices": [{"uuid": "dev-a", "ok": true, "name": "", "reason": "ok", "verified_at": 1.7e9,
+                      "model_id": "h100", "calibrated": false, "multiplier": 0.55, "owner": "5F…"}],
          "chutes": [{"chute_id": "…", "name": "…", "model": "fake-model", "instances": 1,
                      "ready_instances": 1, "concurrency": 1, "in_flight": 0}],
          "score": 0.5, "weight": null}]}
 
   ``devices`` are the newest GraVal result of each device the validator's store holds
-  for the hotkey; ``chutes`` the LLM chutes the directory routes to (other chutes are not
+  for the hotkey (per hotkey and uuid: another hotkey's claim of the uuid is not shown
+  here), with ``owner`` (the hotkey the uuid belongs to network-wide, null when none),
+  ``calibrated`` (whether its GPU-table row is; null for a model not in the table) and
+  ``multiplier`` (what it earns in scoring: 0 unless it passed and this hotkey owns it;
+  an uncalibrated row earns the lowest multiplier among the rows that could hold the
+  memory proven); ``chutes`` the LLM chutes the directory routes to (other chutes are not
   kept by the directory), ``in_flight`` the gateway's own count; ``score`` the validator's
   smoothed score (null when the store has none), ``weight`` the miner's share in the last
   accepted weight submission (null when none was recorded).
@@ -34,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from functools import lru_cache
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -43,6 +50,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from api.admin_routes import SINCE_QUERY, KEY_QUERY, require_admin, key_id_named, parse_since_param
 from api.errors import InvalidRequest
 from api.tables import RequestLog
+from protocol.graval.devices import load_gpu_table
+from validator.scoring import device_multiplier
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 BUCKET_S = 3600
@@ -91,13 +100,24 @@ async def _scores(store: Any) -> dict[str, float]:
     return dict((await loader())[0]) if loader is not None else {}
 
 
+@lru_cache(maxsize=1)
+def _gpu_table() -> tuple[dict[str, Any], Any]:
+    table = load_gpu_table()
+    return {model.id: model for model in table}, device_multiplier(table)
+
+
 async def _devices(store: Any) -> dict[str, list[dict[str, Any]]]:
-    loader = getattr(store, "latest_verifications", None)
+    loader, owners_of = getattr(store, "latest_verifications", None), getattr(store, "device_owners", None)
+    owners = {uuid: owner.hotkey for uuid, owner in (await owners_of()).items()} if owners_of is not None else {}
+    models, multiplier = _gpu_table()
     devices: dict[str, list[dict[str, Any]]] = {}
     for row in (await loader()).values() if loader is not None else ():
+        model, owner = models.get(row.model_id), owners.get(row.uuid)
         devices.setdefault(row.miner_hotkey, []).append(
             {"uuid": row.uuid, "ok": bool(row.ok), "name": row.name, "reason": row.reason,
-             "verified_at": row.verified_at})
+             "verified_at": row.verified_at, "model_id": row.model_id or None,
+             "calibrated": model.calibrated if model is not None else None,
+             "multiplier": multiplier(row) if row.ok and owner == row.miner_hotkey else 0.0, "owner": owner})
     return devices
 
 

@@ -44,6 +44,11 @@ miners), minus the ``exclude``d uids; ``timeout`` per request (default: the gate
 
 Every response carries ``x-request-id`` and ``x-canopy-miner-uid``/``-hotkey`` of the
 (first) serving miner. No miner answering is a 502/504 envelope; none available, 503.
+
+Scoring: only miners the gateway chose earn from a call (``default`` with failover, and
+``random`` without an ``exclude`` that took out a candidate). ``uids``, ``top_n``,
+``top_incentive``, a key's ``uids``/``top_n`` default and a narrowing ``exclude`` are
+steered: served, billed and logged the same, their ``Invocation`` rows marked ``steered``.
 """
 
 from __future__ import annotations
@@ -128,12 +133,12 @@ def _model(request: Request, body: SamplingFields, key: KeyInfo) -> str:
 
 
 async def _ask(request: Request, route: Any, payload: dict[str, Any], timeout_s: float,
-               tried: list[int]) -> _Answer:
+               tried: list[int], steered: bool) -> _Answer:
     """One miner, not streamed: its answer or its error (never raises, but for cancellation)."""
     started = time.perf_counter()
     try:
         call = await request.app.state.upstream.open([route], CHAT_PATH, payload, stream=False, race=1,
-                                                     timeout_s=timeout_s, tried=tried)
+                                                     timeout_s=timeout_s, tried=tried, steered=steered)
     except NoAnswer as failure:
         last = failure.last
         return _Answer(route, (time.perf_counter() - started) * 1000.0,
@@ -143,10 +148,10 @@ async def _ask(request: Request, route: Any, payload: dict[str, Any], timeout_s:
 
 
 async def _fan_out(request: Request, routes: list[Any], payload: dict[str, Any], timeout_s: float, *,
-                   first_only: bool, tried: list[int]) -> list[_Answer]:
+                   first_only: bool, tried: list[int], steered: bool) -> list[_Answer]:
     """Every route asked in parallel, the answers in the routes' order; with ``first_only`` the rest
     are cancelled at the first answer, and the failures before it and that answer come back."""
-    tasks = [asyncio.ensure_future(_ask(request, route, payload, timeout_s, tried)) for route in routes]
+    tasks = [asyncio.ensure_future(_ask(request, route, payload, timeout_s, tried, steered)) for route in routes]
     try:
         if not first_only:
             return list(await asyncio.gather(*tasks))
@@ -252,7 +257,7 @@ async def _validator_shape(request: Request, body: ValidatorChatIn, key: KeyInfo
     if fan_out:
         answers = await until_disconnect(_fan_out(
             request, routes, payload, timeout_s, first_only=body.respond_on_first_success,
-            tried=record.miners_tried), request.receive)
+            tried=record.miners_tried, steered=True), request.receive)
         if not any(a.ok for a in answers):
             raise _no_answer(answers)
         failed = [a.failure() for a in answers if not a.ok]
@@ -261,7 +266,7 @@ async def _validator_shape(request: Request, body: ValidatorChatIn, key: KeyInfo
         try:
             call = await until_disconnect(state.upstream.open(
                 routes, CHAT_PATH, payload, stream=False, race=state.config.race, timeout_s=timeout_s,
-                tried=record.miners_tried), request.receive)
+                tried=record.miners_tried, steered=record.strategy != "default"), request.receive)
         except NoAnswer as failure:
             raise answer_error(failure) from None
         answer = await until_disconnect(_read(call, started), request.receive)
@@ -305,16 +310,20 @@ async def _read(call: Any, started: float) -> _Answer:
     return answer
 
 
-def _sn1_routes(request: Request, body: SubnetOneChatIn, model: str, record: RequestRecord) -> list[Any]:
+def _sn1_routes(request: Request, body: SubnetOneChatIn, model: str,
+                record: RequestRecord) -> tuple[list[Any], bool]:
+    """The miners to ask, and whether the caller steered the choice (``top_incentive``, or an
+    ``exclude`` that took out a miner the gateway could have drawn): then they earn nothing."""
     directory = request.app.state.directory
     excluded = set(body.exclude)
     if body.sampling_mode == "top_incentive":
         record.strategy = f"top_n:{body.k}"
         hosts = directory.candidates(model, f"top_n:{len(directory.routes) or 1}", CHAT_PATH)
-        return [r for r in hosts if r.uid not in excluded][: body.k]
+        return [r for r in hosts if r.uid not in excluded][: body.k], True
     record.strategy = f"random:{body.k}"
-    eligible = [r for r in directory.candidates(model, "default", CHAT_PATH) if r.uid not in excluded]
-    return random.sample(eligible, min(body.k, len(eligible)))
+    candidates = directory.candidates(model, "default", CHAT_PATH)
+    eligible = [r for r in candidates if r.uid not in excluded]
+    return random.sample(eligible, min(body.k, len(eligible))), len(eligible) < len(candidates)
 
 
 async def _subnet_one_shape(request: Request, body: SubnetOneChatIn, key: KeyInfo, model: str,
@@ -323,7 +332,7 @@ async def _subnet_one_shape(request: Request, body: SubnetOneChatIn, key: KeyInf
     if len(body.roles) != len(body.messages):
         raise InvalidRequest(f"roles ({len(body.roles)}) and messages ({len(body.messages)}) must pair up",
                              param="roles")
-    routes = _sn1_routes(request, body, model, record)
+    routes, steered = _sn1_routes(request, body, model, record)
     if not routes:
         raise NoMinerAvailable(f"no miner can serve {model!r} ({body.sampling_mode}, {len(body.exclude)} "
                                "excluded) right now; retry shortly")
@@ -334,8 +343,8 @@ async def _subnet_one_shape(request: Request, body: SubnetOneChatIn, key: KeyInf
     started = time.perf_counter()
     if not body.stream:
         answers = await until_disconnect(_fan_out(
-            request, routes, payload, timeout_s, first_only=body.prefer is None, tried=record.miners_tried),
-            request.receive)
+            request, routes, payload, timeout_s, first_only=body.prefer is None, tried=record.miners_tried,
+            steered=steered), request.receive)
         ok = [a for a in answers if a.ok]
         if not ok:
             raise _no_answer(answers)
@@ -354,7 +363,7 @@ async def _subnet_one_shape(request: Request, body: SubnetOneChatIn, key: KeyInf
     try:
         call = await until_disconnect(state.upstream.open(
             routes, CHAT_PATH, payload, stream=True, race=min(body.k, state.config.max_race), timeout_s=timeout_s,
-            tried=record.miners_tried), request.receive)
+            tried=record.miners_tried, steered=steered), request.receive)
     except NoAnswer as failure:
         raise answer_error(failure) from None
     record.uid, record.hotkey = call.route.uid, call.route.hotkey

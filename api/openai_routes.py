@@ -6,7 +6,8 @@ steps from ``api.pipeline``. One request goes: auth (``Authorization: Bearer``) 
 (size, JSON, pydantic shape) → ``Idempotency-Key`` (a stored answer is replayed) → rate limits (the
 global default rules and the key's own, per key) → model → moderation (``api.moderation``,
 a flag is 400 ``content_policy_violation``) → candidates (strategy: the
-``x-canopy-strategy`` header or ``strategy`` field, else the key's default) → one credit
+``x-canopy-strategy`` header or ``strategy`` field, else the key's default; any but ``default``
+is a steered call, served but never scored) → one credit
 reserved (``api.credits``, in memory) → ``Upstream.open`` (race ``x-canopy-race`` / ``race``) → relayed JSON or SSE →
 credit kept on success, refunded otherwise → one ``RequestLog`` row.
 """
@@ -104,7 +105,7 @@ async def _serve(request: Request, kind: type[_Common], path: str) -> Response:
         try:
             call = await until_disconnect(state.upstream.open(
                 routes, path, payload, stream=body.stream, race=race, timeout_s=state.config.request_timeout_s,
-                tried=record.miners_tried), request.receive)
+                tried=record.miners_tried, steered=strategy != "default"), request.receive)
         except NoAnswer as failure:
             refund(request, key, record)
             raise answer_error(failure) from None

@@ -6,6 +6,12 @@ NDJSON ``InvokeChunk``s back), ``api.directory.MinerDirectory`` (in-flight count
 validator's store (one ``Invocation`` row, ``source="organic"``, per miner call that ended,
 written in batches by ``api.batch.BatchWriter``; ``drain`` waits for them).
 
+What a row credits is measured here, not taken from the miner: ``compute_s`` is the call's
+duration as the gateway saw it (request sent -> last chunk received; the miner's report is
+kept in ``measured_compute_s``), and the token counts are at most what the relayed text can
+hold (``api.tokenbound``). A call is ``steered`` unless the route says the gateway chose the
+candidates itself (strategy ``default``): the caller picked the miner, so scoring skips it.
+
 ``open`` starts up to ``race`` candidates at once, waits for the first one whose reply
 carries content, cancels the others and returns a ``Call``; a candidate that fails before
 its first byte (typed protocol error, timeout, refused connection, a 5xx from the
@@ -27,6 +33,7 @@ from typing import Any, AsyncIterator, Sequence
 
 from api.batch import BatchWriter
 from api.directory import Route
+from api.tokenbound import ReplyMeter, prompt_bound
 from protocol import errors
 from protocol.chutes import Invoke, InvokeChunk
 from validator.tables import ORGANIC
@@ -58,11 +65,13 @@ def _kind(error: BaseException) -> str:
 class _Attempt:
     """One miner call in its own task; chunks (or the error, or ``_END``) go into ``queue``."""
 
-    def __init__(self, upstream: "Upstream", route: Route, synapse: Invoke, timeout_s: float) -> None:
-        self.upstream, self.route = upstream, route
+    def __init__(self, upstream: "Upstream", route: Route, synapse: Invoke, timeout_s: float, steered: bool) -> None:
+        self.upstream, self.route, self.steered = upstream, route, steered
+        self.payload = synapse.payload
         self.queue: asyncio.Queue = asyncio.Queue()
         self.started = time.perf_counter()
         self.ttft_s: float | None = None
+        self.last_s: float | None = None  # request sent -> the last chunk received (the pump's clock)
         self.status: int | None = None
         self.content_type: str | None = None
         upstream.directory.acquire(route)
@@ -73,6 +82,7 @@ class _Attempt:
         try:
             async for chunk in self.upstream.dendrite.stream(self.route.neuron, synapse, timeout=timeout_s,
                                                              idle_timeout=self.upstream.idle_timeout_s):
+                self.last_s = time.perf_counter() - self.started
                 self.queue.put_nowait(chunk)
             self.queue.put_nowait(_END)
         except asyncio.CancelledError:
@@ -127,10 +137,11 @@ class Call:
     tried: list[int]
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    compute_s: float = 0.0
+    compute_s: float = 0.0  # as the miner reported it (never credited: see ``close``)
     finished: bool = False
     error: str = ""
     recorded: bool = field(default=False, repr=False)
+    meter: ReplyMeter | None = field(default=None, repr=False)
 
     @property
     def route(self) -> Route:
@@ -157,12 +168,14 @@ class Call:
     async def pieces(self) -> AsyncIterator[str]:
         """Every data piece of the reply as it arrives; raises the miner's error mid-stream."""
         chunk = self.first_chunk
+        self.meter = ReplyMeter(self.content_type if chunk.encoding != "base64" else None)
         try:
             while True:
                 self._absorb(chunk)
                 if chunk.error is not None:
                     raise _chunk_error(chunk)
                 if chunk.data:
+                    self.meter.feed(chunk.data)
                     yield chunk.data
                 if chunk.done:
                     break
@@ -190,9 +203,14 @@ class Call:
         self.attempt.release()
         if not self.recorded:
             self.recorded = True
+            prompt = min(self.prompt_tokens, prompt_bound(self.attempt.payload)) if self.prompt_tokens > 0 else 0
+            completion = self.completion_tokens
+            if completion > 0:
+                completion = min(completion, self.meter.completion_bound() if self.meter else 0)
             self.upstream.record(self.route, ok=self.finished and not self.error, error=self.error,
-                                       started=self.attempt.started, ttft_s=self.ttft_s, compute_s=self.compute_s,
-                                       prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
+                                 started=self.attempt.started, ttft_s=self.ttft_s,
+                                 compute_s=self.attempt.last_s or 0.0, measured_compute_s=self.compute_s,
+                                 prompt_tokens=prompt, completion_tokens=completion, steered=self.attempt.steered)
 
 
 class Upstream:
@@ -203,11 +221,15 @@ class Upstream:
         self._rows = BatchWriter(store.record_invocations, what="organic invocation rows")
 
     def record(self, route: Route, *, ok: bool, error: str = "", started: float, ttft_s: float | None = None,
-               compute_s: float = 0.0, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
-        """Queue the organic ``Invocation`` row (written in batches, off the answer's path: ``api.batch``)."""
+               compute_s: float = 0.0, measured_compute_s: float | None = None, prompt_tokens: int = 0,
+               completion_tokens: int = 0, steered: bool = True) -> None:
+        """Queue the organic ``Invocation`` row (written in batches, off the answer's path: ``api.batch``):
+        ``compute_s`` and the tokens as credited (measured or bounded here), ``measured_compute_s``
+        as the miner reported it."""
         row = {"miner_hotkey": route.hotkey, "chute_id": route.chute.chute_id, "source": ORGANIC, "ok": ok,
-               "error": error[:64], "compute_s": compute_s, "prompt_tokens": prompt_tokens,
-               "completion_tokens": completion_tokens, "latency_s": time.perf_counter() - started, "ttft_s": ttft_s,
+               "error": error[:64], "compute_s": compute_s, "measured_compute_s": measured_compute_s,
+               "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+               "latency_s": time.perf_counter() - started, "ttft_s": ttft_s, "steered": steered,
                "created_at": time.time()}
         self._rows.add(row)
 
@@ -216,20 +238,22 @@ class Upstream:
         await self._rows.drain()
 
     async def open(self, routes: Sequence[Route], path: str, payload: Any, *, stream: bool, race: int = 1,
-                   timeout_s: float | None = None, tried: list[int] | None = None) -> Call:
+                   timeout_s: float | None = None, tried: list[int] | None = None, steered: bool = True) -> Call:
         """The first candidate that answers with content (see the module docstring); the uids
-        tried are appended to ``tried`` as they start (so a cancelled caller still knows them)."""
+        tried are appended to ``tried`` as they start (so a cancelled caller still knows them).
+        ``steered=False`` only when the gateway chose ``routes`` itself (strategy ``default``):
+        any other call is served and recorded but never scored."""
         synapse = Invoke(chute_id="-", path=path, payload=payload, stream=stream)
         timeout = timeout_s or self.timeout_s
         queue, tried = list(routes), ([] if tried is None else tried)
         if race <= 1:
-            return await self._in_turn(queue, synapse, timeout, tried)
+            return await self._in_turn(queue, synapse, timeout, tried, steered)
         active: dict[asyncio.Task, _Attempt] = {}
         last: errors.ProtocolError | None = None
         try:
             while True:
                 while len(active) < race and queue:
-                    attempt = self._start(queue.pop(0), synapse, timeout, tried)
+                    attempt = self._start(queue.pop(0), synapse, timeout, tried, steered)
                     active[asyncio.create_task(attempt.first())] = attempt
                 if not active:
                     raise NoAnswer(f"no miner answered ({len(tried)} tried)", tried, last)
@@ -256,11 +280,12 @@ class Upstream:
                 await attempt.cancel()
             raise
 
-    async def _in_turn(self, queue: list[Route], synapse: Invoke, timeout: float, tried: list[int]) -> Call:
+    async def _in_turn(self, queue: list[Route], synapse: Invoke, timeout: float, tried: list[int],
+                       steered: bool) -> Call:
         """``open`` without a race: one candidate at a time, no task per attempt."""
         last: errors.ProtocolError | None = None
         for route in queue:
-            attempt = self._start(route, synapse, timeout, tried)
+            attempt = self._start(route, synapse, timeout, tried, steered)
             try:
                 chunk, failure = await attempt.first(), None
             except Exception as error:  # noqa: BLE001 - judged below
@@ -275,9 +300,9 @@ class Upstream:
                 raise NoAnswer(last.message, tried, last)
         raise NoAnswer(f"no miner answered ({len(tried)} tried)", tried, last)
 
-    def _start(self, route: Route, synapse: Invoke, timeout: float, tried: list[int]) -> _Attempt:
+    def _start(self, route: Route, synapse: Invoke, timeout: float, tried: list[int], steered: bool) -> _Attempt:
         tried.append(route.uid)
-        return _Attempt(self, route, synapse.model_copy(update={"chute_id": route.chute.chute_id}), timeout)
+        return _Attempt(self, route, synapse.model_copy(update={"chute_id": route.chute.chute_id}), timeout, steered)
 
     async def _judge(self, attempt: _Attempt, chunk: InvokeChunk | None,
                      failure: BaseException | None) -> errors.ProtocolError | None:
@@ -293,5 +318,5 @@ class Upstream:
         error = failure if isinstance(failure, errors.ProtocolError) else \
             errors.ConnectionFailed(f"{type(failure).__name__}: {failure}")
         await attempt.cancel()
-        self.record(attempt.route, ok=False, error=_kind(failure), started=attempt.started)
+        self.record(attempt.route, ok=False, error=_kind(failure), started=attempt.started, steered=attempt.steered)
         return error

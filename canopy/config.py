@@ -98,8 +98,9 @@ class GravalSettings(BaseModel):
     cpu_devices: int = Field(0, ge=0, le=8, description="CPU pseudo-devices to offer (devnet only; refused on real networks).")
     cpu_memory_mb: int = Field(64, ge=16, le=65536, description="Memory the CPU pseudo-device claims, in MiB.")
     session_ttl_s: float = Field(120.0, gt=0, description="How long a committed challenge waits for its opening.")
-    reverify_s: float = Field(3600.0, gt=0, description="Validator: mean seconds between re-verifications of a miner.")
-    retry_s: float = Field(60.0, gt=0, description="Validator: first retry delay after a failed verification (doubles).")
+    reverify_s: float = Field(3600.0, gt=0, description="Validator: mean seconds between two sweeps (every device of every miner re-verified at once; random exponential gaps).")
+    retry_s: float = Field(60.0, gt=0, description="Validator: first retry delay of a first verification that reached nobody (doubles); failed devices wait for the next sweep.")
+    probation_s: float = Field(7 * 24 * 3600.0, ge=0, description="Validator: after a failed device verification, how long a miner's new devices wait for the next sweep instead of being verified at once.")
     allow_cpu: bool = Field(False, description="Validator: accept CPU pseudo-devices (devnet only).")
 
 
@@ -165,7 +166,7 @@ class ValidatorSettings(BaseModel):
     step_s: float = Field(12.0, gt=0, le=3600, description="Seconds between the starts of two validator steps.")
     sync_blocks: int = Field(5, ge=1, description="Re-read the metagraph every this many blocks.")
     inventory_timeout_s: float = Field(10.0, gt=0, description="How long a miner has to answer Inventory.")
-    max_concurrent_verifications: int = Field(16, ge=1, description="Miners GraVal-verified at the same time.")
+    max_concurrent_verifications: int = Field(16, ge=1, description="Miners in a first GraVal verification at the same time (a sweep starts every miner at once).")
     device_info_interval_s: float = Field(300.0, gt=0, description="Mean seconds between live device-info checks of a verified miner.")
     synthetic_interval_s: float = Field(300.0, gt=0, description="Mean seconds between two rounds of synthetic calls to one miner.")
     synthetic_timeout_s: float = Field(60.0, gt=0, description="Longest a synthetic call may take.")

@@ -1,5 +1,5 @@
 """The demo's dishonest miner: ``neurons/miner.py`` whose GraVal prover commits to random
-Merkle roots instead of computing the products, so it claims a device it cannot prove.
+roots instead of computing the products, so it claims a device it cannot prove.
 
 Callers: ``canopy.demo`` (the third miner, to show the validator giving it weight 0) and
 the devnet tests (``tests/neurons/cheating_miner.py``). Run it as a module with the
@@ -9,23 +9,10 @@ chutes and answers Inventory like any other.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-from miner.graval.prover import Prover
-from protocol.graval.synapses import Commitment
-
-
-class RandomRoots(Prover):
-    """Commits to random roots without computing anything, then opens honestly computed data."""
-
-    def prove(self) -> Commitment:
-        honest = super().prove()
-        return honest.model_copy(update={
-            "matrix_roots": [os.urandom(32).hex() for _ in honest.matrix_roots],
-            "state_roots": [os.urandom(32).hex() for _ in honest.state_roots],
-        })
+from miner.graval.adversaries import RandomRoots
 
 
 def install() -> None:

@@ -72,12 +72,24 @@ _PROTOCOL = PROTOCOL_HEADER.lower().encode()
 
 
 @dataclass(frozen=True)
+class SignedRequest:
+    """A request exactly as its sender signed it: a handler may show it to a third party as
+    evidence of what that sender asked (GraVal: the challenge that keeps a device busy)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
 class Caller:
     """The authenticated sender of a request, as its handler sees it."""
 
     hotkey: str
     nonce_ns: int
     neuron: Neuron
+    signed: SignedRequest | None = None
 
     @property
     def uid(self) -> int:
@@ -97,6 +109,7 @@ class _Route:
     handler: Handler
     streaming: bool
     major: int
+    cancel_on_disconnect: bool = False
 
 
 class Axon:
@@ -139,10 +152,13 @@ class Axon:
         self._port: int | None = None
         self.attach(Ping, self._pong)
 
-    def attach(self, synapse: type[Synapse], handler: Handler) -> "Axon":
+    def attach(self, synapse: type[Synapse], handler: Handler, *, cancel_on_disconnect: bool = False) -> "Axon":
         """Serve ``synapse`` with ``handler(synapse, caller)``: a coroutine returning the
         response model (or a dict of its fields), or an async generator of chunks. A
-        handler refuses by raising a ``protocol.errors`` error (sent with its status)."""
+        handler refuses by raising a ``protocol.errors`` error (sent with its status).
+        ``cancel_on_disconnect``: a coroutine handler is cancelled when its caller hangs up
+        (long work nobody waits for; streams are always watched). It costs a watcher task
+        per request, so cheap handlers go without."""
         if not (isinstance(synapse, type) and issubclass(synapse, Synapse)) or synapse is Synapse:
             raise TypeError("attach() takes a Synapse subclass")
         streaming = inspect.isasyncgenfunction(handler)
@@ -150,7 +166,8 @@ class Axon:
             raise TypeError(f"the handler for {synapse.__name__} must be an async function or async generator")
         if synapse.streaming and not streaming:
             raise TypeError(f"{synapse.__name__} is a streaming synapse: its handler must be an async generator")
-        self._routes[synapse.route()] = _Route(synapse, handler, streaming, major_of(synapse.protocol_version) or 0)
+        self._routes[synapse.route()] = _Route(synapse, handler, streaming, major_of(synapse.protocol_version) or 0,
+                                               cancel_on_disconnect)
         return self
 
     async def _pong(self, synapse: Ping, caller: Caller) -> Pong:
@@ -211,10 +228,15 @@ class Axon:
             raise errors.LowStake(f"stake {neuron.stake:g} is below the minimum {self.settings.min_stake:g}")
         return neuron
 
-    def _verify(self, scope: dict[str, Any], auth_headers: dict[str, str], body: bytes) -> http_auth.Caller:
+    @staticmethod
+    def _path(scope: dict[str, Any]) -> str:
         path = scope["path"]
         if scope.get("query_string"):
             path += "?" + scope["query_string"].decode("latin-1")
+        return path
+
+    def _verify(self, scope: dict[str, Any], auth_headers: dict[str, str], body: bytes) -> http_auth.Caller:
+        path = self._path(scope)
         try:
             return http_auth.verify(
                 auth_headers, body, method=scope["method"], path=path, self_hotkey_ss58=self.hotkey,
@@ -271,12 +293,17 @@ class Axon:
         except errors.ProtocolError as error:
             await asgi.send_error(send, error)
             return
-        caller = Caller(auth.hotkey_ss58, auth.nonce_ns, neuron)
+        caller = Caller(auth.hotkey_ss58, auth.nonce_ns, neuron,
+                        SignedRequest(scope["method"], self._path(scope), auth_headers, body))
         if route.streaming:
             await self._stream(route, synapse, caller, scope, receive, send)
             return
         try:
-            reply = self._encode(route, await route.handler(synapse, caller))
+            work = route.handler(synapse, caller)
+            result = await (asgi.until_disconnect(work, receive) if route.cancel_on_disconnect else work)  # type: ignore[arg-type]
+            reply = self._encode(route, result)
+        except asgi.ClientGone:
+            return  # nobody to answer
         except errors.ProtocolError as refusal:  # a handler refusing with a typed error (404, 422, 429...)
             await asgi.send_error(send, refusal)
             return

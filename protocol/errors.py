@@ -151,6 +151,15 @@ class Busy(ProtocolError):
     status = 429
 
 
+class DeviceBusy(ProtocolError):
+    """A GraVal device is running an earlier challenge of another validator. ``detail``
+    carries that challenge's request as its validator signed it (the evidence a validator
+    checks before it retries instead of failing the device); retry after ``Retry-After``."""
+
+    type = "device_busy"
+    status = 429
+
+
 class Unavailable(ProtocolError):
     """The axon is starting or stopping and serves nothing yet."""
 
@@ -223,7 +232,7 @@ ERROR_TYPES: dict[str, type[ProtocolError]] = {
         MalformedAuth, StaleRequest, ReplayedRequest, BadSignature, WrongReceiver,
         UnknownHotkey, NotValidator, LowStake, Busy, Unavailable, HandlerError,
         RequestTimeout, ConnectionFailed, DecodeError,
-        ChuteUnavailable, RemoteChuteError, InstanceCrashed, InstanceTimeout,
+        ChuteUnavailable, RemoteChuteError, InstanceCrashed, InstanceTimeout, DeviceBusy,
     )
 }
 

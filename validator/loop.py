@@ -6,17 +6,22 @@ and ``bench/validator.py``. A step:
 1. reads the chain block and, every ``--validator.sync_blocks`` blocks, the metagraph
    (serving miners: axon published, no validator permit, not ourselves);
 2. fans ``Inventory`` out to every miner (claimed devices, hosted chutes and their load);
-3. starts the GraVal rounds that are due (new miners and miners claiming a device never
-   verified at once, the rest at random intervals, failures with backoff) and the
-   device-info checks in between, as background tasks bounded by a semaphore;
+3. starts the GraVal work that is due, as background tasks: a first verification at once
+   for a new miner or a device never challenged for its miner (bounded by a semaphore; not
+   for a miner on probation), and at random moments a sweep that re-verifies every device
+   of every miner at once (never split by that bound); the device-info checks in between;
 4. starts a synthetic round over every reachable miner when one is due (a task too);
 5. scores: the store's window of invocations (synthetic and the API's organic ones) and
-   latest verifications become one ``MinerWindow`` per reachable miner, then raw scores,
-   coldkey dedupe and the EMA (``validator.scoring``); the scores are saved;
+   latest verifications (per hotkey and uuid, owned devices only) become one
+   ``MinerWindow`` per reachable miner, then raw scores, coldkey dedupe and the EMA
+   (``validator.scoring``); the scores are saved;
 6. sets weights when the tempo and rate limit allow (``validator.weights``).
 
-``restore`` reloads the scores, the verification schedule and the last weights from the
-store, so a validator killed with SIGKILL resumes where its last finished step left it.
+``restore`` reloads the scores, the verification schedule (the last sweep, the miners
+already verified) and the last weights from the store, so a validator killed with SIGKILL
+resumes where its last finished step left it. Device owners are read from the store every
+step (``canopy devices`` changes them from another process) and released when their hotkey
+deregisters (every metagraph sync).
 """
 
 from __future__ import annotations
@@ -42,8 +47,9 @@ from validator import rounds
 from validator.activity import ActivityWindow
 from validator.graval.schedule import ReverifySchedule
 from validator.graval.session import GravalVerifier
+from validator.identity import ClaimFilter
 from validator.metrics import ScoreTracker, ValidatorMetrics
-from validator.scoring import dedupe_coldkeys, raw_scores, smooth
+from validator.scoring import dedupe_coldkeys, device_multiplier, raw_scores, smooth
 from validator.store import ValidatorStore
 from validator.weights import WeightSetter, WeightsOutcome
 from validator.windows import build_windows
@@ -89,11 +95,16 @@ class Validator:
         self.tracker = tracker
         self.rng = rng or random.SystemRandom()
         self.schedule = ReverifySchedule(interval_s=settings.graval.reverify_s, retry_s=settings.graval.retry_s, rng=self.rng)
-        self.verifier = verifier or GravalVerifier(dendrite, table, allow_cpu=self.allow_cpu)
+        self.probation_s = settings.graval.probation_s
+        # The verifier's Inventory answers lose the uuids other hotkeys own (never challenged).
+        self.claims = ClaimFilter(dendrite)
+        self.verifier = verifier or GravalVerifier(self.claims, table, allow_cpu=self.allow_cpu,
+                                                   is_validator=self.is_validator)
         self.activity = ActivityWindow(store, self.scoring.window_s)
         self.weights = WeightSetter(chain, wallet, self.netuid, store, version_key=__spec_version__,
                                     retry_blocks=self.settings.weights_retry_blocks, top_n=self.settings.top_miners_logged)
-        self.multipliers = {model.id: model.compute_multiplier for model in table}
+        self.multiplier = device_multiplier(table)
+        self.models = {model.id: model for model in table}
         self.graph: Metagraph | None = None
         self.synced_block = -(1 << 62)
         self.scores: dict[str, float] = {}
@@ -111,17 +122,18 @@ class Validator:
     async def restore(self) -> None:
         """Scores, the verification schedule and the tempo, as the store last had them."""
         self.scores, self.step_number = await self.store.load_scores()
-        last_round: dict[str, tuple[float, bool]] = {}
-        for row in (await self.store.latest_verifications()).values():
-            at, passed = last_round.get(row.miner_hotkey, (0.0, True))
-            last_round[row.miner_hotkey] = (max(at, row.verified_at), passed and row.ok)
-            self.attempted.setdefault(row.miner_hotkey, set()).add(row.uuid)
-        for hotkey, (at, passed) in last_round.items():
-            self.schedule.restore(hotkey, at, passed)
+        newest = None
+        for (hotkey, uuid), row in (await self.store.latest_verifications()).items():
+            self.attempted.setdefault(hotkey, set()).add(uuid)
+            newest = row.verified_at if newest is None else max(newest, row.verified_at)
+        for hotkey in self.attempted:
+            self.schedule.restore(hotkey)  # verified before: re-verified by the sweeps
+        last = await self.store.last_sweep()
+        self.schedule.restore_sweep(last.started_at if last is not None else newest, time.time())
         await self.weights.restore()
-        if self.scores or last_round:
+        if self.scores or self.attempted:
             logger.info("restored {} scores (step {}), {} miners' verifications, last weights at block {}",
-                        len(self.scores), self.step_number, len(last_round), self.weights.last_set_block)
+                        len(self.scores), self.step_number, len(self.attempted), self.weights.last_set_block)
 
     # --- one step --------------------------------------------------------------------------
 
@@ -132,7 +144,16 @@ class Validator:
             now = time.time()
             await self.store.upsert_miners([dict(hotkey=n.hotkey, uid=n.uid, coldkey=n.coldkey, axon=n.axon.url,
                                                  first_seen_at=now, last_seen_at=now) for n in self.miners()])
+            registered = {n.hotkey for n in self.graph.neurons}
+            if registered:  # an empty metagraph is a bad read, not everyone deregistering
+                for owner in await self.store.release_departed(registered):
+                    logger.info("device {} released: its owner {} deregistered", owner.uuid, owner.hotkey)
         return self.graph
+
+    def is_validator(self, hotkey: str) -> bool:
+        """A registered validator (permit), as this validator's metagraph last had it: whose earlier
+        challenge a miner may cite when it answers ``device_busy``."""
+        return any(n.hotkey == hotkey and n.validator_permit for n in (self.graph.neurons if self.graph else ()))
 
     def miners(self) -> list[Neuron]:
         return [n for n in (self.graph.serving_miners() if self.graph else []) if n.hotkey != self.hotkey]
@@ -172,31 +193,72 @@ class Validator:
 
     async def _verify(self, miner: Neuron, known: set[str]) -> None:
         async with self._verify_gate:
-            results = await rounds.verify_round(self.verifier, self.schedule, self.store, miner, self.metrics, known)
+            results = await rounds.verify_round(self.verifier, self.schedule, self.store, miner, self.metrics, known,
+                                                claims=self.claims)
         self.attempted.setdefault(miner.hotkey, set()).update(result.uuid for result in results)
 
-    async def schedule_verifications(self, views: dict[str, MinerView], latest: dict[str, Any]) -> int:
-        """Start due GraVal rounds and device-info checks; returns how many rounds started."""
+    async def _sweep(self, jobs: list[tuple[Neuron, set[str], set[str]]]) -> None:
+        results = await rounds.sweep(self.verifier, self.store, jobs, self.metrics, self.claims)
+        for result in results:
+            self.attempted.setdefault(result.miner_hotkey, set()).add(result.uuid)
+
+    def owners(self) -> dict[str, str]:
+        """uuid -> the hotkey that owns it, as this step read the store."""
+        return dict(self.claims.owners)
+
+    def on_probation(self, latest: dict[tuple[str, str], Any], now: float) -> set[str]:
+        """Miners with a failed device verification in the last ``--graval.probation_s``: their new
+        devices wait for the next sweep. A solo round finds the GPU free of any other hotkey's
+        proof, so a miner that lost a sweep to a shared GPU must not get one by claiming a new uuid."""
+        since = now - self.probation_s
+        return {hotkey for (hotkey, _), row in latest.items() if not row.ok and row.verified_at >= since}
+
+    async def schedule_verifications(self, views: dict[str, MinerView], latest: dict[tuple[str, str], Any]) -> int:
+        """Start the due sweep or first GraVal rounds, and device-info checks; returns how many miners' rounds started.
+
+        A sweep that is due starts every reachable miner's round at once, once no first round
+        is in flight (meanwhile no new one starts); ``--validator.max_concurrent_verifications``
+        bounds first rounds only: cutting a sweep into batches would let one GPU answer a claim
+        in each batch. A sweep's cost is the network's (the provers); the validator's part, the
+        openings' checks, runs on the default thread pool, which bounds its CPU.
+        """
         now = time.time()
-        for hotkey, view in views.items():
-            if hotkey not in self.attempted or f"verify:{hotkey}" in self._tasks:
-                continue  # its first round is due anyway, or one is running
-            if any(d.uuid not in self.attempted.get(hotkey, ()) for d in view.devices):
-                self.schedule.expedite(hotkey)  # a device never challenged for this miner
+        owners = self.owners()
+        known = {hotkey: set() for hotkey in views}
+        for (hotkey, uuid), row in latest.items():
+            if row.ok and hotkey in known and owners.get(uuid) == hotkey:
+                known[hotkey].add(uuid)
         started = 0
-        for hotkey in self.schedule.due(sorted(views), now):
-            known = {uuid for uuid, row in latest.items() if row.ok and row.miner_hotkey == hotkey}
-            if self._start(f"verify:{hotkey}", partial(self._verify, views[hotkey].neuron, known)):
-                started += 1
+        sweeping = "sweep" in self._tasks
+        if not sweeping and self.schedule.sweep_due(now):
+            solo = [name for name in self._tasks if name.startswith("verify:")]
+            if not views:
+                self.schedule.sweep_started(now)  # nobody to sweep: draw the next one
+            elif solo:
+                logger.info("graval sweep due: waits for {} first verification(s) in flight", len(solo))
+            else:
+                jobs = [(view.neuron, known[hotkey], {d.uuid for d in view.devices}) for hotkey, view in sorted(views.items())]
+                self._start("sweep", partial(self._sweep, jobs))
+                self.schedule.sweep_started(now)
+                started, sweeping = len(jobs), True
+        if not sweeping and not self.schedule.sweep_due(now):
+            probation = self.on_probation(latest, now)
+            for hotkey, view in views.items():
+                if hotkey not in self.attempted or f"verify:{hotkey}" in self._tasks or hotkey in probation:
+                    continue  # its first round is due anyway, one is running, or its devices wait for a sweep
+                if any(d.uuid not in self.attempted.get(hotkey, ()) for d in view.devices):
+                    self.schedule.expedite(hotkey)  # a device never challenged for this miner
+            for hotkey in self.schedule.due(sorted(views), now):
+                if self._start(f"verify:{hotkey}", partial(self._verify, views[hotkey].neuron, known[hotkey])):
+                    started += 1
         for hotkey, view in views.items():
-            if f"verify:{hotkey}" in self._tasks or self.next_info_check.get(hotkey, 0.0) > now:
+            if sweeping or f"verify:{hotkey}" in self._tasks or self.next_info_check.get(hotkey, 0.0) > now:
                 continue
             self.next_info_check[hotkey] = now + self.settings.device_info_interval_s * self.rng.uniform(0.5, 1.5)
-            verified = [d for d in view.devices if (row := latest.get(d.uuid)) is not None and row.ok
-                        and row.miner_hotkey == hotkey]
+            verified = [d for d in view.devices if d.uuid in known[hotkey]]
             if verified:
                 self._start(f"info:{hotkey}", partial(
-                    rounds.device_info_check, self.dendrite, self.store, self.schedule, view.neuron, verified, self.table,
+                    rounds.device_info_check, self.dendrite, self.store, view.neuron, verified, self.table,
                     allow_cpu=self.allow_cpu, metrics=self.metrics))
         return started
 
@@ -217,12 +279,13 @@ class Validator:
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
 
     async def score(self, views: dict[str, MinerView], block: int,
-                    latest: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+                    latest: dict[tuple[str, str], Any]) -> tuple[dict[str, float], dict[str, float]]:
         now = time.time()
         activity = await self.activity.current(now)
         miners = [view.neuron for view in views.values()]
         windows = build_windows(miners, {h: [d.uuid for d in v.devices] for h, v in views.items()}, latest, activity,
-                                self.multipliers)
+                                self.multiplier, self.owners())
+        self._count_devices(windows)
         coldkeys = {n.hotkey: n.coldkey for n in (self.graph.neurons if self.graph else ())}
         raw = dedupe_coldkeys(raw_scores(windows, self.scoring), coldkeys)
         registered = set(coldkeys)
@@ -233,6 +296,15 @@ class Validator:
         history = self.step_number % self.settings.history_every_steps == 0
         await self.store.save_scores(self.step_number, block, self.scores, raw, uids, now, history=history)
         return self.scores, raw
+
+    def _count_devices(self, windows: list) -> None:
+        counts: dict[tuple[str, bool], int] = {}
+        for window in windows:
+            for device in window.verified():
+                model = self.models.get(device.model_id)
+                key = (device.model_id, bool(model is not None and model.calibrated))
+                counts[key] = counts.get(key, 0) + 1
+        self.metrics.verified_devices(counts)
 
     def warming_up(self, views: dict[str, MinerView], block: int, tempo: int) -> list[str]:
         """Before the first scores, the miners still waiting for their first GraVal round.
@@ -249,6 +321,11 @@ class Validator:
         return [h for h in views if h not in self.attempted
                 and (f"verify:{h}" in self._tasks or block - self.first_seen_block[h] < tempo)]
 
+    async def read_verifications(self) -> dict[tuple[str, str], Any]:
+        """The latest verification per (hotkey, uuid), and the device owners (``self.claims.owners``)."""
+        self.claims.owners = {uuid: owner.hotkey for uuid, owner in (await self.store.device_owners()).items()}
+        return await self.store.latest_verifications()
+
     async def step(self, *, wait: bool = False) -> StepReport:
         """One step; ``wait`` also waits for the rounds it started before scoring."""
         started = time.perf_counter()
@@ -257,12 +334,12 @@ class Validator:
         miners = self.miners()
         self.forget({m.hotkey for m in miners})
         views = await self.inventory(miners)
-        latest = await self.store.latest_verifications()
+        latest = await self.read_verifications()
         verifications = await self.schedule_verifications(views, latest)
         synthetic = self.schedule_synthetic(views)
         if wait:
             await self.settle()
-            latest = await self.store.latest_verifications()
+            latest = await self.read_verifications()
         hyper = await self.chain.hyperparameters(self.netuid)
         pending = self.warming_up(views, block, hyper.tempo)
         outcome, scores, raw = None, self.scores, {}

@@ -34,6 +34,12 @@ class ValidatorMetrics:
         self.miners = Gauge("canopy_validator_miners", "Miners by state this step.", ["state"], registry=r)
         self.challenges = Counter("canopy_validator_challenges", "GraVal device verifications by result.",
                                   ["result", "reason"], registry=r)
+        self.sweeps = Counter("canopy_validator_sweeps", "GraVal re-verification sweeps started (every device at once).",
+                              registry=r)
+        self.devices = Gauge("canopy_validator_verified_devices",
+                             "Devices credited this step (latest verification passed, owned by the miner) by GPU-table "
+                             "row and whether that row is calibrated (uncalibrated rows earn the lowest multiplier "
+                             "among the rows that could hold the memory proven).", ["model", "calibrated"], registry=r)
         self.invocations = Counter("canopy_validator_invocations", "Synthetic invocations by chute kind and outcome.",
                                    ["kind", "result"], registry=r)
         self.invocation_latency = Histogram("canopy_validator_invocation_latency_seconds",
@@ -62,6 +68,12 @@ class ValidatorMetrics:
             server.server_close()
             thread.join(timeout=5)
         self._server = None
+
+    def verified_devices(self, counts: Mapping[tuple[str, bool], int]) -> None:
+        """(model id, calibrated) -> devices credited this step."""
+        self.devices.clear()
+        for (model, calibrated), count in counts.items():
+            self.devices.labels(model=model, calibrated=str(calibrated).lower()).set(count)
 
     def scores(self, uid_scores: Mapping[int, float]) -> None:
         self.score.clear()

@@ -5,10 +5,14 @@ that a long GPU proof never holds up the step. Each round writes its results to 
 (``validator.store``) in one transaction and counts them in the metrics.
 
 - ``verify_round``: one miner's devices through ``GravalVerifier`` (inventory, live
-  readings, concurrent prove/open), then the schedule's next date.
+  readings, concurrent prove/open); claims of a uuid another hotkey owns are refused as
+  ``uuid_taken`` (``validator.identity``); a first (solo) round then tells the schedule.
+- ``sweep``: every miner's ``verify_round`` started at the same moment (re-verification),
+  so one GPU cannot answer for two hotkeys; a device the miner claimed this step but did not
+  offer to the sweep fails as ``not_offered``.
 - ``device_info_check``: between rounds, the live readings of a miner's verified devices
   against their claims; a device whose readings no longer match is recorded as failed at
-  once (and the miner is retried with the GraVal round's backoff).
+  once (it is challenged again in the next sweep).
 - ``synthetic_round``: one seed for the whole round, so every miner hosting a chute gets
   byte-identical probes; LLM outputs are then compared across miners and the minority
   flagged (``validator.synthetic``). Each successful, unflagged answer is credited the
@@ -32,6 +36,7 @@ from protocol.graval.devices import DeviceRejected, DeviceSpec, GpuModel, check_
 from protocol.graval.synapses import DeviceInfo, DeviceInfoResponse
 from validator.graval.schedule import ReverifySchedule
 from validator.graval.session import DeviceResult, GravalVerifier
+from validator.identity import ClaimFilter, refuse_taken, taken_results
 from validator.metrics import ValidatorMetrics
 from validator.store import SYNTHETIC, ValidatorStore
 from validator.synthetic import ProbeResult, flag_disagreements, probes_for, run_probe
@@ -44,22 +49,62 @@ def count_challenges(metrics: ValidatorMetrics | None, results: Sequence[DeviceR
         metrics.challenges.labels(result="pass" if result.ok else "fail", reason=result.reason).inc()
 
 
-async def verify_round(verifier: GravalVerifier, schedule: ReverifySchedule, store: ValidatorStore, miner: Any,
-                       metrics: ValidatorMetrics | None = None, known: Collection[str] = ()) -> list[DeviceResult]:
-    """``known``: the miner's devices whose latest verification passed (re-verified at the lighter soundness)."""
-    results = await verifier.verify_miner(miner, known=known)
-    passed = bool(results) and all(result.ok for result in results)
-    schedule.record(miner.hotkey, passed, time.time())
+NOT_OFFERED = "not_offered"
+
+
+async def verify_round(verifier: GravalVerifier, schedule: ReverifySchedule | None, store: ValidatorStore, miner: Any,
+                       metrics: ValidatorMetrics | None = None, known: Collection[str] = (), *,
+                       claims: ClaimFilter | None = None, expected: Collection[str] = ()) -> list[DeviceResult]:
+    """One miner's round. ``known``: its devices whose latest verification passed (re-verified at
+    the lighter soundness); ``claims``: the filter the verifier's dendrite is (its refusals become
+    ``uuid_taken`` results); ``expected``: the uuids it claimed this step, each of which must come
+    back with a result (a sweep: one left out of the answer fails as ``not_offered``, so hiding a
+    device from a sweep does not keep its last pass); ``schedule``: told how a first (solo) round
+    went (None in a sweep)."""
+    results = list(await verifier.verify_miner(miner, known=known))
+    if claims is not None:
+        results += taken_results(miner.hotkey, claims.refused(miner.hotkey), claims.owners)
+    answered = {result.uuid for result in results}
+    results += [DeviceResult(miner.hotkey, uuid, False, NOT_OFFERED, "claimed in this step's Inventory, not offered to "
+                             "the sweep's challenge") for uuid in sorted(set(expected) - answered)]
+    if schedule is not None:
+        schedule.record(miner.hotkey, bool(results), time.time())
     if results:
-        await store.record_device_results(results)
+        results = refuse_taken(results, await store.record_device_results(results))
     count_challenges(metrics, results)
+    passed = bool(results) and all(result.ok for result in results)
     failures = sorted({r.reason for r in results if not r.ok})
     logger.info("graval: uid {} verified {}/{} devices{}", miner.uid, sum(r.ok for r in results), len(results),
                 "" if passed else f" ({', '.join(failures) or 'no inventory'})")
     return results
 
 
-async def device_info_check(dendrite: Dendrite, store: ValidatorStore, schedule: ReverifySchedule, miner: Any,
+async def sweep(verifier: GravalVerifier, store: ValidatorStore, miners: Sequence[tuple[Any, Collection[str], Collection[str]]],
+                metrics: ValidatorMetrics | None = None, claims: ClaimFilter | None = None) -> list[DeviceResult]:
+    """Re-verify every device of every miner at once: ``miners`` are (neuron, known, expected)
+    as ``verify_round`` takes them. All rounds start in the same event-loop turn (no cap splits
+    a sweep: two claims answered by one GPU must be challenged together). Returns every result."""
+    started = time.time()
+    sweep_id = await store.start_sweep(now=started, miners=len(miners))
+    if metrics is not None:
+        metrics.sweeps.inc()
+    outcomes = await asyncio.gather(*(
+        verify_round(verifier, None, store, miner, metrics, known, claims=claims, expected=expected)
+        for miner, known, expected in miners), return_exceptions=True)
+    results: list[DeviceResult] = []
+    for (miner, _, _), outcome in zip(miners, outcomes):
+        if isinstance(outcome, BaseException):
+            logger.opt(exception=outcome).error("graval sweep: the round of uid {} failed", miner.uid)
+        else:
+            results.extend(outcome)
+    failed = sum(not result.ok for result in results)
+    await store.finish_sweep(sweep_id, now=time.time(), devices=len(results), failed=failed)
+    logger.info("graval sweep: {} miners, {} devices, {} failed, {:.1f}s", len(miners), len(results), failed,
+                time.time() - started)
+    return results
+
+
+async def device_info_check(dendrite: Dendrite, store: ValidatorStore, miner: Any,
                             claims: Sequence[DeviceSpec], table: list[GpuModel], *, allow_cpu: bool,
                             metrics: ValidatorMetrics | None = None, timeout: float = 10.0) -> list[DeviceResult]:
     """Failures found (empty when every reading matches or the miner did not answer)."""
@@ -83,8 +128,7 @@ async def device_info_check(dendrite: Dendrite, store: ValidatorStore, schedule:
             failures.append(DeviceResult(miner.hotkey, claim.uuid, False, rejected.reason, str(rejected),
                                          name=claim.name, memory_bytes=claim.memory_bytes))
     if failures:
-        await store.record_device_results(failures)
-        schedule.record(miner.hotkey, False, time.time())
+        await store.record_device_results(failures)  # zeroed at once; challenged again in the next sweep
         count_challenges(metrics, failures)
         logger.info("device info: uid {} failed {} device(s): {}", miner.uid, len(failures),
                     ", ".join(f"{f.uuid} {f.reason}" for f in failures))
@@ -92,11 +136,12 @@ async def device_info_check(dendrite: Dendrite, store: ValidatorStore, schedule:
 
 
 def credited_compute(results: Sequence[ProbeResult]) -> dict[str, float]:
-    """Per probe key: the median compute seconds of the unflagged successful answers."""
+    """Per probe key: the median duration of the unflagged successful answers as the validator
+    measured it (request sent -> last chunk); the miners' own ``compute_s`` is never credited."""
     by_key: dict[str, list[float]] = {}
     for result in results:
         if result.ok and not result.flagged:
-            by_key.setdefault(result.key, []).append(result.compute_s)
+            by_key.setdefault(result.key, []).append(result.latency_s)
     return {key: statistics.median(values) for key, values in by_key.items()}
 
 

@@ -13,8 +13,10 @@ Nothing here does I/O, reads the clock or draws random numbers.
 
 The formula, for miner i of the step (E = miners with at least one verified device)::
 
-    c_i  = Σ m_d over i's devices d whose latest GraVal verification passed (each uuid once;
-           m_d = the GPU table's compute_multiplier; a failed proof makes the device count 0)
+    c_i  = Σ m_d over i's devices d whose latest GraVal verification (by i) passed and that i
+           owns (each uuid once; m_d = ``device_multiplier``: the row's compute_multiplier when
+           the row is calibrated, else the lowest multiplier among the rows that could hold
+           the memory the proof established; a failed proof makes the device count 0)
     u_i  = compute_seconds_i × c_i / #verified devices_i   (raw seconds × mean multiplier)
     n_i  = successful invocations,  k_i = unique chutes with a successful invocation
     a_i  = synthetic_ok_i / synthetic_total_i   (untested_availability when no synthetic call)
@@ -32,10 +34,12 @@ The formula, for miner i of the step (E = miners with at least one verified devi
 
 Failures and timeouts score 0 because they are not counted in ``compute_seconds``,
 ``invocations_ok`` or ``chutes_served`` and they lower ``a_i``. ``compute_seconds`` is
-compute served (successful calls only): an organic call counts the seconds the miner
-reported; a synthetic call counts the median over the miners that answered the same
-probe (so every miner earns the same for the same work, and a slow one earns no more); a
-flagged answer counts 0. The multiplier is applied
+compute served (successful calls only), measured, never as the miner reported it: an
+organic call counts its duration as the gateway saw it; a synthetic call counts the median
+over the miners that answered the same probe of the duration the validator saw (so every
+miner earns the same for the same work, and a slow one earns no more); a flagged answer
+counts 0. An organic call whose miner the caller chose (``steered``) counts in none of the
+three. The multiplier is applied
 here, as the mean over the miner's verified devices, because an invocation record names the
 miner and the chute, not the device.
 """
@@ -44,14 +48,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, NamedTuple
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from canopy.config import COMPONENTS, ScoringSettings
+from protocol.graval.devices import GpuModel, uncalibrated_multiplier
 
-__all__ = ["COMPONENTS", "ScoringSettings", "DeviceEntry", "MinerWindow", "Totals", "devices_from_results", "totals",
-           "raw_score", "raw_scores", "dedupe_coldkeys", "smooth", "to_weights"]
+__all__ = ["COMPONENTS", "ScoringSettings", "DeviceEntry", "MinerWindow", "Totals", "device_multiplier",
+           "devices_from_results", "totals", "raw_score", "raw_scores", "dedupe_coldkeys", "smooth", "to_weights"]
 
 
 
@@ -126,18 +132,37 @@ class Totals:
     chutes: float = 0.0
 
 
-def devices_from_results(results: Iterable[Any], table: Iterable[Any]) -> list[DeviceEntry]:
-    """Latest verification per uuid (``DeviceResult`` or store rows) → entries with table multipliers.
+def proven_bytes(row: Any) -> int:
+    """The memory a verification proved: ``proven_bytes`` where the result has it, else the
+    device's ``memory_bytes`` (the proof fills ~95% of the memory the device claims)."""
+    return int(getattr(row, "proven_bytes", None) or row.memory_bytes or 0)
 
-    A model id missing from the table gets multiplier 0 (the device then does not count).
-    """
-    multiplier = {model.id: model.compute_multiplier for model in table}
+
+def device_multiplier(table: Iterable[GpuModel]) -> Callable[[Any], float]:
+    """The scoring multiplier of a verification (``DeviceResult`` or store row: ``model_id``,
+    ``memory_bytes``): ``uncalibrated_multiplier`` of its table row for the memory proven,
+    so an uncalibrated row earns no more than the cheapest model that could hold that
+    memory. A model id missing from the table gets 0 (the device then does not count)."""
+    rows = list(table)
+    models = {model.id: model for model in rows}
+
+    @lru_cache(maxsize=4096)
+    def of(model_id: str, proven: int) -> float:
+        model = models.get(model_id)
+        return 0.0 if model is None else uncalibrated_multiplier(model, proven, rows)
+
+    return lambda row: of(row.model_id, proven_bytes(row))
+
+
+def devices_from_results(results: Iterable[Any], table: Iterable[GpuModel]) -> list[DeviceEntry]:
+    """Latest verification per uuid (``DeviceResult`` or store rows of one miner) → entries
+    with their multipliers (``device_multiplier``)."""
+    multiplier = device_multiplier(table)
     latest: dict[str, Any] = {}
     for result in results:
         if result.uuid not in latest or result.verified_at >= latest[result.uuid].verified_at:
             latest[result.uuid] = result
-    return [DeviceEntry(r.uuid, r.model_id, multiplier.get(r.model_id, 0.0), bool(r.ok))
-            for _, r in sorted(latest.items())]
+    return [DeviceEntry(r.uuid, r.model_id, multiplier(r), bool(r.ok)) for _, r in sorted(latest.items())]
 
 
 def totals(windows: Iterable[MinerWindow]) -> Totals:

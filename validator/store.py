@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from sqlalchemy import case, delete, event, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -20,10 +20,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 from validator.schema import upgrade
 from validator.tables import (
-    ORGANIC, SYNTHETIC, DeviceVerification, Invocation, Miner, Score, ScoreHistory, WeightSubmission,
+    ORGANIC, SYNTHETIC, DeviceOwner, DeviceVerification, GravalSweep, Invocation, Miner, Score, ScoreHistory,
+    WeightSubmission,
 )
 
-__all__ = ["ValidatorStore", "MinerActivity", "ChuteSums", "activity_from_sums", "DeviceVerification", "Invocation", "ORGANIC", "SYNTHETIC"]
+__all__ = ["ValidatorStore", "MinerActivity", "ChuteSums", "activity_from_sums", "DeviceVerification", "DeviceOwner",
+           "GravalSweep", "Invocation", "ORGANIC", "SYNTHETIC", "UUID_TAKEN"]
+
+#: The reason stored for a device uuid claimed by a hotkey while another hotkey owns it.
+UUID_TAKEN = "uuid_taken"
 
 
 @dataclass
@@ -148,22 +153,105 @@ class ValidatorStore:
 
     # --- device verifications --------------------------------------------------------------
 
-    async def record_device_results(self, results: Iterable[Any]) -> None:
-        """``DeviceResult``s (validator.graval.session) of one or more GraVal rounds."""
-        async with self.sessions.begin() as session:
-            session.add_all(DeviceVerification(**result.as_row()) for result in results)
+    async def record_device_results(self, results: Iterable[Any]) -> list[tuple[str, str, str]]:
+        """``DeviceResult``s (validator.graval.session) of one or more GraVal rounds, in one transaction.
 
-    async def latest_verifications(self, miner_hotkey: str | None = None) -> dict[str, DeviceVerification]:
-        """The newest verification of every device uuid (of the uuids ``miner_hotkey`` was verified for)."""
-        newest = select(DeviceVerification.uuid, func.max(DeviceVerification.id).label("id"))
+        First verified wins: a passing result claims its uuid for its hotkey when no hotkey owns
+        it yet (``device_owners``); a passing result for a uuid another hotkey owns is stored as a
+        ``uuid_taken`` failure instead (the owner's rows are never touched). Two rounds passing
+        the same uuid at once: the first to commit owns it. Returns the refusals as (hotkey,
+        uuid, owner). Columns the table lacks (a newer ``DeviceResult``) are left out.
+        """
+        columns = set(DeviceVerification.__table__.columns.keys())
+        rows = [{key: value for key, value in result.as_row().items() if key in columns} for result in results]
+        claims: dict[str, tuple[str, float]] = {}
+        for row in rows:
+            if row["ok"]:
+                claims.setdefault(row["uuid"], (row["miner_hotkey"], row["verified_at"]))
+        refused: list[tuple[str, str, str]] = []
+        async with self.sessions.begin() as session:
+            if claims:
+                statement = self._upsert(DeviceOwner).on_conflict_do_nothing(index_elements=["uuid"])
+                await session.execute(statement, [dict(uuid=uuid, hotkey=hotkey, since=at, pinned=False)
+                                                  for uuid, (hotkey, at) in sorted(claims.items())])
+                owners = dict((await session.execute(select(DeviceOwner.uuid, DeviceOwner.hotkey)
+                                                     .where(DeviceOwner.uuid.in_(sorted(claims))))).all())
+                for row in rows:
+                    owner = owners.get(row["uuid"])
+                    if row["ok"] and owner is not None and owner != row["miner_hotkey"]:
+                        row.update(ok=False, reason=UUID_TAKEN,
+                                   detail=f"{row['uuid']} is verified for another hotkey ({owner}): first verified wins")
+                        refused.append((row["miner_hotkey"], row["uuid"], owner))
+            session.add_all(DeviceVerification(**row) for row in rows)
+        return refused
+
+    async def latest_verifications(self, miner_hotkey: str | None = None) -> dict[tuple[str, str], DeviceVerification]:
+        """The newest verification of every device, keyed (miner hotkey, uuid): another hotkey's
+        claim of the same uuid never replaces a miner's own row. ``miner_hotkey``: only its rows."""
+        newest = select(func.max(DeviceVerification.id).label("id"))
         if miner_hotkey is not None:
-            mine = select(DeviceVerification.uuid).where(DeviceVerification.miner_hotkey == miner_hotkey)
-            newest = newest.where(DeviceVerification.uuid.in_(mine))
-        newest = newest.group_by(DeviceVerification.uuid).subquery()
+            newest = newest.where(DeviceVerification.miner_hotkey == miner_hotkey)
+        newest = newest.group_by(DeviceVerification.miner_hotkey, DeviceVerification.uuid).subquery()
         query = select(DeviceVerification).join(newest, DeviceVerification.id == newest.c.id)
         async with self.sessions() as session:
             rows = (await session.scalars(query)).all()
-        return {row.uuid: row for row in rows}
+        return {(row.miner_hotkey, row.uuid): row for row in rows}
+
+    # --- device owners ---------------------------------------------------------------------
+
+    async def device_owners(self, hotkey: str | None = None) -> dict[str, DeviceOwner]:
+        """uuid -> its owner (``hotkey``: only that hotkey's devices)."""
+        query = select(DeviceOwner)
+        if hotkey is not None:
+            query = query.where(DeviceOwner.hotkey == hotkey)
+        async with self.sessions() as session:
+            return {row.uuid: row for row in (await session.scalars(query)).all()}
+
+    async def set_device_owner(self, uuid: str, hotkey: str, *, pinned: bool = False, now: float) -> DeviceOwner:
+        """The operator's override: ``uuid`` belongs to ``hotkey`` from now on (``pinned``: even
+        after that hotkey deregisters). The previous owner's claims are refused from the next round."""
+        statement = self._upsert(DeviceOwner)
+        statement = statement.on_conflict_do_update(index_elements=["uuid"], set_=dict(
+            hotkey=statement.excluded.hotkey, since=statement.excluded.since, pinned=statement.excluded.pinned))
+        async with self.sessions.begin() as session:
+            await session.execute(statement, [dict(uuid=uuid, hotkey=hotkey, since=now, pinned=pinned)])
+        return DeviceOwner(uuid=uuid, hotkey=hotkey, since=now, pinned=pinned)
+
+    async def release_device(self, uuid: str) -> DeviceOwner | None:
+        """Forget ``uuid``'s owner (pinned or not): the next passing verification claims it. The old owner."""
+        async with self.sessions.begin() as session:
+            owner = await session.get(DeviceOwner, uuid)
+            if owner is not None:
+                await session.delete(owner)
+        return owner
+
+    async def release_departed(self, registered: Collection[str]) -> list[DeviceOwner]:
+        """Release the devices of owners no longer registered (deregistered hotkeys), except pinned ones."""
+        departed = (DeviceOwner.pinned.is_(False)) & DeviceOwner.hotkey.not_in(sorted(set(registered)))
+        async with self.sessions.begin() as session:
+            gone = list((await session.scalars(select(DeviceOwner).where(departed))).all())
+            if gone:
+                await session.execute(delete(DeviceOwner).where(departed))
+        return gone
+
+    # --- sweeps ----------------------------------------------------------------------------
+
+    async def start_sweep(self, *, now: float, miners: int) -> int:
+        async with self.sessions.begin() as session:
+            sweep = GravalSweep(started_at=now, miners=miners, devices=0, failed=0)
+            session.add(sweep)
+            await session.flush()
+            return sweep.id
+
+    async def finish_sweep(self, sweep_id: int, *, now: float, devices: int, failed: int) -> None:
+        async with self.sessions.begin() as session:
+            sweep = await session.get(GravalSweep, sweep_id)
+            if sweep is not None:
+                sweep.finished_at, sweep.devices, sweep.failed = now, devices, failed
+
+    async def last_sweep(self) -> GravalSweep | None:
+        async with self.sessions() as session:
+            return (await session.scalars(select(GravalSweep).order_by(GravalSweep.id.desc()).limit(1))).first()
 
     async def verifications_of(self, miner_hotkey: str, limit: int = 100) -> list[DeviceVerification]:
         query = (select(DeviceVerification).where(DeviceVerification.miner_hotkey == miner_hotkey)
@@ -174,18 +262,23 @@ class ValidatorStore:
     # --- invocations -----------------------------------------------------------------------
 
     async def record_invocations(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Append invocation rows (``Invocation`` columns; ``source`` organic or synthetic)."""
+        """Append invocation rows (``Invocation`` columns; ``source`` organic or synthetic; only an
+        organic row may be ``steered``)."""
         records = [dict(row) for row in rows]
         for record in records:
             if record.get("source") not in (ORGANIC, SYNTHETIC):
                 raise ValueError(f"invocation source must be {ORGANIC!r} or {SYNTHETIC!r}, got {record.get('source')!r}")
+            if record.get("steered") and record["source"] != ORGANIC:
+                raise ValueError("only an organic invocation can be steered")
         await bulk_insert(self.engine, Invocation.__table__, records)
         return len(records)
 
     async def invocation_sums(self, *, since: float | None = None, before: float | None = None,
                               after_id: int | None = None, upto_id: int | None = None) -> list[ChuteSums]:
-        """Per (miner, chute): sums over the invocations that match every bound given (one pass)."""
-        ok = Invocation.ok.is_(True)
+        """Per (miner, chute): sums over the invocations that match every bound given (one pass).
+        A steered organic call (the caller chose the miner) counts nowhere: not in compute, not as
+        a success, not towards a chute served."""
+        ok = Invocation.ok.is_(True) & Invocation.steered.is_(False)
         synthetic = Invocation.source == SYNTHETIC
         latency = func.coalesce(Invocation.ttft_s, Invocation.latency_s)
         query = select(
@@ -268,12 +361,16 @@ class ValidatorStore:
     # --- housekeeping ----------------------------------------------------------------------
 
     async def prune(self, before: float) -> int:
-        """Drop invocations, score history and verifications older than ``before`` (the window's
-        start), keeping the newest verification of every device."""
-        newest = select(func.max(DeviceVerification.id)).group_by(DeviceVerification.uuid)
+        """Drop invocations, score history, verifications and sweeps older than ``before`` (the
+        window's start), keeping the newest verification of every device (per hotkey and uuid)
+        and the last sweep."""
+        newest = select(func.max(DeviceVerification.id)).group_by(DeviceVerification.miner_hotkey, DeviceVerification.uuid)
         async with self.sessions.begin() as session:
             gone = (await session.execute(delete(DeviceVerification).where(
                 DeviceVerification.verified_at < before, DeviceVerification.id.not_in(newest)))).rowcount
+            last_sweep = select(func.max(GravalSweep.id)).scalar_subquery()
+            gone += (await session.execute(delete(GravalSweep).where(
+                GravalSweep.started_at < before, GravalSweep.id != last_sweep))).rowcount
             gone += (await session.execute(delete(Invocation).where(Invocation.created_at < before))).rowcount
             gone += (await session.execute(delete(ScoreHistory).where(ScoreHistory.created_at < before))).rowcount
         return int(gone or 0)

@@ -4,9 +4,12 @@ Called by the validator loop once per step, between reading the store and
 ``validator.scoring``. Pure: no I/O, no clock.
 
 - Devices: a miner's devices are the uuids its latest Inventory claims; each counts with
-  its latest GraVal verification *by this miner* (a uuid last verified for another hotkey,
-  or never verified, does not count yet). A miner that did not answer Inventory this step
-  gets no window at all, so its raw score this step is 0 and its smoothed score decays.
+  its latest GraVal verification *by this miner* (rows are keyed (hotkey, uuid), so another
+  hotkey's claim of the uuid changes nothing here), and only while this miner owns the uuid
+  (``device_owners``: first verified wins, or the operator's choice). A uuid never verified
+  for it does not count yet. Its multiplier comes from ``scoring.device_multiplier``. A
+  miner that did not answer Inventory this step gets no window at all, so its raw score
+  this step is 0 and its smoothed score decays.
 - Latency quality per chute is ``median / (median + own)`` over the miners that served the
   chute's synthetic calls (0.5 at the median, towards 1 when faster, towards 0 when
   slower); a miner's ``latency_quality`` is the mean over its chutes (0.5 when unmeasured).
@@ -15,7 +18,7 @@ Called by the validator loop once per step, between reading the store and
 from __future__ import annotations
 
 import statistics
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from validator.scoring import DeviceEntry, MinerWindow
 from validator.store import MinerActivity
@@ -39,20 +42,24 @@ def latency_quality(activity: Mapping[str, MinerActivity]) -> dict[str, float]:
     return quality
 
 
-def device_entries(hotkey: str, claimed: Iterable[str], latest: Mapping[str, Any],
-                   multipliers: Mapping[str, float]) -> list[DeviceEntry]:
-    """The claimed uuids whose latest verification belongs to ``hotkey``, with their multipliers."""
+def device_entries(hotkey: str, claimed: Iterable[str], latest: Mapping[tuple[str, str], Any],
+                   multiplier: Callable[[Any], float], owners: Mapping[str, str] | None = None) -> list[DeviceEntry]:
+    """The claimed uuids with a verification by ``hotkey`` (``latest``: keyed (hotkey, uuid)),
+    with their multipliers; a device counts only when its latest one passed and ``hotkey``
+    owns it (``owners``: uuid -> hotkey; None: no ownership check)."""
     entries = []
     for uuid in sorted(set(claimed)):
-        row = latest.get(uuid)
-        if row is None or row.miner_hotkey != hotkey:
+        row = latest.get((hotkey, uuid))
+        if row is None:
             continue
-        entries.append(DeviceEntry(uuid, row.model_id, multipliers.get(row.model_id, 0.0) if row.ok else 0.0, bool(row.ok)))
+        counts = bool(row.ok) and (owners is None or owners.get(uuid) == hotkey)
+        entries.append(DeviceEntry(uuid, row.model_id, multiplier(row) if counts else 0.0, counts))
     return entries
 
 
-def build_windows(miners: Iterable[Any], claims: Mapping[str, Iterable[str]], latest: Mapping[str, Any],
-                  activity: Mapping[str, MinerActivity], multipliers: Mapping[str, float]) -> list[MinerWindow]:
+def build_windows(miners: Iterable[Any], claims: Mapping[str, Iterable[str]], latest: Mapping[tuple[str, str], Any],
+                  activity: Mapping[str, MinerActivity], multiplier: Callable[[Any], float],
+                  owners: Mapping[str, str] | None = None) -> list[MinerWindow]:
     """One window per miner (chain ``Neuron``) that answered Inventory this step (keys of ``claims``)."""
     quality = latency_quality(activity)
     windows = []
@@ -62,7 +69,7 @@ def build_windows(miners: Iterable[Any], claims: Mapping[str, Iterable[str]], la
         record = activity.get(neuron.hotkey, MinerActivity())
         windows.append(MinerWindow(
             hotkey=neuron.hotkey, coldkey=neuron.coldkey, uid=neuron.uid,
-            devices=device_entries(neuron.hotkey, claims[neuron.hotkey], latest, multipliers),
+            devices=device_entries(neuron.hotkey, claims[neuron.hotkey], latest, multiplier, owners),
             compute_seconds=record.compute_seconds, invocations_ok=record.invocations_ok,
             chutes_served=record.chutes_served, synthetic_ok=record.synthetic_ok,
             synthetic_total=record.synthetic_total, latency_quality=quality.get(neuron.hotkey, 0.5),

@@ -6,13 +6,14 @@ import typer
 
 from canopy import __version__
 from canopy.cli import build as build_cli
-from canopy.cli import devnet, graval, keys, logs, run
+from canopy.cli import devices, devnet, graval, keys, logs, run
 
 app = typer.Typer(
     help="Canopy: a Bittensor subnet of verified GPUs serving chutes. `canopy COMMAND --help` explains each command.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+app.add_typer(devices.app, name="devices")
 app.add_typer(devnet.app, name="devnet")
 app.add_typer(graval.app, name="graval")
 app.add_typer(keys.app, name="keys")

@@ -1,16 +1,20 @@
-"""Array backends of the GraVal prover: numpy (CPU), cupy and torch (CPU or CUDA).
+"""Array backends of the GraVal prover: numpy (CPU), torch (CPU or CUDA) and cupy (CUDA).
 
-Called by ``miner.graval.prover``. Every backend computes the same residues; they differ
-in how they stay exact and fast:
+The seam between the prover (``miner.graval.prover``) and an array library. Every step
+of a proof runs here, on the device: the keyed hash matrices, the GEMMs, the noise, the
+reduction mod p, the S-box and the lattice hashing of the commitment trees
+(``protocol.graval.lattice``); the host sees roots and openings only. The generic steps
+(``generate``, ``finish``, the trees) are written once on a handful of primitives that
+each library supplies, so every backend runs the same code path and gives bit-identical
+residues:
 
-- numpy / torch on CPU / cupy: matrices stored as float64 centred values; float64 GEMM
-  of entries in [-125, 125] is exact for any n we use (|sum| < 2^53).
-- torch on CUDA: matrices stored as int8 (one byte per entry, the memory the challenge
-  claims); ``torch._int_mm`` runs int8 tensor cores with int32 accumulation, exact for
-  n <= 137,438.
+- numpy / torch on CPU: entries stored as float64 centred values; float64 GEMM of
+  entries in [-128, 127] is exact for every n we use (|sum| < 2^53);
+- torch on CUDA: int8 storage (one byte per entry, the memory the challenge claims) and
+  ``torch._int_mm`` (int8 tensor cores, int32 accumulation, exact for n <= 131,072);
+- cupy: int8 storage and cuBLAS ``gemmEx`` with int8 inputs and int32 accumulation.
 
-``pick_backend()`` chooses torch CUDA, then cupy, then numpy. Hashing of committed data
-happens on the host (``host_int8`` copies a matrix out for the Merkle tree).
+``pick_backend()`` chooses torch CUDA, then cupy, then numpy.
 """
 
 from __future__ import annotations
@@ -22,80 +26,159 @@ from typing import Any, Callable
 import numpy as np
 
 from protocol.graval.field import HALF, P, SBOX_CENTRED, hash_residues
+from protocol.graval.lattice import blas_matmul
+
+#: Row blocks of the element-wise passes hold at most this many int64 temporaries
+#: (an n x n int64 copy would be 8 matrices' worth of memory at n = 16384).
+BLOCK_ELEMENTS = 1 << 25
 
 
-class NumpyBackend:
-    """float64 storage, BLAS GEMM; ``xp`` may be numpy or cupy (same API).
+class ArrayBackend:
+    """The generic proof steps; subclasses supply the array primitives."""
 
-    On numpy the element-wise passes (hash generation, noise, reduction, S-box) run on
-    row blocks in a thread pool: numpy releases the GIL in its loops, so they use every
-    core as the GEMM does, instead of one.
-    """
+    name = "abstract"
+    threads = 1
 
-    name = "numpy"
+    # --- primitives (per library) ------------------------------------------------------
 
-    def __init__(self, xp: Any = np) -> None:
-        self.xp = xp
-        self._sbox = xp.asarray(SBOX_CENTRED.astype(np.float64))
-        self._threads = (os.cpu_count() or 1) if xp is np else 1
+    def empty(self, rows: int, cols: int) -> Any:
+        raise NotImplementedError
 
-    def _blocks(self, rows: int, work: Callable[[int, int], None]) -> None:
-        """Run ``work(start, stop)`` over row blocks, in parallel on numpy."""
-        if self._threads == 1 or rows < 64:
-            work(0, rows)
-            return
-        bounds = np.linspace(0, rows, min(rows, 2 * self._threads) + 1, dtype=int)
-        list(_pool(self._threads).map(lambda pair: work(*pair), zip(bounds[:-1], bounds[1:])))
+    def arange(self, start: int, stop: int) -> Any:
+        raise NotImplementedError
+
+    def from_host(self, array: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def to_int64(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def to_storage(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def to_node_storage(self, x: Any) -> Any:
+        """Inputs of a tree node's hash: int8 on a GPU; float32 on a CPU, exact because a
+        node product stays below 2^24 (768 x 128 x 128)."""
+        raise NotImplementedError
+
+    def cat(self, arrays: list[Any], axis: int) -> Any:
+        raise NotImplementedError
+
+    def host(self, x: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def matmul_exact(self, a: Any, b: Any) -> Any:
+        """The exact integer product of two storage arrays (float64 or int32)."""
+        raise NotImplementedError
+
+    def transpose(self, x: Any) -> Any:
+        """A contiguous transpose."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        pass
+
+    # --- generic steps -------------------------------------------------------------------
+
+    def _blocks(self, rows: int, cols: int, work: Callable[[int, int], None]) -> None:
+        """Run ``work(start, stop)`` over row blocks of at most BLOCK_ELEMENTS, on ``threads`` threads."""
+        step = max(1, BLOCK_ELEMENTS // max(1, cols))
+        if self.threads > 1 and rows >= 64:
+            step = min(step, -(-rows // (2 * self.threads)))
+        bounds = [(start, min(rows, start + step)) for start in range(0, rows, step)]
+        if self.threads == 1 or len(bounds) == 1:
+            for start, stop in bounds:
+                work(start, stop)
+        else:
+            list(_pool(self.threads).map(lambda pair: work(*pair), bounds))
 
     def generate(self, key: tuple[int, int], rows: int, cols: int) -> Any:
-        xp = self.xp
-        out = xp.empty((rows, cols), dtype=xp.float64)
+        """The keyed hash matrix H (rows x cols) as centred entries in storage dtype."""
+        out = self.empty(rows, cols)
 
         def work(start: int, stop: int) -> None:
-            residues = hash_residues(xp.arange(start * cols, stop * cols, dtype=xp.int64), key)
-            out[start:stop] = (residues - P * (residues > HALF)).reshape(stop - start, cols)
+            residues = hash_residues(self.arange(start * cols, stop * cols), key)
+            out[start:stop] = self.to_storage((residues - P * (residues > HALF)).reshape(stop - start, cols))
 
-        self._blocks(rows, work)
+        self._blocks(rows, cols, work)
         return out
 
     def vector(self, key: tuple[int, int], length: int) -> Any:
-        return hash_residues(self.xp.arange(length, dtype=self.xp.int64), key).astype(self.xp.int32)
+        return hash_residues(self.arange(0, length), key)
 
-    def _finish(self, product: Any, u: Any, v: Any) -> Any:
-        """S((product + u 1^T + 1 v^T) mod p), centred, as a new float64 array."""
-        xp, sbox = self.xp, self._sbox
-        out = xp.empty_like(product)
+    def finish(self, product: Any, u: Any, v: Any) -> Any:
+        """S((product + u 1^T + 1 v^T) mod p), centred, as a new storage array."""
+        out = self.empty(*product.shape)
+        sbox = self._sbox
 
         def work(start: int, stop: int) -> None:
-            residues = product[start:stop].astype(xp.int32)  # |entry| < 2^31 for every n <= MAX_N
+            residues = self.to_int64(product[start:stop])
             residues += u[start:stop, None]
             residues += v[None, :]
             residues %= P
             out[start:stop] = sbox[residues]
 
-        self._blocks(product.shape[0], work)
+        self._blocks(product.shape[0], product.shape[1], work)
         return out
 
+    @property
+    def _sbox(self) -> Any:
+        if not hasattr(self, "_sbox_cache"):
+            self._sbox_cache = self.to_storage(self.from_host(SBOX_CENTRED))
+        return self._sbox_cache
+
     def fill_step(self, previous: Any, g: Any, u: Any, v: Any) -> Any:
-        return self._finish(previous @ g, u, v)
+        return self.finish(self.matmul_exact(previous, g), u, v)
 
     def access_step(self, matrix: Any, state: Any, u: Any, v: Any) -> Any:
-        return self._finish(matrix @ state, u, v)
+        return self.finish(self.matmul_exact(matrix, state), u, v)
 
     def plain_matmul(self, a: Any, b: Any) -> Any:
-        """The baseline: the same GEMM without reduction, S-box or hashing."""
-        return a @ b
+        """The benchmark's baseline: the same GEMM without reduction, S-box or hashing."""
+        return self.matmul_exact(a, b)
 
-    def host_int8(self, matrix: Any) -> np.ndarray:
-        array = matrix.get() if hasattr(matrix, "get") else matrix
-        return np.ascontiguousarray(array, dtype=np.int8)
+    def host_int8(self, x: Any) -> np.ndarray:
+        return np.ascontiguousarray(self.host(x), dtype=np.int8)
 
-    def transpose(self, matrix: Any) -> Any:
-        return matrix.T
 
-    def synchronize(self) -> None:
-        if self.xp is not np:
-            self.xp.cuda.Stream.null.synchronize()
+class NumpyBackend(ArrayBackend):
+    """float64 storage and BLAS GEMM; the element-wise passes run on row blocks in a thread
+    pool (numpy releases the GIL in its loops, so they use every core as the GEMM does)."""
+
+    name = "numpy"
+
+    def __init__(self) -> None:
+        self.threads = os.cpu_count() or 1
+
+    def empty(self, rows: int, cols: int) -> Any:
+        return np.empty((rows, cols), dtype=np.float64)
+
+    def arange(self, start: int, stop: int) -> Any:
+        return np.arange(start, stop, dtype=np.int64)
+
+    def from_host(self, array: np.ndarray) -> Any:
+        return array
+
+    def to_int64(self, x: Any) -> Any:
+        return x.astype(np.int64)
+
+    def to_storage(self, x: Any) -> Any:
+        return np.asarray(x, dtype=np.float64)
+
+    def to_node_storage(self, x: Any) -> Any:
+        return np.asarray(x, dtype=np.float32)
+
+    def cat(self, arrays: list[Any], axis: int) -> Any:
+        return np.concatenate(arrays, axis=axis)
+
+    def host(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def matmul_exact(self, a: Any, b: Any) -> Any:
+        return blas_matmul(a, b)
+
+    def transpose(self, x: Any) -> Any:
+        return np.ascontiguousarray(x.T)
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -107,17 +190,8 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return _POOLS[threads]
 
 
-class CupyBackend(NumpyBackend):
-    name = "cupy"
-
-    def __init__(self) -> None:
-        import cupy  # noqa: PLC0415 - optional GPU dependency
-
-        super().__init__(cupy)
-
-
-class TorchBackend:
-    """torch on CPU (float64, exact) or CUDA (int8 storage, int8 GEMM with int32 accumulation)."""
+class TorchBackend(ArrayBackend):
+    """torch on CPU (float64, exact) or CUDA (int8 storage, ``_int_mm`` with int32 accumulation)."""
 
     def __init__(self, device: str = "cpu") -> None:
         import torch  # noqa: PLC0415 - optional dependency
@@ -127,68 +201,114 @@ class TorchBackend:
         self.cuda = self.device.type == "cuda"
         self.name = f"torch-{self.device.type}"
         self.dtype = torch.int8 if self.cuda else torch.float64
-        self._sbox = torch.as_tensor(SBOX_CENTRED, device=self.device).to(self.dtype)
 
-    def _chunk_rows(self, cols: int) -> int:
-        """Rows per block so that an int64 temporary of a block is about one int8 n x n matrix."""
-        return max(1, cols // 8)
+    def empty(self, rows: int, cols: int) -> Any:
+        return self.torch.empty((rows, cols), dtype=self.dtype, device=self.device)
 
-    def generate(self, key: tuple[int, int], rows: int, cols: int) -> Any:
-        torch = self.torch
-        out = torch.empty((rows, cols), dtype=self.dtype, device=self.device)
-        step = self._chunk_rows(cols)
-        for start in range(0, rows, step):
-            stop = min(rows, start + step)
-            counters = torch.arange(start * cols, stop * cols, dtype=torch.int64, device=self.device)
-            residues = hash_residues(counters, key)
-            out[start:stop] = (residues - P * (residues > HALF)).reshape(stop - start, cols).to(self.dtype)
-        return out
+    def arange(self, start: int, stop: int) -> Any:
+        return self.torch.arange(start, stop, dtype=self.torch.int64, device=self.device)
 
-    def vector(self, key: tuple[int, int], length: int) -> Any:
-        residues = hash_residues(self.torch.arange(length, dtype=self.torch.int64, device=self.device), key)
-        return residues.to(self.torch.int32 if self.cuda else self.torch.float64)
+    def from_host(self, array: np.ndarray) -> Any:
+        return self.torch.as_tensor(np.ascontiguousarray(array), device=self.device)
 
-    def _matmul(self, a: Any, b: Any) -> Any:
-        return self.torch._int_mm(a, b) if self.cuda else a @ b
+    def to_int64(self, x: Any) -> Any:
+        return x.to(self.torch.int64)
 
-    def _finish(self, product: Any, u: Any, v: Any) -> Any:
-        """S((product + u 1^T + 1 v^T) mod p), centred, by row blocks with in-place reductions
-        so that the transient memory stays within the challenge's workspace."""
-        out = self.torch.empty(product.shape, dtype=self.dtype, device=self.device)
-        step = self._chunk_rows(product.shape[1])
-        for start in range(0, product.shape[0], step):
-            block = product[start:start + step]
-            block += u[start:start + step, None]
-            block += v[None, :]
-            block.remainder_(P)
-            out[start:start + step] = self._sbox[block.long()]
-        return out
+    def to_storage(self, x: Any) -> Any:
+        return x.to(self.dtype)
 
-    def fill_step(self, previous: Any, g: Any, u: Any, v: Any) -> Any:
-        return self._finish(self._matmul(previous, g), u, v)
+    def to_node_storage(self, x: Any) -> Any:
+        return x.to(self.torch.int8 if self.cuda else self.torch.float32)
 
-    def access_step(self, matrix: Any, state: Any, u: Any, v: Any) -> Any:
-        return self._finish(self._matmul(matrix, state), u, v)
+    def cat(self, arrays: list[Any], axis: int) -> Any:
+        return self.torch.cat(arrays, dim=axis)
 
-    def plain_matmul(self, a: Any, b: Any) -> Any:
-        return self._matmul(a, b)
+    def host(self, x: Any) -> np.ndarray:
+        return x.cpu().numpy()
 
-    def host_int8(self, matrix: Any) -> np.ndarray:
-        return np.ascontiguousarray(matrix.to(self.torch.int8).cpu().numpy())
+    def matmul_exact(self, a: Any, b: Any) -> Any:
+        if not self.cuda:
+            return a @ b  # float64 (or float32 for node hashes): exact
+        a, b = a.contiguous(), b.contiguous()
+        if a.shape[0] <= 16 or a.shape[1] % 8 or b.shape[1] % 8:  # outside _int_mm's shapes: exact in float64
+            return (a.to(self.torch.float64) @ b.to(self.torch.float64)).to(self.torch.int32)
+        return self.torch._int_mm(a, b)
 
-    def transpose(self, matrix: Any) -> Any:
-        return matrix.T.contiguous() if self.cuda else matrix.T
+    def transpose(self, x: Any) -> Any:
+        return x.T.contiguous()
 
     def synchronize(self) -> None:
         if self.cuda:
             self.torch.cuda.synchronize(self.device)
 
 
-Backend = NumpyBackend | TorchBackend
+class CupyBackend(ArrayBackend):
+    """cupy on CUDA: int8 storage, cuBLAS gemmEx (int8 in, int32 accumulate)."""
+
+    name = "cupy"
+
+    def __init__(self) -> None:
+        import cupy  # noqa: PLC0415 - optional GPU dependency
+
+        self.cp = cupy
+
+    def empty(self, rows: int, cols: int) -> Any:
+        return self.cp.empty((rows, cols), dtype=self.cp.int8)
+
+    def arange(self, start: int, stop: int) -> Any:
+        return self.cp.arange(start, stop, dtype=self.cp.int64)
+
+    def from_host(self, array: np.ndarray) -> Any:
+        return self.cp.asarray(array)
+
+    def to_int64(self, x: Any) -> Any:
+        return x.astype(self.cp.int64)
+
+    def to_storage(self, x: Any) -> Any:
+        return x.astype(self.cp.int8)
+
+    def to_node_storage(self, x: Any) -> Any:
+        return x.astype(self.cp.int8)
+
+    def cat(self, arrays: list[Any], axis: int) -> Any:
+        return self.cp.concatenate(arrays, axis=axis)
+
+    def host(self, x: Any) -> np.ndarray:
+        return self.cp.asnumpy(x)
+
+    def matmul_exact(self, a: Any, b: Any) -> Any:
+        cp = self.cp
+        rows, inner = a.shape
+        cols = b.shape[1]
+        if inner % 4 or cols % 4:  # outside cuBLAS's int8 shapes: exact in float64
+            return (a.astype(cp.float64) @ b.astype(cp.float64)).astype(cp.int32)
+        from cupy.cuda import device, runtime  # noqa: PLC0415
+        from cupy_backends.cuda.libs import cublas  # noqa: PLC0415
+
+        a = cp.ascontiguousarray(a)
+        b_t = cp.ascontiguousarray(b.T)  # column-major b, as the "TN" int8 GEMM wants it
+        out = cp.empty((rows, cols), dtype=cp.int32)
+        one, zero = np.array(1, dtype=np.int32), np.array(0, dtype=np.int32)
+        # Row-major out = a b is column-major out^T = b^T a^T: A' = b_t (op T), B' = a (op N).
+        cublas.gemmEx(device.get_cublas_handle(), cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, cols, rows, inner,
+                      one.ctypes.data, b_t.data.ptr, runtime.CUDA_R_8I, inner, a.data.ptr, runtime.CUDA_R_8I, inner,
+                      zero.ctypes.data, out.data.ptr, runtime.CUDA_R_32I, cols,
+                      cublas.CUBLAS_COMPUTE_32I, cublas.CUBLAS_GEMM_DEFAULT)
+        return out
+
+    def transpose(self, x: Any) -> Any:
+        return self.cp.ascontiguousarray(x.T)
+
+    def synchronize(self) -> None:
+        self.cp.cuda.Stream.null.synchronize()
 
 
-def pick_backend(name: str = "auto", device_index: int = 0) -> Backend:
-    """``auto``: torch CUDA, then cupy, then numpy. Or one of numpy, torch-cpu, torch-cuda, cupy."""
+Backend = ArrayBackend
+BACKEND_NAMES = ("numpy", "torch-cpu", "torch-cuda", "cupy")
+
+
+def pick_backend(name: str = "auto", device_index: int = 0) -> ArrayBackend:
+    """``auto``: torch CUDA, then cupy, then numpy. Or one of BACKEND_NAMES."""
     if name == "numpy":
         return NumpyBackend()
     if name == "torch-cpu":
@@ -196,9 +316,12 @@ def pick_backend(name: str = "auto", device_index: int = 0) -> Backend:
     if name == "torch-cuda":
         return TorchBackend(f"cuda:{device_index}")
     if name == "cupy":
+        import cupy  # noqa: PLC0415
+
+        cupy.cuda.Device(device_index).use()
         return CupyBackend()
     if name != "auto":
-        raise ValueError(f"unknown GraVal backend {name!r}: use auto, numpy, torch-cpu, torch-cuda or cupy")
+        raise ValueError(f"unknown GraVal backend {name!r}: use auto, {', '.join(BACKEND_NAMES)}")
     try:
         import torch  # noqa: PLC0415
 

@@ -1,109 +1,147 @@
-"""The miner's GraVal prover: run a challenge on one device, commit, then answer openings.
+"""The miner's GraVal prover: fill, access and open one challenge on one device.
 
-Called by the miner's GraVal synapse handlers (``miner.graval.service``), the calibration
-command and ``bench/graval.py``. ``Prover.prove()`` runs the fill and access phases of
-``protocol.graval.spec`` on a backend, builds a Merkle tree per matrix and per state,
-and returns the roots; the matrices stay resident and the access states stay on the host
-until ``open()`` has answered the validator's picks (or the session is dropped).
+The seam between the miner's GraVal handlers (``miner.graval.service``), the calibration
+command, the GPU check kit and the benchmark, and an array backend. ``fill()`` builds the
+m matrices and commits to them, ``access(seed)`` runs the access chain in the order the
+validator's seed draws and commits to every state, ``open(refs)`` answers the picks with
+the opened rows / columns and the tree nodes that lead them to the two roots. Every step
+runs on the device; the host receives the roots and the opened data only. The matrices
+stay resident until the session is released; the access states are not kept (a
+replay of the chain recomputes the opened ones).
 
-Hooks (``_fill_output``, ``_access_output``, ``_matrix_for_step``) are the seams the
-cheat-matrix tests override to model dishonest provers.
+Hooks (``_fill_output``, ``_keep_matrix``, ``_access_output``, ``_matrix_for_step``,
+``_matrix_for_open``) are the seams the attack tests override to build dishonest provers.
+A set ``cancel`` event stops a proof between two steps (``ProofCancelled``).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from miner.graval.backends import Backend, NumpyBackend
-from protocol.graval.merkle import MerkleTree
-from protocol.graval.spec import ChallengeSpec, access_index
-from protocol.graval.synapses import Commitment, LeafOpening, LeafRef, Openings
+from miner.graval.backends import ArrayBackend, NumpyBackend
+from protocol.graval import lattice
+from protocol.graval.spec import ChallengeSpec, access_depth, access_order, fill_depth, leaf_position
+from protocol.graval.synapses import (
+    AccessCommitment, FillCommitment, LeafOpening, LeafRef, NodeDigest, Openings, encode_digest,
+)
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+class ProofCancelled(Exception):
+    """The proof was stopped between two steps (its validator gave up, or the miner shuts down)."""
 
 
 @dataclass
 class ProveTimings:
     fill_s: float = 0.0
     access_s: float = 0.0
-    hash_s: float = 0.0
-    total_s: float = 0.0
+    open_s: float = 0.0
 
 
 @dataclass
 class Prover:
     spec: ChallengeSpec
-    backend: Backend = field(default_factory=NumpyBackend)
+    backend: ArrayBackend = field(default_factory=NumpyBackend)
     progress: Progress | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
     matrices: list[Any] = field(default_factory=list, init=False)
-    states: list[np.ndarray] = field(default_factory=list, init=False)  # host int8, X_t^T (b x n)
-    matrix_trees: list[MerkleTree] = field(default_factory=list, init=False)
-    state_trees: list[MerkleTree] = field(default_factory=list, init=False)
     timings: ProveTimings = field(default_factory=ProveTimings, init=False)
+    order: list[int] = field(default_factory=list, init=False)
 
-    # --- proving -----------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self._keys: lattice.DeviceKeys | None = None
+        self._fill_top: list[np.ndarray] = []  # host levels of the tree over the matrix roots
+        self._access_top: list[np.ndarray] = []
 
-    def prove(self) -> Commitment:
+    @property
+    def keys(self) -> lattice.DeviceKeys:
+        if self._keys is None:
+            self._keys = lattice.device_keys(self.backend, self.spec.hash_seed_bytes, self.spec.n)
+        return self._keys
+
+    # --- fill ----------------------------------------------------------------------------
+
+    def fill(self) -> FillCommitment:
         spec, backend = self.spec, self.backend
         started = time.perf_counter()
         g = backend.generate(spec.key("G"), spec.n, spec.n)
         previous = g  # M_{-1} = G
+        roots = []
         for i in range(spec.m):
+            self._check_cancel()
             u = backend.vector(spec.key(f"u{i}"), spec.n)
             v = backend.vector(spec.key(f"v{i}"), spec.n)
-            tick = time.perf_counter()
             matrix = self._fill_output(i, backend.fill_step(previous, g, u, v))
-            backend.synchronize()
-            hashed = time.perf_counter()
-            self.timings.fill_s += hashed - tick
+            roots.append(self.matrix_root(matrix))
             self._keep_matrix(i, matrix)
-            self.timings.hash_s += time.perf_counter() - hashed
             previous = matrix
             self._report("fill", i + 1, spec.m)
         del g, previous
+        self._fill_top = self._top_levels(roots, spec.m)
+        backend.synchronize()
+        self.timings.fill_s = time.perf_counter() - started
+        return FillCommitment(challenge_id=spec.challenge_id, fill_root=encode_digest(self._fill_top[-1][0]),
+                              prover_seconds=self.timings.fill_s, backend=backend.name)
 
+    def matrix_root(self, matrix: Any) -> Any:
+        """The root (1 x K) of the lattice tree over the rows of one matrix."""
+        return lattice.tree_levels(self.backend, self.keys, lattice.leaf_digests(self.backend, self.keys, matrix),
+                                   keep=False)[-1]
+
+    def _top_levels(self, roots: list[Any], count: int) -> list[np.ndarray]:
+        """Host copies of every level of the tree over ``roots`` (padded with zero digests)."""
+        backend = self.backend
+        stacked = lattice.pad_rows(backend, backend.cat(roots, 0), lattice.next_power_of_two(count))
+        return [backend.host(level) for level in lattice.tree_levels(backend, self.keys, stacked, keep=True)]
+
+    # --- access --------------------------------------------------------------------------
+
+    def access(self, access_seed: bytes) -> AccessCommitment:
+        spec = self.spec
+        if len(self.matrices) != spec.m:
+            raise RuntimeError("access() needs a completed fill()")
+        started = time.perf_counter()
+        self.order = access_order(spec, access_seed)
+        roots = []
+        for t, state in self._states():
+            roots.append(self.state_root(state))
+            self._report("access", t, spec.steps)
+        self._access_top = self._top_levels(roots, spec.steps)
+        self.backend.synchronize()
+        self.timings.access_s = time.perf_counter() - started
+        return AccessCommitment(challenge_id=spec.challenge_id, access_root=encode_digest(self._access_top[-1][0]),
+                                prover_seconds=self.timings.access_s)
+
+    def _states(self) -> Any:
+        """(t, X_t) for t = 1..steps, computed on the device in the drawn order."""
+        spec, backend = self.spec, self.backend
         state = backend.generate(spec.key("x0"), spec.n, spec.b)
-        root = b""
         for t in range(1, spec.steps + 1):
-            j = access_index(spec, t, root)
+            self._check_cancel()
             u = backend.vector(spec.key(f"au{t}"), spec.n)
             v = backend.vector(spec.key(f"av{t}"), spec.b)
-            tick = time.perf_counter()
-            state = self._access_output(t, backend.access_step(self._matrix_for_step(j), state, u, v))
-            host = backend.host_int8(backend.transpose(state))
-            hashed = time.perf_counter()
-            self.timings.access_s += hashed - tick
-            tree = MerkleTree.over_rows(host)
-            self.timings.hash_s += time.perf_counter() - hashed
-            self.states.append(host)
-            self.state_trees.append(tree)
-            root = tree.root
-            self._report("access", t, spec.steps)
-        self.timings.total_s = time.perf_counter() - started
-        return Commitment(
-            challenge_id=spec.challenge_id,
-            matrix_roots=[tree.root.hex() for tree in self.matrix_trees],
-            state_roots=[tree.root.hex() for tree in self.state_trees],
-            prover_seconds=self.timings.total_s,
-            backend=backend.name,
-        )
+            state = self._access_output(t, backend.access_step(self._matrix_for_step(self.order[t - 1]), state, u, v))
+            yield t, state
 
-    def _keep_matrix(self, i: int, matrix: Any) -> None:
-        self.matrix_trees.append(MerkleTree.over_rows(self.backend.host_int8(matrix)))
-        self.matrices.append(matrix)
+    def state_root(self, state: Any) -> Any:
+        """The root (1 x K) of the lattice tree over the columns of one state."""
+        columns = self.backend.transpose(state)
+        return lattice.tree_levels(self.backend, self.keys, lattice.leaf_digests(self.backend, self.keys, columns),
+                                   keep=False)[-1]
 
-    def _report(self, phase: str, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.progress(phase, done, total)
-
-    # --- seams for dishonest provers (tests) -----------------------------------------
+    # --- seams for dishonest provers (tests) -----------------------------------------------
 
     def _fill_output(self, i: int, matrix: Any) -> Any:
         return matrix
+
+    def _keep_matrix(self, i: int, matrix: Any) -> None:
+        self.matrices.append(matrix)
 
     def _access_output(self, t: int, state: Any) -> Any:
         return state
@@ -111,22 +149,80 @@ class Prover:
     def _matrix_for_step(self, j: int) -> Any:
         return self.matrices[j]
 
-    # --- opening -----------------------------------------------------------------------
+    def _matrix_for_open(self, i: int) -> Any:
+        return self.matrices[i]
 
-    def matrix_row(self, i: int, row: int) -> bytes:
-        return self.backend.host_int8(self.matrices[i][row:row + 1]).tobytes()
+    # --- opening -------------------------------------------------------------------------
 
     def open(self, refs: list[LeafRef]) -> Openings:
-        """Rows of matrices and columns of states, each with its Merkle path."""
-        leaves = []
-        for ref in refs:
-            if ref.kind == "M":
-                tree, data = self.matrix_trees[ref.index], self.matrix_row(ref.index, ref.leaf)
-            else:
-                tree, data = self.state_trees[ref.index - 1], self.states[ref.index - 1][ref.leaf].tobytes()
-            leaves.append(LeafOpening.build(ref, data, tree.path(ref.leaf)))
-        return Openings(challenge_id=self.spec.challenge_id, leaves=leaves)
+        """The opened leaves and the multiproof nodes of both trees."""
+        started = time.perf_counter()
+        spec = self.spec
+        leaves: list[LeafOpening] = []
+        nodes: list[NodeDigest] = []
+        for kind, depth, low, top in (("M", fill_depth(spec), spec.n, self._fill_top),
+                                      ("X", access_depth(spec), spec.b, self._access_top)):
+            wanted = [ref for ref in refs if ref.kind == kind]
+            if not wanted:
+                continue
+            low_levels = low.bit_length() - 1
+            per_tree: dict[int, dict[int, set[int]]] = {}  # tree -> level -> local positions
+            for level, position in lattice.multiproof_nodes({leaf_position(spec, ref) for ref in wanted}, depth):
+                if level >= low_levels:
+                    nodes.append(NodeDigest(tree=kind, level=level, position=position,
+                                            digest=encode_digest(top[level - low_levels][position])))
+                else:
+                    tree = position >> (low_levels - level)
+                    per_tree.setdefault(tree, {}).setdefault(level, set()).add(position - (tree << (low_levels - level)))
+            rows_of: dict[int, list[LeafRef]] = {}
+            for ref in wanted:
+                rows_of.setdefault(ref.index if kind == "M" else ref.index - 1, []).append(ref)
+            for tree, rows in self._subtree_rows(kind, sorted(rows_of)):
+                levels = lattice.tree_levels(self.backend, self.keys,
+                                             lattice.leaf_digests(self.backend, self.keys, rows), keep=True)
+                for level, locals_ in sorted(per_tree.get(tree, {}).items()):
+                    for local, digest in zip(sorted(locals_), self._gather(levels[level], sorted(locals_))):
+                        nodes.append(NodeDigest(tree=kind, level=level, position=(tree << (low_levels - level)) + local,
+                                                digest=encode_digest(digest)))
+                opened = sorted({ref.leaf for ref in rows_of[tree]})
+                data = self._gather(rows, opened, as_int8=True)
+                digests = self._gather(levels[0], opened)
+                by_leaf = {leaf: (data[k], digests[k]) for k, leaf in enumerate(opened)}
+                for ref in rows_of[tree]:
+                    row, digest = by_leaf[ref.leaf]
+                    leaves.append(LeafOpening.build(ref, row.tobytes(), digest))
+        self.timings.open_s = time.perf_counter() - started
+        return Openings(challenge_id=spec.challenge_id, leaves=leaves, nodes=nodes)
+
+    def _gather(self, array: Any, indices: list[int], as_int8: bool = False) -> np.ndarray:
+        """Host copies of some rows of a device array (one transfer)."""
+        picked = array[self.backend.from_host(np.asarray(indices, dtype=np.int64))]
+        return self.backend.host_int8(picked) if as_int8 else self.backend.host(picked)
+
+    def _subtree_rows(self, kind: str, trees: list[int]) -> Any:
+        """(tree, its leaves' rows on the device) for each wanted subtree: matrices are
+        resident; states are recomputed by replaying the chain (nothing kept between phases)."""
+        if kind == "M":
+            for i in trees:
+                yield i, self._matrix_for_open(i)
+            return
+        wanted, last = set(trees), max(trees)
+        for t, state in self._states():
+            if t - 1 in wanted:
+                yield t - 1, self.backend.transpose(state)
+            if t - 1 >= last:
+                return
+
+    # --- housekeeping ----------------------------------------------------------------------
+
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise ProofCancelled(f"challenge {self.spec.challenge_id[:8]} cancelled")
+
+    def _report(self, phase: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(phase, done, total)
 
     def release(self) -> None:
         self.matrices.clear()
-        self.states.clear()
+        self._keys = None

@@ -25,6 +25,9 @@ GPU_TABLE_PATH = Path(__file__).with_name("gpus.toml")
 GIB = 1 << 30
 LIVE_MEMORY_TOLERANCE = 0.01  # live total memory vs the claim
 LIVE_CLOCK_TOLERANCE = 0.05  # live SM clock above the model's max clock
+#: Two claims answered by one device in one sweep take 2x the time of one; every GPU row's
+#: window must refuse that (README, GraVal: "Timing").
+MAX_WINDOW_HIGH = 2.0
 
 RejectReason = Literal[
     "unsupported_model", "memory_mismatch", "sm_mismatch", "clock_out_of_range", "cc_mismatch",
@@ -118,10 +121,15 @@ class GpuModel(BaseModel):
     compute_capability: str
     graval_n: int = Field(..., ge=64, description="challenge matrix size (power of two)")
     graval_b: int = Field(..., ge=1, description="access-state width: graval_n // 64")
-    challenge_macs_per_s: float = Field(..., gt=0, description="expected prover throughput (MAC/s)")
-    window_low: float = Field(..., gt=0, description="fastest accepted time, as a factor of the expected")
-    window_high: float = Field(..., gt=0, description="slowest accepted time, as a factor of the expected")
+    graval_steps_per_matrix: int = Field(64, ge=1, le=1024, description="access steps per matrix: 64 makes the "
+                                         "access phase as long as the fill, long beside a network round trip")
+    fill_macs_per_s: float = Field(..., gt=0, description="prover throughput of the fill phase (MAC/s), hashing included")
+    access_macs_per_s: float = Field(..., gt=0, description="prover throughput of the access phase (MAC/s), hashing included")
+    window_low: float = Field(..., gt=0, description="fastest accepted time of a phase, as a factor of the expected")
+    window_high: float = Field(..., gt=0, description="slowest accepted time of a phase, as a factor of the expected")
     compute_multiplier: float = Field(..., gt=0, description="scoring weight, H100 = 1.0")
+    calibrated: bool = Field(False, description="the rates were measured on this model by `canopy graval calibrate`; "
+                                                "until then a device of this row earns only uncalibrated_multiplier()")
     devnet_only: bool = False
 
     @field_validator("name_pattern")
@@ -145,6 +153,9 @@ class GpuModel(BaseModel):
             raise ValueError(f"graval_b must be graval_n // 64 = {self.graval_n // 64}")
         if not self.window_low < 1 < self.window_high:
             raise ValueError("the timing window must satisfy window_low < 1 < window_high")
+        if not self.devnet_only and self.window_high >= MAX_WINDOW_HIGH:
+            raise ValueError(f"window_high must stay below {MAX_WINDOW_HIGH}: one device answering two claims "
+                             "of one sweep takes twice the time (README, GraVal)")
         is_cpu = self.compute_capability == "cpu"
         if is_cpu != self.devnet_only:
             raise ValueError("exactly the cpu row (compute_capability 'cpu') is devnet_only")
@@ -157,13 +168,13 @@ class GpuModel(BaseModel):
     def matches_name(self, name: str) -> bool:
         return re.search(self.name_pattern, name, re.IGNORECASE) is not None
 
-    def expected_seconds(self, macs: int) -> float:
-        """How long ``macs`` multiply-accumulates should take on this model."""
-        return macs / self.challenge_macs_per_s
+    def expected_seconds(self, phase: Literal["fill", "access"], macs: int) -> float:
+        """How long ``macs`` multiply-accumulates of ``phase`` should take on this model."""
+        return macs / (self.fill_macs_per_s if phase == "fill" else self.access_macs_per_s)
 
-    def timing_window(self, macs: int) -> tuple[float, float]:
-        """(fastest, slowest) accepted seconds for a challenge of ``macs`` multiply-accumulates."""
-        expected = self.expected_seconds(macs)
+    def timing_window(self, phase: Literal["fill", "access"], macs: int) -> tuple[float, float]:
+        """(fastest, slowest) accepted seconds for ``macs`` multiply-accumulates of ``phase``."""
+        expected = self.expected_seconds(phase, macs)
         return expected * self.window_low, expected * self.window_high
 
 
@@ -245,3 +256,18 @@ def check_live(claim: DeviceSpec, live: LiveDeviceInfo, model: GpuModel) -> None
     if live.sm_clock_mhz > limit:
         raise DeviceRejected("clock_out_of_range", (f"{claim.uuid}: live SM clock {live.sm_clock_mhz} MHz is above "
                                                     f"{model.id}'s {model.sm_clock_mhz_max} MHz + 5%"))
+
+
+def uncalibrated_multiplier(model: GpuModel, proven_bytes: int, table: list[GpuModel]) -> float:
+    """The scoring multiplier of a device whose proof passed on ``model`` holding ``proven_bytes``.
+
+    A calibrated row pays its own ``compute_multiplier``. An uncalibrated row's timing
+    window says nothing about which GPU answered, only the memory proof holds: the device
+    could be any model of the table with that much memory, so it earns the lowest
+    multiplier among them (never more than its own row's).
+    """
+    if model.calibrated:
+        return model.compute_multiplier
+    able = [row.compute_multiplier for row in table
+            if row.devnet_only == model.devnet_only and row.memory_gb_max * GIB >= proven_bytes]
+    return min([model.compute_multiplier, *able])

@@ -57,11 +57,10 @@ def derive_key(seed: bytes, uuid: str, shape: tuple[int, ...], label: str) -> tu
     return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
 
 
-def hash_residues(counters: Any, key: tuple[int, int]) -> Any:
-    """Residues in [0, P) from int64 counters < 2^32 (works on numpy, torch and cupy arrays).
+def hash_words(counters: Any, key: tuple[int, int]) -> Any:
+    """32-bit words from int64 counters < 2^32 (works on numpy, torch and cupy arrays).
 
-    Two rounds of a 32-bit integer mixer keyed by ``key``; the bias of ``x mod 251`` for
-    a 32-bit x is below 2^-24.
+    Two rounds of a 32-bit integer mixer keyed by ``key``.
     """
     k0, k1 = key
     x = counters ^ k0
@@ -70,5 +69,10 @@ def hash_residues(counters: Any, key: tuple[int, int]) -> Any:
     x = ((x >> 16) ^ x) ^ k1
     x = (((x >> 16) ^ x) * _MIX) & _MASK32
     x = (((x >> 16) ^ x) * _MIX) & _MASK32
-    x = (x >> 16) ^ x
-    return x % P
+    return (x >> 16) ^ x
+
+
+def hash_residues(counters: Any, key: tuple[int, int]) -> Any:
+    """Residues in [0, P) from int64 counters < 2^32; the bias of ``x mod 251`` for a 32-bit x
+    is below 2^-24."""
+    return hash_words(counters, key) % P

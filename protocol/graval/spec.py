@@ -1,31 +1,42 @@
 """The GraVal challenge: its shape, what is derived from it, and how big it must be.
 
 Shared by the prover (miner/graval) and the verifier (validator/graval). A challenge is
-(validator seed, device uuid, n, b, m, steps). With S the S-box of ``field`` and every
-sum taken mod p:
+(validator seed, hash seed, device uuid, n, b, m, steps), and runs in three rounds. With S
+the S-box of ``field``, H(label) keyed hash matrices and every sum taken mod p:
 
-- fill (memory):  M_{-1} = G;  M_i = S(M_{i-1} @ G + u_i 1^T + 1 v_i^T), i = 0..m-1,
-  with G = Hash("G") (n x n) and u_i, v_i hash vectors. The m matrices are
-  products, not hash outputs, and are what must stay resident (m n^2 bytes).
-- access (work):  X_0 = Hash("x0") (n x b);  X_t = S(M_{j_t} @ X_{t-1} + u'_t 1^T + 1 v'_t^T),
-  t = 1..steps, where j_t is drawn from the Merkle root of X_{t-1}: the order is unknown
-  until the previous state is whole, so a prover cannot schedule around missing matrices.
-- commitments: one Merkle root over the rows of each M_i and over the columns of each X_t,
-  sent before the validator picks what to open.
+1. ``Prove`` (fill, timed):  M_{-1} = G = H("G");  M_i = S(M_{i-1} G + u_i 1^T + 1 v_i^T),
+   i < m. The prover commits one lattice Merkle root over every row of every M_i (the
+   fill root). The m matrices are products, not hash outputs: they must stay resident.
+2. ``Access`` (work, timed on its own): the validator sends a fresh ``access_seed`` only
+   once the fill root is in; X_0 = H("x0") (n x b),
+   X_t = S(M_{j_t} X_{t-1} + u'_t 1^T + 1 v'_t^T), t = 1..steps, j_t = Hash(access_seed, t)
+   mod m. The order is the validator's randomness, drawn after the prover committed its
+   matrices: nothing the prover chooses re-rolls it (the attack on deriving j_t from the
+   prover's own roots was to grind them). The prover commits the access root over every
+   column of every X_t.
+3. ``Open``: the validator picks entries of both phases and checks each as one dot product.
 
 The rank-one noise terms stop a wrong (e.g. zeroed) row or state from making later
-products free: its effect dies after one step. See README "GraVal" for the bounds.
+products free. See README "GraVal" for the per-phase bounds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import secrets
+
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from protocol.graval.field import DOMAIN, MAX_N, P, derive_key
+from protocol.graval.lattice import K as DIGEST_K
+from protocol.graval.lattice import next_power_of_two
+
+if TYPE_CHECKING:
+    from protocol.graval.synapses import LeafRef
 
 DEFAULT_FILL_FRACTION = 0.95
 DEFAULT_STEPS_PER_MATRIX = 16
@@ -38,13 +49,15 @@ class ChallengeSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     seed: str = Field(..., description="32 random bytes from the validator, hex", min_length=64, max_length=64)
+    hash_seed: str = Field(..., description="the commitment hash's key: 32 random bytes of the validator's sweep, hex",
+                           min_length=64, max_length=64)
     uuid: str = Field(..., min_length=1, max_length=128, description="the device this proof is bound to")
     n: int = Field(..., ge=64, le=MAX_N, description="matrix size (power of two)")
     b: int = Field(..., ge=8, description="width of the access-phase state X (power of two, multiple of 8)")
     m: int = Field(..., ge=2, le=4096, description="matrices filled and kept resident")
     steps: int = Field(..., ge=1, le=1_000_000, description="access steps")
 
-    @field_validator("seed")
+    @field_validator("seed", "hash_seed")
     @classmethod
     def _hex(cls, value: str) -> str:
         bytes.fromhex(value)
@@ -64,16 +77,22 @@ class ChallengeSpec(BaseModel):
         return self
 
     @classmethod
-    def fresh(cls, uuid: str, *, n: int, b: int, m: int, steps: int) -> "ChallengeSpec":
-        return cls(seed=secrets.token_hex(32), uuid=uuid, n=n, b=b, m=m, steps=steps)
+    def fresh(cls, uuid: str, *, n: int, b: int, m: int, steps: int, hash_seed: str | None = None) -> "ChallengeSpec":
+        return cls(seed=secrets.token_hex(32), hash_seed=hash_seed or secrets.token_hex(32), uuid=uuid,
+                   n=n, b=b, m=m, steps=steps)
 
     @property
     def seed_bytes(self) -> bytes:
         return bytes.fromhex(self.seed)
 
     @property
+    def hash_seed_bytes(self) -> bytes:
+        return bytes.fromhex(self.hash_seed)
+
+    @property
     def challenge_id(self) -> str:
-        material = b"|".join([DOMAIN, self.seed_bytes, self.uuid.encode(), f"{self.n},{self.b},{self.m},{self.steps}".encode()])
+        material = b"|".join([DOMAIN, self.seed_bytes, self.hash_seed_bytes, self.uuid.encode(),
+                              f"{self.n},{self.b},{self.m},{self.steps}".encode()])
         return hashlib.blake2b(material, digest_size=16).hexdigest()
 
     def key(self, label: str) -> tuple[int, int]:
@@ -85,6 +104,11 @@ class ChallengeSpec(BaseModel):
     def resident_bytes(self) -> int:
         """Bytes of the m matrices the prover must hold (one int8 per entry)."""
         return self.m * self.n * self.n
+
+    @property
+    def workspace_bytes(self) -> int:
+        """G, the int32 product and temporaries, plus the step roots of the access phase."""
+        return WORKSPACE_MATRICES * self.n * self.n + self.steps * DIGEST_K * 8
 
     @property
     def fill_macs(self) -> int:
@@ -99,31 +123,87 @@ class ChallengeSpec(BaseModel):
         return self.fill_macs + self.access_macs
 
 
-def access_index(spec: ChallengeSpec, step: int, previous_root: bytes) -> int:
-    """j_t: which matrix step ``step`` (1-based) multiplies, drawn from the root of X_{t-1}."""
-    material = b"|".join([DOMAIN, b"access", spec.seed_bytes, spec.uuid.encode(), step.to_bytes(4, "little"), previous_root])
-    return int.from_bytes(hashlib.blake2b(material, digest_size=8).digest(), "little") % spec.m
+def fill_depth(spec: ChallengeSpec) -> int:
+    """Levels of the fill tree: rows of one matrix, then the matrices (padded to a power of two)."""
+    return (spec.n.bit_length() - 1) + (next_power_of_two(spec.m).bit_length() - 1)
 
 
-def plan(uuid: str, memory_bytes: int, *, n: int, b: int,
+def access_depth(spec: ChallengeSpec) -> int:
+    return (spec.b.bit_length() - 1) + (next_power_of_two(spec.steps).bit_length() - 1)
+
+
+def leaf_position(spec: ChallengeSpec, ref: "LeafRef") -> int:
+    """Where a leaf sits in its tree: M_i row r at i n + r, X_t column c at (t - 1) b + c."""
+    return ref.index * spec.n + ref.leaf if ref.kind == "M" else (ref.index - 1) * spec.b + ref.leaf
+
+
+def access_order(spec: ChallengeSpec, access_seed: bytes) -> list[int]:
+    """j_1..j_steps: the matrix each access step multiplies, drawn from the validator's
+    ``access_seed`` (sent after the fill root) and nothing the prover controls."""
+    prefix = b"|".join([DOMAIN, b"access", spec.seed_bytes, access_seed, spec.uuid.encode(), b""])
+    order = []
+    for step in range(1, spec.steps + 1):
+        digest = hashlib.blake2b(prefix + step.to_bytes(4, "little"), digest_size=8).digest()
+        order.append(int.from_bytes(digest, "little") % spec.m)
+    return order
+
+
+def fewest_rebuilds(order: list[int], capacity: int) -> int:
+    """The fewest matrices a prover holding only ``capacity`` of them must rebuild to run ``order``.
+
+    Belady's rule (evict the matrix needed furthest in the future) is optimal for a prover
+    that knows the whole order in advance, as one does once ``access_seed`` arrives, and
+    it starts with the best possible set resident (the first needed). Rebuilding part of
+    a matrix row by row costs the same per row, so keeping fractions of matrices does no
+    better (offline paging is integral).
+    """
+    if capacity <= 0:
+        return len(order)
+    next_use = [0] * len(order)
+    upcoming: dict[int, int] = {}
+    for position in range(len(order) - 1, -1, -1):
+        next_use[position] = upcoming.get(order[position], len(order))
+        upcoming[order[position]] = position
+    first_use = sorted(upcoming, key=upcoming.get)  # type: ignore[arg-type]
+    resident = {matrix: upcoming[matrix] for matrix in first_use[:capacity]}
+    heap = [(-when, matrix) for matrix, when in resident.items()]
+    heapq.heapify(heap)
+    rebuilds = 0
+    for position, matrix in enumerate(order):
+        if matrix not in resident:
+            rebuilds += 1
+        resident[matrix] = next_use[position]
+        heapq.heappush(heap, (-next_use[position], matrix))
+        while len(resident) > capacity:
+            when, victim = heapq.heappop(heap)
+            if resident.get(victim) == -when:
+                del resident[victim]
+    return rebuilds
+
+
+def plan(uuid: str, memory_bytes: int, *, n: int, b: int, hash_seed: str | None = None,
          fill_fraction: float = DEFAULT_FILL_FRACTION, steps_per_matrix: int = DEFAULT_STEPS_PER_MATRIX) -> ChallengeSpec:
     """A fresh challenge that fills ``fill_fraction`` of ``memory_bytes`` (workspace included)."""
     matrices = int(fill_fraction * memory_bytes) // (n * n) - WORKSPACE_MATRICES
+    matrices -= -(-steps_per_matrix * matrices * DIGEST_K * 8 // (n * n))  # the step roots' buffer
     if matrices < 2:
         raise ValueError(f"{memory_bytes} bytes hold fewer than 2 matrices of {n}x{n} besides the workspace; use a smaller n")
-    return ChallengeSpec.fresh(uuid, n=n, b=b, m=matrices, steps=steps_per_matrix * matrices)
+    return ChallengeSpec.fresh(uuid, n=n, b=b, m=matrices, steps=steps_per_matrix * matrices, hash_seed=hash_seed)
 
 
 def samples_needed(skip_fraction: float = 0.1, failure: float = 1e-6, leverage: float = 3.0) -> int:
-    """Entries to open so that a prover skipping ``skip_fraction`` of the MACs passes with prob <= ``failure``.
+    """Entries to open per phase so that a prover skipping ``skip_fraction`` of that phase's
+    multiply-accumulates passes with probability <= ``failure``.
 
-    Each committed entry that is not the product of its committed inputs is an error. A
-    prover that skips a fraction f of the multiply-accumulates leaves at least f/leverage
-    of the (work-weighted) entries in error: an error saves its own dot product plus at
-    most the MACs it zeroes in the products that read it (the next fill step, the access
-    steps that use the row); the noise terms keep anything cheaper from propagating. A
-    sample drawn with probability proportional to work lands on an error with probability
-    >= f/leverage and catches it unless the wrong value equals the right one (1/p).
+    An *error* is a committed entry that is not the product of its committed inputs. Fill:
+    an error saves its own dot product (n MACs) and at most n MACs of the next fill step,
+    so skipping f of the fill leaves >= f/2 of the fill entries in error. Access: an
+    error saves its own n MACs and at most n MACs of the next step; a wrong (say zeroed)
+    fill entry saves the access MACs that read it, 16 b = n/4 on average over an order
+    the prover did not know when it committed: skipping f of the access leaves
+    e_A + e_F >= f/3 (README "GraVal"). A phase's samples are uniform over its entries,
+    so each lands on an error with probability >= f/3 and catches it unless the wrong
+    value equals the right one (1/p).
     """
     if not 0 < skip_fraction < 1 or not 0 < failure < 1:
         raise ValueError("skip_fraction and failure must be in (0, 1)")
@@ -131,25 +211,15 @@ def samples_needed(skip_fraction: float = 0.1, failure: float = 1e-6, leverage: 
     return math.ceil(math.log(failure) / math.log(1 - catch))
 
 
-#: Share of the matrices' information missing from a prover that holds 90% of their bytes:
-#: an entry carries log2(251) = 7.97 bits, and 0.9 x 8 bits is all it keeps per entry.
+#: A prover holding 90% of the matrices' bytes lacks at least this share of their
+#: information: an entry carries log2(251) = 7.97 bits, and 0.9 x 8 bits is all it keeps.
 MISSING_AT_90_PERCENT = 1 - 0.9 * 8 / math.log2(P)
 
 
-def misses_bound(spec: ChallengeSpec, missing_fraction: float = MISSING_AT_90_PERCENT, failure: float = 1e-6) -> int:
-    """Access steps that miss a non-resident matrix, guaranteed except with prob ``failure``.
-
-    With a fraction q of the matrices not resident, each data-dependent access misses with
-    probability >= q independently; the Chernoff bound gives the count below which the
-    misses fall with probability at most ``failure``.
-    """
-    steps, q = spec.steps, missing_fraction
-    low, high = 0.0, q
-    for _ in range(60):  # bisect on x: exp(-steps * KL(x || q)) = failure
-        x = (low + high) / 2
-        kl = x * math.log(x / q) + (1 - x) * math.log((1 - x) / (1 - q)) if x > 0 else -math.log(1 - q)
-        if math.exp(-steps * kl) > failure:
-            high = x
-        else:
-            low = x
-    return int(low * steps)
+def memory_slowdown(spec: ChallengeSpec, order: list[int], missing_fraction: float = MISSING_AT_90_PERCENT) -> float:
+    """The least factor by which a prover short of ``missing_fraction`` of the matrices'
+    information is slower than an honest one on this access ``order``: each of the fewest
+    rebuilds costs one n x n x n fill product, n / b access steps' worth of work."""
+    capacity = int(spec.m * (1 - missing_fraction))
+    rebuild_steps = spec.n / spec.b
+    return 1 + fewest_rebuilds(order, capacity) * rebuild_steps / spec.steps

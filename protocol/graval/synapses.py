@@ -1,8 +1,9 @@
 """GraVal synapses: what the validator asks a miner's axon and what the miner answers.
 
 ``Inventory`` (claimed devices, and the chutes hosted on them), ``DeviceInfo`` (live
-readings), ``Prove`` (run a challenge on one device, answer with Merkle roots) and
-``Open`` (reveal picked rows and columns with their paths). Served by
+readings), ``Prove`` (fill phase on one device, answered with the fill root), ``Access``
+(access phase in the order of a seed sent after that root, answered with the access
+root) and ``Open`` (reveal picked rows and columns with the tree nodes that prove them). Served by
 ``miner.graval.service`` (Inventory's chutes by ``miner.chutes_service``), called by
 ``validator.graval.session``. Data travels as base64 inside JSON, never pickled.
 """
@@ -10,13 +11,13 @@ readings), ``Prove`` (run a challenge on one device, answer with Merkle roots) a
 from __future__ import annotations
 
 import base64
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from protocol.chutes import MAX_CHUTES, HostedChute, RefusedChute
 from protocol.graval.devices import DeviceSpec, LiveDeviceInfo
-from protocol.graval.merkle import DIGEST
+from protocol.graval.lattice import DIGEST_BYTES, digest_bytes
 from protocol.graval.spec import ChallengeSpec
 from protocol.synapse import Synapse, SynapseResponse
 
@@ -48,30 +49,57 @@ class DeviceInfo(Synapse):
     uuids: list[str] = Field(..., min_length=1, max_length=64)
 
 
-class Commitment(SynapseResponse):
-    """The prover's answer to ``Prove``: one root per matrix and per access state."""
+def _check_digest(value: str) -> str:
+    raw = base64.b64decode(value, validate=True)
+    if len(raw) != DIGEST_BYTES:
+        raise ValueError(f"a digest is {DIGEST_BYTES} bytes")
+    return value
 
-    challenge_id: str
-    matrix_roots: list[str]
-    state_roots: list[str]
+
+Digest = Annotated[str, AfterValidator(_check_digest)]
+
+
+def encode_digest(digest: Any) -> str:
+    return base64.b64encode(digest_bytes(digest)).decode()
+
+
+class FillCommitment(SynapseResponse):
+    """The prover's answer to ``Prove``: the lattice Merkle root over every row of every matrix."""
+
+    challenge_id: str = Field(..., max_length=64)
+    fill_root: Digest = Field(..., description="base64 digest")
     prover_seconds: float = 0.0  # as the miner reports it; the validator times the round trip itself
-    backend: str = ""
-
-    @field_validator("matrix_roots", "state_roots")
-    @classmethod
-    def _digests(cls, roots: list[str]) -> list[str]:
-        for root in roots:
-            if len(root) != 2 * DIGEST:
-                raise ValueError(f"a root is {2 * DIGEST} hex characters")
-            bytes.fromhex(root)
-        return roots
+    backend: str = Field("", max_length=64)
 
 
 class Prove(Synapse):
-    """Run this challenge on the device ``spec.uuid`` and commit to its results."""
+    """Fill: run this challenge's fill phase on the device ``spec.uuid`` and commit to the matrices."""
 
-    response_model: ClassVar[type[SynapseResponse]] = Commitment
+    response_model: ClassVar[type[SynapseResponse]] = FillCommitment
     spec: ChallengeSpec
+
+
+class AccessCommitment(SynapseResponse):
+    """The prover's answer to ``Access``: the root over every column of every access state."""
+
+    challenge_id: str = Field(..., max_length=64)
+    access_root: Digest = Field(..., description="base64 digest")
+    prover_seconds: float = 0.0
+
+
+class Access(Synapse):
+    """Run the access phase of a committed challenge in the order drawn from ``access_seed``
+    (sent only after the fill root arrived) and commit to the states."""
+
+    response_model: ClassVar[type[SynapseResponse]] = AccessCommitment
+    challenge_id: str = Field(..., min_length=1, max_length=64)
+    access_seed: str = Field(..., min_length=64, max_length=64, description="32 random bytes, hex")
+
+    @field_validator("access_seed")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        bytes.fromhex(value)
+        return value.lower()
 
 
 class LeafRef(BaseModel):
@@ -86,12 +114,12 @@ class LeafRef(BaseModel):
 
 class LeafOpening(LeafRef):
     data: str  # base64 of the int8 entries
-    path: list[str] = Field(..., max_length=32)
+    digest: str  # base64 of the leaf's digest (checked against the data by the validator)
 
     @classmethod
-    def build(cls, ref: LeafRef, data: bytes, path: list[bytes]) -> "LeafOpening":
+    def build(cls, ref: LeafRef, data: bytes, digest: Any) -> "LeafOpening":
         return cls(kind=ref.kind, index=ref.index, leaf=ref.leaf,
-                   data=base64.b64encode(data).decode(), path=[sibling.hex() for sibling in path])
+                   data=base64.b64encode(data).decode(), digest=encode_digest(digest))
 
     @property
     def ref(self) -> LeafRef:
@@ -100,17 +128,33 @@ class LeafOpening(LeafRef):
     def raw(self) -> bytes:
         return base64.b64decode(self.data, validate=True)
 
-    def siblings(self) -> list[bytes]:
-        return [bytes.fromhex(sibling) for sibling in self.path]
+    def raw_digest(self) -> bytes:
+        return base64.b64decode(self.digest, validate=True)
+
+
+class NodeDigest(BaseModel):
+    """One node of a commitment tree (level 0 = leaves), sent once for all the openings that need it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tree: Literal["M", "X"]
+    level: int = Field(..., ge=0, le=64)
+    position: int = Field(..., ge=0)
+    digest: str
+
+    def raw_digest(self) -> bytes:
+        return base64.b64decode(self.digest, validate=True)
 
 
 class Openings(SynapseResponse):
     challenge_id: str
     leaves: list[LeafOpening] = Field(default_factory=list, max_length=MAX_OPEN_LEAVES)
+    nodes: list[NodeDigest] = Field(default_factory=list, max_length=MAX_OPEN_LEAVES * 64)
 
 
 class Open(Synapse):
-    """Reveal these leaves of the committed challenge ``challenge_id``."""
+    """Reveal these leaves of the committed challenge ``challenge_id``, with the tree nodes
+    the validator needs to lead them to the two roots (a multiproof)."""
 
     response_model: ClassVar[type[SynapseResponse]] = Openings
     challenge_id: str = Field(..., min_length=1, max_length=64)

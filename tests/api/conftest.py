@@ -12,14 +12,19 @@ real axon with ``ChutesService`` and real instance processes (the set-up of
 The validator's store is a real SQLite file with passing GraVal rows for uids 1 and 2 and
 their scores; the API app (``api.app.build_app``) serves on a free port with uvicorn in
 the same loop, so tests can read its parts (``gateway.app.state``) directly.
+``serve_gateway`` stands up such a subnet with other miners (their chutes, their
+``ChutesService`` class, which are verified, their scores) for a module of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from pathlib import Path
 from types import SimpleNamespace
+from typing import AsyncIterator, Sequence
 
 import pytest_asyncio
 import uvicorn
@@ -56,9 +61,21 @@ async def _verify(store: ValidatorStore, hotkey: str, uuid: str) -> None:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def gateway(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gateway")
+    async with serve_gateway(tmp_path_factory.mktemp("gateway"), [[HONEST], [HONEST], [BROKEN, FLAKY]],
+                             verified={0: "dev-a", 1: "dev-b"}, scores=[0.5, 0.1, 0.9]) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def serve_gateway(root: Path, chutes: Sequence[Sequence[str]], *, verified: dict[int, str],
+                        scores: Sequence[float], services: Sequence[type[ChutesService]] | None = None,
+                        ) -> AsyncIterator[SimpleNamespace]:
+    """Miner i (uid i + 1, incentive 0.1 (i + 1)) hosts ``chutes[i]`` behind ``services[i]``
+    (default ``ChutesService``), has a passing GraVal row for device ``verified[i]`` if any, and
+    the validator score ``scores[i]``; the gateway serves them on uvicorn until the block ends."""
+    services = services or [ChutesService] * len(chutes)
     validator = create_devnet_wallet("gvalidator", "default", root)
-    wallets = [create_devnet_wallet(f"gminer{i}", "default", root) for i in range(3)]
+    wallets = [create_devnet_wallet(f"gminer{i}", "default", root) for i in range(len(chutes))]
     ports = [free_port() for _ in wallets]
     graph = Metagraph(netuid=NETUID, block=10, neurons=(
         neuron(0, validator, stake=1000.0, permit=True),
@@ -71,12 +88,12 @@ async def gateway(tmp_path_factory):
         return load_chute(ref).describe()
 
     managers, axons = [], []
-    for wallet, port, refs in zip(wallets, ports, [[HONEST], [HONEST], [BROKEN, FLAKY]]):
+    for wallet, port, refs, service_class in zip(wallets, ports, chutes, services):
         plan = await plan_hosting(HostingConfig(chutes=[ChuteEntry(ref=ref) for ref in refs]), devices, describe=describe)
         low = min(free_port(), 65000)
         manager = InstanceManager(plan.instance_specs(), port_range=(low, low + 40), log_dir=root / "logs", cwd=ROOT,
                                   backoff_base_s=30.0, backoff_cap_s=60.0, grace_s=1.0, start_timeout_s=60)
-        service = ChutesService(manager, plan.hosted_chutes(), devices=devices, invoke_timeout_s=30)
+        service = service_class(manager, plan.hosted_chutes(), devices=devices, invoke_timeout_s=30)
         axon = Axon(wallet, chain, NETUID, AxonSettings(ip="127.0.0.1", port=port))
         service.attach(axon)
         managers.append(manager)
@@ -84,10 +101,11 @@ async def gateway(tmp_path_factory):
 
     store = await ValidatorStore.open(f"sqlite+aiosqlite:///{root / 'validator.sqlite'}")
     hotkeys = [wallet.hotkey.ss58_address for wallet in wallets]
-    await _verify(store, hotkeys[0], "dev-a")
-    await _verify(store, hotkeys[1], "dev-b")
-    scores = {hotkeys[0]: 0.5, hotkeys[1]: 0.1, hotkeys[2]: 0.9}
-    await store.save_scores(1, 10, scores, scores, {hotkey: i + 1 for i, hotkey in enumerate(hotkeys)}, time.time())
+    for index, uuid in verified.items():
+        await _verify(store, hotkeys[index], uuid)
+    by_hotkey = dict(zip(hotkeys, scores))
+    await store.save_scores(1, 10, by_hotkey, by_hotkey, {hotkey: i + 1 for i, hotkey in enumerate(hotkeys)},
+                            time.time())
     keys = KeyStore(store.engine, cache_s=5.0)
     await keys.create_tables()
     dendrite = Dendrite(validator)

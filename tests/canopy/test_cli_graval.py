@@ -1,4 +1,5 @@
-"""``canopy graval calibrate`` on the CPU pseudo-device: it proves, self-checks and prints a table row."""
+"""``canopy graval calibrate`` on the CPU pseudo-device: it proves, self-checks, prints the
+separation table and a row the table accepts."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from protocol.graval.devices import GpuModel
 
 
 def test_calibrate_prints_a_row_the_table_accepts():
-    result = CliRunner().invoke(app, ["graval", "calibrate", "--cpu", "--cpu-memory-mb", "16", "--runs", "1"])
+    result = CliRunner().invoke(app, ["graval", "calibrate", "--cpu", "--cpu-memory-mb", "16", "--runs", "1",
+                                      "--sep-m", "2"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "matches table row cpu" in result.output
+    assert "separation" in result.output and "half memory" in result.output and "two claims (b)" in result.output
     row_text = result.output[result.output.index("[[gpu]]"):]
-    row = tomllib.loads(row_text)["gpu"][0]
-    model = GpuModel(**row)
-    assert model.challenge_macs_per_s > 1e6 and model.graval_n == 1024
+    model = GpuModel(**tomllib.loads(row_text)["gpu"][0])
+    assert model.calibrated and model.devnet_only and model.graval_n == 1024
+    assert model.fill_macs_per_s > 1e6 and model.access_macs_per_s > 1e6
+    assert (model.window_low, model.window_high) == (0.001, 100.0)  # the devnet row keeps its wide window
 
 
 def test_calibrate_without_a_gpu_names_the_fix():

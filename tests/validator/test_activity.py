@@ -18,7 +18,8 @@ def rows(rng: random.Random, start: float, end: float, count: int) -> list[dict]
         out.append(dict(miner_hotkey=f"m{rng.randrange(4)}", chute_id=f"c{rng.randrange(3)}",
                         source=SYNTHETIC if synthetic else ORGANIC, ok=ok, compute_s=rng.uniform(0, 2),
                         latency_s=rng.uniform(0.01, 1), ttft_s=rng.choice([None, rng.uniform(0.01, 0.5)]),
-                        flagged=synthetic and ok and rng.random() < 0.1, created_at=rng.uniform(start, end)))
+                        flagged=synthetic and ok and rng.random() < 0.1, created_at=rng.uniform(start, end),
+                        steered=not synthetic and rng.random() < 0.3))
     return out
 
 

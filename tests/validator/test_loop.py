@@ -25,7 +25,7 @@ from miner.graval.service import GravalService
 from protocol.axon import Axon
 from protocol.dendrite import Dendrite
 from tests.protocol.helpers import free_port
-from tests.validator.graval.cheats import RandomRoots
+from miner.graval.adversaries import RandomRoots
 from tests.validator.graval.test_session import cpu_row, devices
 from validator.loop import StepReport, Validator
 

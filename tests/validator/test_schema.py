@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from api.keys import KeyStore
 from validator.schema import current_revision, metadata, upgrade
 from validator.store import ValidatorStore
-from validator.tables import DeviceVerification
+from validator.tables import DeviceVerification, Invocation
 from tests.postgres_server import needs_postgres, postgres_server, postgres_url  # noqa: F401 - fixtures
 
-HEAD = "0002"
+HEAD = "0004"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -60,6 +60,11 @@ async def _upgrade_keeps_everything(url: str) -> None:
     try:
         await upgrade(engine, "0001")
         await _seed(engine)
+        async with engine.begin() as connection:  # an invocation scored before 0003
+            await connection.execute(sa.text(
+                "INSERT INTO invocations (miner_hotkey, chute_id, source, ok, error, detail, key, compute_s, "
+                "prompt_tokens, completion_tokens, latency_s, flagged, created_at) VALUES ('hk1', 'c', 'organic', "
+                "true, '', '', '', 2.5, 0, 0, 3.0, false, :now)"), {"now": time.time()})
         store = await ValidatorStore.open(url)  # a new version starting on the old database
         await store.close()
         await _check_kept(engine)
@@ -70,6 +75,19 @@ async def _upgrade_keeps_everything(url: str) -> None:
                 miner_hotkey="hk1", uuid="GPU-1", ok=True, reason="ok", memory_bytes=80 * 2**30, verified_at=0.0))
             memory = (await connection.execute(sa.select(DeviceVerification.memory_bytes))).scalar_one()
             assert memory == 80 * 2**30, "64-bit after 0002"
+            # 0003: the old row is unsteered (still scored); a row left without the column (an API
+            # replica of the previous version) is too, and a steered one is not scored
+            await connection.execute(sa.text(
+                "INSERT INTO invocations (miner_hotkey, chute_id, source, ok, error, detail, key, compute_s, "
+                "prompt_tokens, completion_tokens, latency_s, flagged, created_at) VALUES ('hk1', 'c', 'organic', "
+                "true, '', '', '', 1.5, 0, 0, 2.0, false, :now)"), {"now": time.time()})
+            await connection.execute(sa.insert(Invocation).values(
+                miner_hotkey="hk1", chute_id="c", source="organic", ok=True, compute_s=100.0, steered=True,
+                created_at=time.time()))
+            steered = (await connection.execute(sa.select(Invocation.steered).order_by(Invocation.id))).scalars().all()
+            assert steered == [False, False, True]
+        activity = await ValidatorStore(engine).activity_since(0.0)
+        assert (activity["hk1"].compute_seconds, activity["hk1"].invocations_ok) == (pytest.approx(4.0), 2)
     finally:
         await engine.dispose()
 
@@ -191,3 +209,42 @@ async def test_processes_opening_one_new_sqlite_file_at_once_all_find_it_at_head
 @needs_postgres[1]
 async def test_processes_opening_one_new_postgres_database_at_once_all_find_it_at_head(postgres_url, tmp_path):  # noqa: F811
     await _processes_open_at_once(postgres_url, tmp_path / "go")
+
+
+async def _owners_from_the_verifications_kept(url: str) -> None:
+    """0004: each uuid belongs to the hotkey of its oldest passing verification still stored."""
+    engine = create_async_engine(url)
+    try:
+        await upgrade(engine, "0003")
+        async with engine.begin() as connection:  # before 0004 a thief's claim could follow the victim's
+            for hotkey, uuid, ok, at in (("victim", "GPU-v", True, 1.0), ("thief", "GPU-v", True, 2.0),
+                                         ("thief", "GPU-t", False, 3.0), ("thief", "GPU-t", True, 4.0),
+                                         ("nobody", "GPU-n", False, 5.0)):
+                await connection.execute(sa.text(
+                    "INSERT INTO device_verifications (miner_hotkey, uuid, ok, reason, detail, model_id, name, "
+                    "memory_bytes, elapsed_s, expected_s, throughput_macs_s, samples, verify_cpu_s, verified_at) "
+                    "VALUES (:hotkey, :uuid, :ok, :reason, '', '', '', 0, 0, 0, 0, 0, 0, :at)"),
+                    dict(hotkey=hotkey, uuid=uuid, ok=ok, reason="ok" if ok else "too_slow", at=at))
+        await upgrade(engine)
+        store = ValidatorStore(engine)
+        owners = await store.device_owners()
+        assert {uuid: (owner.hotkey, owner.since, owner.pinned) for uuid, owner in owners.items()} == {
+            "GPU-v": ("victim", 1.0, False), "GPU-t": ("thief", 4.0, False)}
+        latest = await store.latest_verifications()
+        assert set(latest) == {("victim", "GPU-v"), ("thief", "GPU-v"), ("thief", "GPU-t"), ("nobody", "GPU-n")}
+        assert latest[("victim", "GPU-v")].proven_bytes == 0  # older rows: scoring falls back to memory_bytes
+        async with engine.connect() as connection:
+            assert await connection.run_sync(current_revision) == HEAD
+            assert await connection.run_sync(_differences) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_0004_gives_each_verified_uuid_to_its_first_passing_hotkey_on_sqlite(tmp_path):
+    await _owners_from_the_verifications_kept(f"sqlite+aiosqlite:///{tmp_path / 'owners.sqlite'}")
+
+
+@needs_postgres[0]
+@needs_postgres[1]
+async def test_0004_gives_each_verified_uuid_to_its_first_passing_hotkey_on_postgres(postgres_url):  # noqa: F811
+    await _owners_from_the_verifications_kept(postgres_url)

@@ -7,11 +7,11 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from protocol.graval.devices import load_gpu_table
+from protocol.graval.devices import GIB, load_gpu_table
 from validator.graval.session import DeviceResult
 from validator.scoring import (
-    DeviceEntry, MinerWindow, ScoringSettings, dedupe_coldkeys, devices_from_results, raw_score, raw_scores, smooth,
-    to_weights, totals,
+    DeviceEntry, MinerWindow, ScoringSettings, dedupe_coldkeys, device_multiplier, devices_from_results, raw_score,
+    raw_scores, smooth, to_weights, totals,
 )
 
 SETTINGS = ScoringSettings()
@@ -59,16 +59,32 @@ def test_failed_device_zeroes_that_device():
     assert raw_scores([one_failed, *others], SETTINGS)["a"] < raw_scores([two, *others], SETTINGS)["a"]
 
 
-def test_devices_from_results_uses_latest_and_table_multiplier():
-    table = load_gpu_table()
-    results = [DeviceResult("hk", "GPU-1", True, "ok", model_id="h200", verified_at=1.0),
-               DeviceResult("hk", "GPU-1", False, "timing", model_id="h200", verified_at=2.0),
-               DeviceResult("hk", "GPU-2", True, "ok", model_id="h100", verified_at=1.0),
-               DeviceResult("hk", "GPU-3", True, "ok", model_id="nope", verified_at=1.0)]
+def test_devices_from_results_uses_latest_and_the_multiplier_the_proof_earns():
+    table = [model.model_copy(update={"calibrated": model.id == "h200"}) for model in load_gpu_table()]
+    h100, h200 = 79 * GIB, 140 * GIB
+    results = [DeviceResult("hk", "GPU-1", True, "ok", model_id="h200", memory_bytes=h200, verified_at=1.0),
+               DeviceResult("hk", "GPU-1", False, "timing", model_id="h200", memory_bytes=h200, verified_at=2.0),
+               DeviceResult("hk", "GPU-2", True, "ok", model_id="h100", memory_bytes=h100, verified_at=1.0),
+               DeviceResult("hk", "GPU-3", True, "ok", model_id="nope", memory_bytes=h100, verified_at=1.0)]
     entries = devices_from_results(results, table)
-    assert entries == [DeviceEntry("GPU-1", "h200", 1.3, False), DeviceEntry("GPU-2", "h100", 1.0, True),
+    # h100 is uncalibrated: 79 GiB proven could be an A100 80GB (0.55), the cheapest row that holds it
+    assert entries == [DeviceEntry("GPU-1", "h200", 1.3, False), DeviceEntry("GPU-2", "h100", 0.55, True),
                        DeviceEntry("GPU-3", "nope", 0.0, True)]
-    assert MinerWindow(hotkey="hk", coldkey="c", uid=0, devices=entries).capacity() == pytest.approx(1.0)
+    assert MinerWindow(hotkey="hk", coldkey="c", uid=0, devices=entries).capacity() == pytest.approx(0.55)
+
+
+def test_an_uncalibrated_row_earns_the_cheapest_multiplier_that_could_hold_the_proven_memory():
+    table = load_gpu_table()
+    multiplier = device_multiplier(table)
+    row = lambda model, gib: DeviceResult("hk", "GPU-1", True, "ok", model_id=model, memory_bytes=int(gib * GIB))  # noqa: E731
+    assert multiplier(row("h200", 140)) == 1.3  # only an H200 holds 140 GiB
+    assert multiplier(row("h100", 79)) == 0.55 and multiplier(row("rtx4090", 23.5)) == 0.12
+    calibrated = device_multiplier([m.model_copy(update={"calibrated": True}) for m in table])
+    assert calibrated(row("h100", 79)) == 1.0 and calibrated(row("rtx4090", 23.5)) == 0.25
+    assert multiplier(row("cpu", 0.0625)) == 0.001  # the devnet row competes only with itself
+    proven = DeviceResult("hk", "GPU-1", True, "ok", model_id="h100", memory_bytes=79 * GIB)
+    proven.proven_bytes = 140 * GIB  # what the proof established, where the result carries it
+    assert multiplier(proven) == 1.0  # h100's own multiplier at most
 
 
 def test_two_hotkeys_of_one_coldkey_earn_no_more_than_one():

@@ -57,21 +57,63 @@ async def test_upsert_inserts_then_updates_and_keeps_first_seen(store):
     assert miners["m2"].last_reachable_at is None and miners["m2"].devices_claimed == 0
 
 
-async def test_latest_verification_per_uuid_and_the_hotkey_filter(store):
+async def test_latest_verification_per_hotkey_and_uuid_and_the_hotkey_filter(store):
     await store.record_device_results([verified("m1", "GPU-a", True, NOW), verified("m1", "GPU-b", True, NOW)])
     await store.record_device_results([verified("m1", "GPU-a", False, NOW + 10)])
-    # GPU-b moves to another miner: its newest row is m2's, even when asked for m1's uuids
-    await store.record_device_results([verified("m2", "GPU-b", True, NOW + 20), verified("m2", "GPU-c", True, NOW + 20)])
+    # m2 claims m1's GPU-b too: refused (first verified wins), and m1's row of it stays m1's latest
+    refused = await store.record_device_results([verified("m2", "GPU-b", True, NOW + 20),
+                                                 verified("m2", "GPU-c", True, NOW + 20)])
+    assert refused == [("m2", "GPU-b", "m1")]
     latest = await store.latest_verifications()
-    assert {uuid: (row.miner_hotkey, row.ok) for uuid, row in latest.items()} == {
-        "GPU-a": ("m1", False), "GPU-b": ("m2", True), "GPU-c": ("m2", True)}
-    assert latest["GPU-a"].reason == "bad_opening" and latest["GPU-a"].verified_at == NOW + 10
+    assert {key: (row.ok, row.reason) for key, row in latest.items()} == {
+        ("m1", "GPU-a"): (False, "bad_opening"), ("m1", "GPU-b"): (True, "ok"),
+        ("m2", "GPU-b"): (False, "uuid_taken"), ("m2", "GPU-c"): (True, "ok")}
+    assert latest[("m1", "GPU-a")].verified_at == NOW + 10 and "m1" in latest[("m2", "GPU-b")].detail
     mine = await store.latest_verifications(miner_hotkey="m1")
-    assert set(mine) == {"GPU-a", "GPU-b"} and mine["GPU-b"].miner_hotkey == "m2"
+    assert set(mine) == {("m1", "GPU-a"), ("m1", "GPU-b")}
     assert set(await store.latest_verifications(miner_hotkey="m3")) == set()
+    assert {uuid: owner.hotkey for uuid, owner in (await store.device_owners()).items()} == {
+        "GPU-a": "m1", "GPU-b": "m1", "GPU-c": "m2"}  # a failure keeps the owner
     history = await store.verifications_of("m1")
     assert [(row.uuid, row.ok) for row in history] == [("GPU-a", False), ("GPU-b", True), ("GPU-a", True)]
     assert len(await store.verifications_of("m1", limit=1)) == 1
+
+
+async def test_first_verified_wins_even_within_one_batch_and_failures_claim_nothing(store):
+    await store.record_device_results([verified("m1", "GPU-x", False, NOW)])  # a failure owns nothing
+    assert await store.device_owners() == {}
+    refused = await store.record_device_results([verified("m2", "GPU-x", True, NOW + 1),
+                                                 verified("m3", "GPU-x", True, NOW + 1)])
+    assert refused == [("m3", "GPU-x", "m2")]
+    owner = (await store.device_owners())["GPU-x"]
+    assert (owner.hotkey, owner.since, owner.pinned) == ("m2", NOW + 1, False)
+    assert await store.record_device_results([verified("m2", "GPU-x", True, NOW + 2)]) == []  # its own again
+
+
+async def test_operator_override_and_release_on_deregistration(store):
+    await store.record_device_results([verified("m1", "GPU-a", True, NOW), verified("m1", "GPU-b", True, NOW),
+                                       verified("m2", "GPU-c", True, NOW)])
+    await store.set_device_owner("GPU-a", "m2", now=NOW + 5)  # reassigned: m1's claim is refused from now on
+    assert await store.record_device_results([verified("m1", "GPU-a", True, NOW + 6)]) == [("m1", "GPU-a", "m2")]
+    await store.set_device_owner("GPU-b", "m1", pinned=True, now=NOW + 7)
+    released = await store.release_departed({"m2", "m3"})  # m1 deregistered: its unpinned devices are free
+    assert released == [] and (await store.device_owners())["GPU-b"].pinned  # GPU-a is m2's now, GPU-b pinned
+    released = await store.release_departed({"m1", "m3"})  # m2 left
+    assert sorted(owner.uuid for owner in released) == ["GPU-a", "GPU-c"]
+    assert set(await store.device_owners()) == {"GPU-b"}
+    assert (await store.release_device("GPU-b")).hotkey == "m1" and await store.release_device("GPU-b") is None
+    assert await store.record_device_results([verified("m3", "GPU-b", True, NOW + 9)]) == []  # free to claim
+    assert (await store.device_owners("m3"))["GPU-b"].since == NOW + 9
+
+
+async def test_sweeps_are_recorded_and_the_last_one_read_back(store):
+    assert await store.last_sweep() is None
+    first = await store.start_sweep(now=NOW, miners=3)
+    await store.finish_sweep(first, now=NOW + 30, devices=5, failed=1)
+    second = await store.start_sweep(now=NOW + 3600, miners=2)
+    last = await store.last_sweep()
+    assert (last.id, last.started_at, last.finished_at, last.miners) == (second, NOW + 3600, None, 2)
+    assert await store.prune(NOW + 4000) == 1 and (await store.last_sweep()).id == second  # the last one stays
 
 
 async def test_a_bad_source_refuses_the_whole_batch(store):
@@ -105,6 +147,23 @@ async def test_activity_since_adds_up_the_window(store):
     assert activity["m2"] == MinerActivity(synthetic_total=1)
     assert (await store.activity_since(NOW - 1000))["m1"].compute_seconds == pytest.approx(1019)
     assert await store.activity_since(NOW + 1) == {}
+
+
+async def test_a_steered_organic_call_counts_nowhere_in_the_window(store):
+    """The caller chose the miner (uids/top_n): served and kept, but no compute, success or chute."""
+    await store.record_invocations([
+        call("m1", "echo", source=ORGANIC, compute_s=10.0),
+        call("m1", "echo", source=ORGANIC, compute_s=1e6, steered=True),
+        call("m1", "llm", source=ORGANIC, compute_s=5.0, steered=True),
+        call("m2", "echo", source=ORGANIC, compute_s=7.0, steered=True),
+    ])
+    activity = await store.activity_since(NOW - 10)
+    m1 = activity["m1"]
+    assert (m1.compute_seconds, m1.invocations_ok, m1.chutes_served, m1.organic_ok) == (pytest.approx(10.0), 1, 1, 1)
+    assert activity.get("m2", MinerActivity()) == MinerActivity()
+    assert await count(store, Invocation) == 4
+    with pytest.raises(ValueError, match="steered"):
+        await store.record_invocations([call(source=SYNTHETIC, steered=True)])
 
 
 async def test_scores_round_trip_and_history(store):
@@ -144,7 +203,7 @@ async def test_prune_keeps_the_newest_verification_of_every_device(store):
     gone = await store.prune(NOW - 100)
     assert gone == 2 + 2 + 1  # GPU-a's older row, GPU-c's older row; two invocations; one history row
     latest = await store.latest_verifications()
-    assert {uuid: (row.verified_at, row.ok) for uuid, row in latest.items()} == {
+    assert {uuid: (row.verified_at, row.ok) for (_, uuid), row in latest.items()} == {
         "GPU-a": (NOW - 200, True), "GPU-b": (NOW - 300, False), "GPU-c": (NOW, False)}
     assert await count(store, DeviceVerification) == 3
     assert await count(store, Invocation) == 1 and await count(store, ScoreHistory) == 1

@@ -1,31 +1,50 @@
-"""The validator's GraVal round with one miner: inventory, device info, prove, open, verify.
+"""The validator's GraVal round with one miner: inventory, device info, fill, access, open, verify.
 
-Called by the validator loop (and tests, ``bench``). ``GravalVerifier.verify_miner``
-asks the miner's axon for its devices, rejects claims that match no row of the GPU
-table or disagree with the live readings, then challenges every remaining device *at the
-same time* (one GPU cannot answer for two claims within their windows), each with a
-fresh seed bound to that device's uuid. A device passes when its commitment arrived
-inside the model's time window and every sampled entry checks out. The result of every
-device, pass or fail, with its reason and achieved throughput, is a ``DeviceResult``.
+The seam between the validator loop (and tests, ``bench``) and a miner's axon.
+``GravalVerifier.verify_miner`` asks the miner's axon for its devices, rejects claims that
+match no row of the GPU table or disagree with the live readings, then challenges every
+remaining device *at the same time*. Each challenge is three timed calls: ``Prove`` (the
+fill phase, judged against the model's fill rate), ``Access`` with a seed drawn only after
+the fill root arrived (judged on its own against the access rate) and ``Open`` with the
+picks drawn after both roots. Each timed call is judged net of the network's round trip
+(a ``Ping`` just before, credited up to ``max_rtt_s``). A device passes when both phases
+fall inside the model's window and every sample checks out.
+
+A ``device_busy`` answer is an honest miner serving another validator's earlier
+challenge: it is accepted only with that challenge's signed ``Prove`` for the same device
+from a registered validator, sent before ours, and the device is then retried; anything
+else fails the device (``busy_unproven``), so one GPU cannot dodge a sweep for one of two
+claims by pleading busy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import random
+import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Collection
+from typing import Any, Callable, Collection
 
+from bittensor import http_auth
 from loguru import logger
 
 from protocol.dendrite import Dendrite
-from protocol.graval.devices import DeviceRejected, DeviceSpec, GpuModel, LiveDeviceInfo, check_live, match_model
-from protocol.graval.spec import DEFAULT_FILL_FRACTION, DEFAULT_STEPS_PER_MATRIX, ChallengeSpec, plan, samples_needed
-from protocol.graval.synapses import (
-    Commitment, DeviceInfo, DeviceInfoResponse, Inventory, InventoryResponse, Open, Openings, Prove,
+from protocol.nonces import ACCEPT_ALL
+from protocol.graval.devices import (
+    DeviceRejected, DeviceSpec, GpuModel, LiveDeviceInfo, check_live, match_model, uncalibrated_multiplier,
 )
-from validator.graval.verifier import check_commitment, leaves_for, pick_samples, verify
+from protocol.graval.spec import (
+    DEFAULT_FILL_FRACTION, ChallengeSpec, access_order, plan, samples_needed,
+)
+from protocol.graval.synapses import (
+    Access, AccessCommitment, DeviceInfo, DeviceInfoResponse, FillCommitment, Inventory, InventoryResponse, Open,
+    Openings, Prove,
+)
+from protocol.synapse import Ping
+from validator.graval.verifier import check_commitments, leaves_for, pick_samples, verify
 
 
 @dataclass
@@ -40,9 +59,14 @@ class DeviceResult:
     model_id: str = ""
     name: str = ""
     memory_bytes: int = 0
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # fill + access, net of the network allowance
     expected_s: float = 0.0
     throughput_macs_s: float = 0.0
+    fill_s: float = 0.0
+    access_s: float = 0.0
+    proven_bytes: int = 0  # the memory the passing proof established (resident matrices + workspace)
+    calibrated: bool = False  # the model's timing row was measured on real hardware
+    multiplier: float = 0.0  # what the device earns in the capacity term (0 unless it passed)
     samples: int = 0
     verify_cpu_s: float = 0.0  # the validator's CPU for checking the openings (thread time)
     verified_at: float = field(default_factory=time.time)
@@ -59,17 +83,24 @@ class DeviceResult:
 REVERIFY_FAILURE = 1e-2
 
 
-def _timed_verify(spec: ChallengeSpec, commitment: Commitment, samples: list, openings: Openings) -> tuple[Any, float]:
+def _timed_verify(spec: ChallengeSpec, fill: FillCommitment, access: AccessCommitment, order: list[int],
+                  samples: list, openings: Openings) -> tuple[Any, float]:
     started = time.thread_time()
-    verdict = verify(spec, commitment, samples, openings)
+    verdict = verify(spec, fill, access, order, samples, openings)
     return verdict, time.thread_time() - started
+
+
+#: Longest a challenge holds a device (fill + access + open) that a busy plea may cite.
+MAX_CHALLENGE_AGE_S = 900.0
 
 
 class GravalVerifier:
     def __init__(self, dendrite: Dendrite, table: list[GpuModel], *, allow_cpu: bool, samples: int | None = None,
-                 reverify_samples: int | None = None,
-                 fill_fraction: float = DEFAULT_FILL_FRACTION, steps_per_matrix: int = DEFAULT_STEPS_PER_MATRIX,
-                 network_margin_s: float = 5.0, open_timeout_s: float = 60.0, rng: random.Random | None = None) -> None:
+                 reverify_samples: int | None = None, fill_fraction: float = DEFAULT_FILL_FRACTION,
+                 steps_per_matrix: int | None = None, max_rtt_s: float = 0.2, network_margin_s: float = 5.0,
+                 open_timeout_s: float = 60.0, max_busy_wait_s: float = 300.0,
+                 hash_seed_ttl_s: float = 300.0, is_validator: Callable[[str], bool] | None = None,
+                 rng: random.Random | None = None) -> None:
         self.dendrite = dendrite
         self.table = table
         self.allow_cpu = allow_cpu
@@ -77,9 +108,22 @@ class GravalVerifier:
         self.reverify_samples = min(self.samples, reverify_samples or samples_needed(failure=REVERIFY_FAILURE))
         self.fill_fraction = fill_fraction
         self.steps_per_matrix = steps_per_matrix
+        self.max_rtt_s = max_rtt_s
         self.network_margin_s = network_margin_s
         self.open_timeout_s = open_timeout_s
+        self.max_busy_wait_s = max_busy_wait_s
+        self.hash_seed_ttl_s = hash_seed_ttl_s
+        self.is_validator = is_validator or (lambda hotkey: False)
         self.rng = rng
+        self._hash_seed = ("", 0.0)
+
+    def hash_seed(self) -> str:
+        """The commitment hash's key, shared by the challenges of one sweep and renewed after
+        ``hash_seed_ttl_s`` (the verifier's key products are computed once per key)."""
+        seed, since = self._hash_seed
+        if not seed or time.monotonic() - since > self.hash_seed_ttl_s:
+            self._hash_seed = (secrets.token_hex(32), time.monotonic())
+        return self._hash_seed[0]
 
     async def verify_miner(self, target: Any, hotkey: str = "", known: Collection[str] = ()) -> list[DeviceResult]:
         """Every claimed device of one miner, challenged concurrently; devices in ``known``
@@ -126,40 +170,107 @@ class GravalVerifier:
             check_live(claim, live, model)
         except DeviceRejected as rejected:
             return self._fail(hotkey, claim, rejected.reason, str(rejected))
-        spec = plan(claim.uuid, claim.memory_bytes, n=model.graval_n, b=model.graval_b,
-                    fill_fraction=self.fill_fraction, steps_per_matrix=self.steps_per_matrix)
+        spec = plan(claim.uuid, claim.memory_bytes, n=model.graval_n, b=model.graval_b, hash_seed=self.hash_seed(),
+                    fill_fraction=self.fill_fraction,
+                    steps_per_matrix=self.steps_per_matrix or model.graval_steps_per_matrix)
         return await self.challenge(target, hotkey, claim, model, spec, samples)
+
+    async def _network_allowance(self, target: Any) -> float:
+        """The round trip of a tiny signed call just before a timed one, credited up to ``max_rtt_s``."""
+        answer = await self.dendrite.call(target, Ping(), timeout=5)
+        return min(answer.latency_s, self.max_rtt_s) if answer.ok else 0.0
+
+    async def _timed(self, target: Any, synapse: Any, expected: float, model: GpuModel) -> tuple[Any, float]:
+        allowance = await self._network_allowance(target)
+        started = time.perf_counter()
+        answer = await self.dendrite.call(target, synapse, timeout=expected * model.window_high + self.network_margin_s)
+        return answer, max(0.0, time.perf_counter() - started - allowance)
 
     async def challenge(self, target: Any, hotkey: str, claim: DeviceSpec, model: GpuModel, spec: ChallengeSpec,
                         samples: int | None = None) -> DeviceResult:
-        """One prove/open round for a device already matched to ``model``."""
-        expected = spec.work_macs / model.challenge_macs_per_s
-        common = {"model_id": model.id, "expected_s": expected}
-        started = time.perf_counter()
-        answer = await self.dendrite.call(target, Prove(spec=spec), timeout=expected * model.window_high + self.network_margin_s)
-        elapsed = time.perf_counter() - started
-        common.update(elapsed_s=elapsed, throughput_macs_s=spec.work_macs / elapsed)
-        if not answer.ok or not isinstance(answer.response, Commitment):
+        """One fill / access / open round for a device already matched to ``model``."""
+        fill_expected = model.expected_seconds("fill", spec.fill_macs)
+        access_expected = model.expected_seconds("access", spec.access_macs)
+        common: dict[str, Any] = {"model_id": model.id, "expected_s": fill_expected + access_expected,
+                                  "calibrated": model.calibrated}
+        waited = 0.0
+        while True:
+            sent_at = time.time()
+            answer, fill_s = await self._timed(target, Prove(spec=spec), fill_expected, model)
+            if answer.ok or getattr(answer.error, "type", "") != "device_busy" or waited >= self.max_busy_wait_s:
+                break
+            wait = self._busy_wait(answer.error, target, claim, sent_at)
+            if wait is None:
+                return self._fail(hotkey, claim, "busy_unproven", "device_busy without a valid earlier challenge of "
+                                  "another validator for this device", **common)
+            logger.info("graval: {} device {} busy with another validator's challenge; retry in {:.0f}s",
+                        hotkey[:8], claim.uuid, wait)
+            await asyncio.sleep(wait)
+            waited += wait
+        common.update(fill_s=fill_s)
+        if not answer.ok or not isinstance(answer.response, FillCommitment):
             reason = "too_slow" if answer.status == "timeout" else "prove_failed"
-            return self._fail(hotkey, claim, reason, str(answer.error), **common)
-        commitment = answer.response
-        refusal = check_commitment(spec, commitment)
+            return self._fail(hotkey, claim, reason, f"fill: {answer.error}", **common)
+        fill = answer.response
+        refusal = check_commitments(spec, fill)
         if refusal is not None:
             return self._fail(hotkey, claim, refusal.reason, refusal.detail, **common)
-        if elapsed > expected * model.window_high:
-            return self._fail(hotkey, claim, "too_slow", f"{elapsed:.2f}s > {model.window_high:g} x {expected:.2f}s expected of {model.id}", **common)
-        if elapsed < expected * model.window_low:
-            return self._fail(hotkey, claim, "too_fast", f"{elapsed:.3f}s < {model.window_low:g} x {expected:.2f}s expected of {model.id}", **common)
-        samples = pick_samples(spec, samples or self.samples, self.rng)
-        refs = leaves_for(spec, commitment, samples)
+        access_seed = secrets.token_bytes(32)  # drawn now: the matrices are committed
+        answer, access_s = await self._timed(target, Access(challenge_id=spec.challenge_id, access_seed=access_seed.hex()),
+                                             access_expected, model)
+        elapsed = fill_s + access_s
+        common.update(access_s=access_s, elapsed_s=elapsed, throughput_macs_s=spec.work_macs / max(elapsed, 1e-9))
+        if not answer.ok or not isinstance(answer.response, AccessCommitment):
+            reason = "too_slow" if answer.status == "timeout" else "access_failed"
+            return self._fail(hotkey, claim, reason, f"access: {answer.error}", **common)
+        access = answer.response
+        refusal = check_commitments(spec, fill, access)
+        if refusal is not None:
+            return self._fail(hotkey, claim, refusal.reason, refusal.detail, **common)
+        for phase, took, expected in (("fill", fill_s, fill_expected), ("access", access_s, access_expected)):
+            if took > expected * model.window_high:
+                return self._fail(hotkey, claim, "too_slow", f"{phase} {took:.3f}s > {model.window_high:g} x "
+                                  f"{expected:.3f}s expected of {model.id}", **common)
+            if took < expected * model.window_low:
+                return self._fail(hotkey, claim, "too_fast", f"{phase} {took:.3f}s < {model.window_low:g} x "
+                                  f"{expected:.3f}s expected of {model.id}", **common)
+        order = access_order(spec, access_seed)
+        picked = pick_samples(spec, samples or self.samples, self.rng)
+        refs = leaves_for(spec, order, picked)
         opened = await self.dendrite.call(target, Open(challenge_id=spec.challenge_id, leaves=refs), timeout=self.open_timeout_s)
         if not opened.ok or not isinstance(opened.response, Openings):
-            return self._fail(hotkey, claim, "open_failed", str(opened.error), samples=len(samples), **common)
-        verdict, cpu = await asyncio.to_thread(_timed_verify, spec, commitment, samples, opened.response)
+            return self._fail(hotkey, claim, "open_failed", str(opened.error), samples=len(picked), **common)
+        verdict, cpu = await asyncio.to_thread(_timed_verify, spec, fill, access, order, picked, opened.response)
         common["verify_cpu_s"] = cpu
         if not verdict.ok:
-            return self._fail(hotkey, claim, verdict.reason, verdict.detail, samples=len(samples), **common)
-        logger.info("graval: {} device {} ({}) verified in {:.2f}s ({:.2f}x expected)", hotkey[:8], claim.uuid, model.id,
-                    elapsed, elapsed / expected)
+            return self._fail(hotkey, claim, verdict.reason, verdict.detail, samples=len(picked), **common)
+        proven = spec.resident_bytes + spec.workspace_bytes
+        logger.info("graval: {} device {} ({}) verified: fill {:.2f}s ({:.2f}x), access {:.2f}s ({:.2f}x)", hotkey[:8],
+                    claim.uuid, model.id, fill_s, fill_s / fill_expected, access_s, access_s / access_expected)
         return DeviceResult(hotkey, claim.uuid, True, "ok", verdict.detail, name=claim.name, memory_bytes=claim.memory_bytes,
-                            samples=len(samples), **common)
+                            samples=len(picked), proven_bytes=proven,
+                            multiplier=uncalibrated_multiplier(model, proven, self.table), **common)
+
+    def _busy_wait(self, error: Any, target: Any, claim: DeviceSpec, sent_at: float) -> float | None:
+        """Seconds to wait before retrying a busy device, or None when the plea is not proven:
+        the evidence must be a ``Prove`` for this device, signed for this miner by another
+        registered validator, sent before ours and recently."""
+        detail = getattr(error, "detail", None) or {}
+        evidence = detail.get("evidence") if isinstance(detail, dict) else None
+        if not isinstance(evidence, dict):
+            return None
+        try:
+            body = base64.b64decode(evidence["body"], validate=True)
+            caller = http_auth.verify(
+                {str(k): str(v) for k, v in evidence["headers"].items()}, body, method=str(evidence["method"]),
+                path=str(evidence["path"]), self_hotkey_ss58=target.hotkey, max_age=MAX_CHALLENGE_AGE_S,
+                require_receiver=True, nonce_store=ACCEPT_ALL,
+            )
+            other = Prove.model_validate(json.loads(body))
+        except Exception:  # noqa: BLE001 - any malformed or forged evidence is simply not evidence
+            return None
+        if (str(evidence["path"]) != Prove.route() or other.spec.uuid != claim.uuid or caller.hotkey_ss58 == self.dendrite.hotkey
+                or not self.is_validator(caller.hotkey_ss58) or caller.nonce_ns / 1e9 > sent_at):
+            return None
+        retry = detail.get("retry_after_s", 5)
+        return float(min(max(1.0, float(retry) if isinstance(retry, (int, float)) else 5.0), 30.0))

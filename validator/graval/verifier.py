@@ -1,13 +1,15 @@
-"""The validator's GraVal checks: pick samples after the commitment, then check openings.
+"""The validator's GraVal checks: pick samples after both commitments, then check openings.
 
-Called by ``validator.graval.session`` (over the wire) and by tests and the benchmark
-(in-process). No GPU and no n x n product: a sample costs a handful of O(n) vectors,
-(generated hash rows/columns, opened leaves), Merkle paths of log2 n hashes, and one
-length-n dot product mod p. The timing window is checked by the session, not here.
+The seam between the GraVal round (``validator.graval.session``, over the wire; tests and
+the benchmark in-process) and the challenge's arithmetic. No GPU and no n x n product: an
+opened leaf costs one O(n) Freivalds check of its digest (``protocol.graval.lattice``),
+the multiproof costs one small node hash per tree node it covers, and a sample is one
+length-n dot product mod p. The timing windows are the session's job, not this module's.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import random
 import secrets
@@ -16,10 +18,10 @@ from typing import Literal
 
 import numpy as np
 
+from protocol.graval import lattice
 from protocol.graval.field import P, SBOX, hash_residues
-from protocol.graval.merkle import PathChecker
-from protocol.graval.spec import ChallengeSpec, access_index
-from protocol.graval.synapses import Commitment, LeafRef, Openings
+from protocol.graval.spec import ChallengeSpec, access_depth, fill_depth, leaf_position
+from protocol.graval.synapses import AccessCommitment, FillCommitment, LeafRef, Openings
 
 
 @dataclass(frozen=True)
@@ -54,21 +56,16 @@ def pick_samples(spec: ChallengeSpec, per_phase: int, rng: random.Random | None 
     return fill + access
 
 
-def access_indices(spec: ChallengeSpec, commitment: Commitment) -> list[int]:
-    """j_1..j_steps, recomputed from the committed state roots (once per commitment: picking the
-    leaves, checking that all were opened and checking the samples all need them)."""
-    return list(_access_indices(spec, tuple(commitment.state_roots)))
+@functools.lru_cache(maxsize=8)  # one per hash key (sweep) and matrix size: a few MB each
+def leaf_checker(hash_seed: str, n: int) -> lattice.LeafChecker:
+    """The verifier's secret Freivalds vectors and key products for one sweep's hash key."""
+    return lattice.LeafChecker(bytes.fromhex(hash_seed), n)
 
 
-@functools.lru_cache(maxsize=1024)  # > the commitments in flight (16 miners x 8 devices, times a few)
-def _access_indices(spec: ChallengeSpec, state_roots: tuple[str, ...]) -> tuple[int, ...]:
-    roots = [b""] + [bytes.fromhex(root) for root in state_roots[:-1]]
-    return tuple(access_index(spec, t, roots[t - 1]) for t in range(1, spec.steps + 1))
-
-
-def leaves_for(spec: ChallengeSpec, commitment: Commitment, samples: list[Sample]) -> list[LeafRef]:
-    """The rows and columns the prover must open so that every sample can be checked."""
-    indices = access_indices(spec, commitment)
+def leaves_for(spec: ChallengeSpec, order: list[int], samples: list[Sample]) -> list[LeafRef]:
+    """The rows and columns the prover must open so that every sample can be checked
+    (``order``: j_1..j_steps, from ``protocol.graval.spec.access_order``)."""
+    indices = order
     wanted: set[LeafRef] = set()
     for sample in samples:
         if sample.kind == "fill":
@@ -88,61 +85,72 @@ def _entries(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.int8)
 
 
-def check_commitment(spec: ChallengeSpec, commitment: Commitment) -> Verdict | None:
-    if commitment.challenge_id != spec.challenge_id:
+def check_commitments(spec: ChallengeSpec, fill: FillCommitment, access: AccessCommitment | None = None) -> Verdict | None:
+    if fill.challenge_id != spec.challenge_id or (access is not None and access.challenge_id != spec.challenge_id):
         return Verdict(False, "bad_commitment", "the commitment is for another challenge")
-    if len(commitment.matrix_roots) != spec.m or len(commitment.state_roots) != spec.steps:
-        return Verdict(False, "bad_commitment",
-                       f"expected {spec.m} matrix and {spec.steps} state roots, got "
-                       f"{len(commitment.matrix_roots)} and {len(commitment.state_roots)}")
     return None
 
 
-def verify(spec: ChallengeSpec, commitment: Commitment, samples: list[Sample], openings: Openings) -> Verdict:
-    """Check the openings against the roots, then every sample as one dot product mod p."""
-    refusal = check_commitment(spec, commitment)
+def verify(spec: ChallengeSpec, fill: FillCommitment, access: AccessCommitment, order: list[int],
+           samples: list[Sample], openings: Openings) -> Verdict:
+    """Check the openings against the two roots, then every sample as one dot product mod p."""
+    refusal = check_commitments(spec, fill, access)
     if refusal is not None:
         return refusal
-    opened = opened_leaves(spec, commitment, openings)
+    opened = opened_leaves(spec, fill, access, openings)
     if isinstance(opened, Verdict):
         return opened
-    missing = [ref for ref in leaves_for(spec, commitment, samples) if ref not in opened]
+    missing = [ref for ref in leaves_for(spec, order, samples) if ref not in opened]
     if missing:
         ref = missing[0]
         return Verdict(False, "bad_opening", f"{len(missing)} leaves were not opened, e.g. {ref.kind}{ref.index}[{ref.leaf}]")
-    failed_at, problem = SampleChecker(spec, commitment, opened).first_failure(samples)
+    failed_at, problem = SampleChecker(spec, order, opened).first_failure(samples)
     if failed_at >= 0:
         return Verdict(False, "wrong_product", problem, failed_at)
     return Verdict(True, "ok", f"{len(samples)} samples, {len(opened)} leaves", len(samples))
 
 
-def opened_leaves(spec: ChallengeSpec, commitment: Commitment, openings: Openings) -> dict[LeafRef, np.ndarray] | Verdict:
-    """Every opened leaf whose Merkle path leads to its committed root, as centred int8 entries."""
+def opened_leaves(spec: ChallengeSpec, fill: FillCommitment, access: AccessCommitment,
+                  openings: Openings) -> dict[LeafRef, np.ndarray] | Verdict:
+    """Every opened leaf, as centred int8 entries, once its digest and the multiproof lead to its root."""
     if openings.challenge_id != spec.challenge_id:
         return Verdict(False, "bad_opening", "the openings are for another challenge")
+    checker = leaf_checker(spec.hash_seed, spec.n)
     opened: dict[LeafRef, np.ndarray] = {}
-    checkers: dict[tuple[str, int], PathChecker] = {}
+    digests: dict[LeafRef, np.ndarray] = {}
     for leaf in openings.leaves:
         ref = leaf.ref
-        if ref.kind == "M":
-            valid_index, root_at, leaves = ref.index < spec.m, ref.index, spec.n
-            roots = commitment.matrix_roots
-        else:
-            valid_index, root_at, leaves = 1 <= ref.index <= spec.steps, ref.index - 1, spec.b
-            roots = commitment.state_roots
+        width = spec.n if ref.kind == "M" else spec.b
+        in_range = ref.index < spec.m if ref.kind == "M" else 1 <= ref.index <= spec.steps
         try:
-            data = leaf.raw()
-            siblings = leaf.siblings()
+            data, digest = leaf.raw(), lattice.digest_from_bytes(leaf.raw_digest())
         except ValueError:
-            return Verdict(False, "bad_opening", f"{ref.kind}{ref.index}[{ref.leaf}] is not valid base64/hex")
-        if not valid_index or len(data) != spec.n:
-            return Verdict(False, "bad_opening", f"{ref.kind}{ref.index}[{ref.leaf}] does not match its root")
-        checker = checkers.get((ref.kind, ref.index))
-        if checker is None:
-            checker = checkers[(ref.kind, ref.index)] = PathChecker(bytes.fromhex(roots[root_at]), leaves)
-        if not checker.check(ref.leaf, data, siblings):
-            return Verdict(False, "bad_opening", f"{ref.kind}{ref.index}[{ref.leaf}] does not match its root")
-        opened[ref] = _entries(data)
+            return Verdict(False, "bad_opening", f"{ref.kind}{ref.index}[{ref.leaf}] is not valid base64 or digest")
+        if not in_range or ref.leaf >= width or len(data) != spec.n or ref in opened:
+            return Verdict(False, "bad_opening", f"{ref.kind}{ref.index}[{ref.leaf}] is outside the challenge or repeated")
+        opened[ref] = np.frombuffer(data, dtype=np.int8)
+        digests[ref] = digest
+    if not opened:
+        return opened
+    refs = list(opened)
+    good = checker.leaves_ok(np.stack([opened[ref] for ref in refs]), np.stack([digests[ref] for ref in refs]))
+    if not good.all():
+        ref = refs[int(np.flatnonzero(~good)[0])]
+        return Verdict(False, "bad_opening", f"{ref.kind}{ref.index}[{ref.leaf}]: the digest is not the data's")
+    nodes: dict[str, dict[tuple[int, int], np.ndarray]] = {"M": {}, "X": {}}
+    try:
+        for node in openings.nodes:
+            nodes[node.tree][(node.level, node.position)] = lattice.digest_from_bytes(node.raw_digest())
+    except ValueError:
+        return Verdict(False, "bad_opening", "a tree node is not a valid digest")
+    for kind, depth, root in (("M", fill_depth(spec), fill.fill_root), ("X", access_depth(spec), access.access_root)):
+        leaves = {leaf_position(spec, ref): digests[ref] for ref in refs if ref.kind == kind}
+        if not leaves:
+            continue
+        reached = lattice.multiproof_root(checker, leaves, nodes[kind], depth)
+        expected = lattice.digest_from_bytes(base64.b64decode(root))
+        if reached is None or not np.array_equal(reached, expected):
+            return Verdict(False, "bad_opening", f"the {kind} openings do not lead to the committed root")
     return opened
 
 
@@ -155,10 +163,10 @@ class SampleChecker:
     over entries.
     """
 
-    def __init__(self, spec: ChallengeSpec, commitment: Commitment, opened: dict[LeafRef, np.ndarray]) -> None:
+    def __init__(self, spec: ChallengeSpec, order: list[int], opened: dict[LeafRef, np.ndarray]) -> None:
         self.spec = spec
         self.opened = opened
-        self.indices = access_indices(spec, commitment)
+        self.indices = order
         self._keys: dict[str, tuple[int, int]] = {}
 
     def key(self, label: str) -> tuple[int, int]:

@@ -1,0 +1,514 @@
+"""GraVal calibration: a backend's honest per-phase rates, the timing window they justify,
+and the separation table that shows what that window refuses.
+
+The seam between the prover (``miner.graval.prover``, ``miner.graval.adversaries``) and
+whatever writes or checks a ``gpus.toml`` row: ``canopy graval calibrate``, the GPU check
+kit (``bench/gpu_check.py``, ``./run.sh gpu-check``) and ``bench/graval.py``. It needs
+numpy and the pydantic models only (no rich, no typer): the kit runs it on a GPU host
+that has nothing else.
+
+Rates. A run is one honest ``fill()`` then ``access(seed)`` on the backend, timed by the
+prover (``prover.timings``: everything the phase does on the device, hashing included,
+exactly what the validator's clock sees minus the network). ``fill_macs / fill_s`` and
+``access_macs / access_s`` are the run's rates; the row gets their medians over the runs.
+
+The window (``derive_window``). A phase is accepted when its time is within
+``[window_low, window_high]`` x the time the row's rate predicts. With ``cv`` the larger
+of the two phases' coefficients of variation over the runs::
+
+    window_high = (1 + DEVICE_SPREAD) x (1 + K_SIGMA x cv_bound)
+
+- ``cv_bound`` is the 90% upper confidence limit of cv from R runs (the sample standard
+  deviation times sqrt((R - 1) / chi2_0.10(R - 1))): three runs are weak evidence of a small
+  variance (x3.1), ten runs x1.5. At least MIN_RUNS = 3 runs are required.
+- ``K_SIGMA = 5``: an honest phase lands above the window with probability
+  Phi(-5) = 2.9e-7, 5.7e-7 per verification (two phases). A device re-verified hourly
+  meets one false ``too_slow`` every ~200 years (0.5% of devices a year); since one
+  failure zeroes a device at once, k = 4 (0.55 false failures per device-year) is too few.
+- ``DEVICE_SPREAD = 0.15``: the runs measure one board; a row admits any board whose max
+  SM clock is in the row's range (h100: 1750-1980 MHz, 13%) and boards throttle under
+  power and heat. The window allows 15% below the calibrated board before variance counts.
+
+What the cheats need. One GPU answering two claims of a sweep gives each claim half the
+device: each phase takes ~2x (the separation table measures it; some overlap of host work
+can bring it slightly under 2). Keeping half the matrices costs each rebuild n/b access
+steps of work (~30x at the GPU shapes); keeping 90% of them still >= 2x
+(``protocol.graval.spec.memory_slowdown``). So every cheat passes only with
+``window_high >= 2``; the row is refused (``WindowRefused``: no row is emitted, re-measure
+on a quieter machine or with more runs) unless ``window_high < MAX_WINDOW_HIGH = 2.0``,
+i.e. unless ``cv_bound < 14.8%``. A GPU's run-to-run cv is ~1%: 3 runs give
+window_high ~1.33, refusing the two-claims cheat with a 1.5x margin.
+
+``window_low = min(0.5, 1 / window_high)``: nothing is gained by being fast except passing
+as a slower (cheaper) model, which earns less; the lower edge only catches nonsense, and
+loose it cannot fail an honest device whose driver got faster.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from miner.graval.backends import ArrayBackend
+from miner.graval.prover import ProofCancelled, Prover
+from protocol.graval.devices import GIB, MAX_WINDOW_HIGH, GpuModel
+from protocol.graval.spec import ChallengeSpec, access_order, samples_needed
+from validator.graval.verifier import leaves_for, pick_samples, verify
+
+if TYPE_CHECKING:
+    from protocol.graval.devices import DeviceSpec
+
+K_SIGMA = 5.0
+DEVICE_SPREAD = 0.15
+MIN_RUNS = 3
+WINDOW_LOW_MAX = 0.5
+CONFIDENCE = 0.90
+#: A cheat's phase is stopped once it has taken this many times the honest median: it is
+#: then outside every window a GPU row may have (< 2), and waiting longer only costs time.
+CHEAT_CAP = 3.0
+
+#: chi2 quantile at 0.10 for 1..30 degrees of freedom (the lower tail, for the upper bound of a variance).
+_CHI2_010 = (0.01579, 0.2107, 0.5844, 1.0636, 1.6103, 2.2041, 2.8331, 3.4895, 4.1682, 4.8652, 5.5778, 6.3038,
+             7.0415, 7.7895, 8.5468, 9.3122, 10.0852, 10.8649, 11.6509, 12.4426, 13.2396, 14.0415, 14.8480,
+             15.6587, 16.4734, 17.2919, 18.1139, 18.9392, 19.7677, 20.5992)
+
+#: (label, phase, done, total): progress of one prover inside a labelled run.
+Progress = Callable[[str, str, int, int], None]
+SpecFactory = Callable[[], ChallengeSpec]
+
+
+# --- honest runs ---------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One honest fill + access, and its self-check by the validator's verifier when asked."""
+
+    n: int
+    b: int
+    m: int
+    steps: int
+    fill_s: float
+    access_s: float
+    fill_macs: int
+    access_macs: int
+    verified: bool | None = None
+    verify_detail: str = ""
+    open_s: float = 0.0
+    verify_cpu_s: float = 0.0
+    samples_per_phase: int = 0
+
+    @property
+    def fill_rate(self) -> float:
+        return self.fill_macs / self.fill_s
+
+    @property
+    def access_rate(self) -> float:
+        return self.access_macs / self.access_s
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "b": self.b, "m": self.m, "steps": self.steps, "fill_s": self.fill_s,
+                "access_s": self.access_s, "fill_macs_per_s": self.fill_rate, "access_macs_per_s": self.access_rate,
+                "verified": self.verified, "verify_detail": self.verify_detail, "open_s": self.open_s,
+                "verify_cpu_s": self.verify_cpu_s, "samples_per_phase": self.samples_per_phase}
+
+
+def _labelled(progress: Progress | None, label: str) -> Callable[[str, int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda phase, done, total: progress(label, phase, done, total)
+
+
+def check_proof(spec: ChallengeSpec, prover: Prover, fill: Any, access: Any, access_seed: bytes,
+                samples_per_phase: int) -> tuple[bool, str, float, float]:
+    """The validator's check of a committed prover: picks, ``open``, ``verify`` on this CPU.
+    Returns (ok, detail, open wall seconds, verifier CPU seconds of this thread)."""
+    order = access_order(spec, access_seed)
+    samples = pick_samples(spec, samples_per_phase)
+    refs = leaves_for(spec, order, samples)
+    started = time.perf_counter()
+    openings = prover.open(refs)
+    open_s = time.perf_counter() - started
+    cpu = time.thread_time()
+    verdict = verify(spec, fill, access, order, samples, openings)
+    return verdict.ok, f"{verdict.reason}: {verdict.detail}", open_s, time.thread_time() - cpu
+
+
+def honest_run(spec: ChallengeSpec, backend: ArrayBackend, *, verify_samples: int | None = None,
+               progress: Progress | None = None, label: str = "honest") -> Run:
+    """Fill and access one challenge honestly; with ``verify_samples``, open and verify it too."""
+    prover = Prover(spec, backend, progress=_labelled(progress, label))
+    try:
+        fill = prover.fill()
+        seed = secrets.token_bytes(32)
+        access = prover.access(seed)
+        run = Run(spec.n, spec.b, spec.m, spec.steps, prover.timings.fill_s, prover.timings.access_s,
+                  spec.fill_macs, spec.access_macs)
+        if verify_samples:
+            run.verified, run.verify_detail, run.open_s, run.verify_cpu_s = check_proof(
+                spec, prover, fill, access, seed, verify_samples)
+            run.samples_per_phase = verify_samples
+        return run
+    finally:
+        prover.release()
+
+
+def warm_up(backend: ArrayBackend, n: int, b: int) -> None:
+    """One tiny proof so that library start-up (BLAS threads, CUDA context, cuBLAS heuristics,
+    cupy's kernel compilation) is not counted in the first measured run."""
+    spec = ChallengeSpec.fresh("GPU-warm-up", n=min(n, 1024), b=min(b, max(8, min(n, 1024) // 64)), m=2, steps=4)
+    honest_run(spec, backend)
+
+
+def cv_upper_bound(cv: float, runs: int, confidence: float = CONFIDENCE) -> float:
+    """The upper confidence limit (at 90%) of a coefficient of variation estimated from ``runs`` runs."""
+    if confidence != CONFIDENCE:
+        raise ValueError("only the 90% bound is tabulated")
+    dof = runs - 1
+    if dof < 1:
+        return math.inf
+    if dof <= len(_CHI2_010):
+        quantile = _CHI2_010[dof - 1]
+    else:  # Wilson-Hilferty, accurate beyond 30 degrees of freedom
+        quantile = dof * (1 - 2 / (9 * dof) - 1.2816 * math.sqrt(2 / (9 * dof))) ** 3
+    return cv * math.sqrt(dof / quantile)
+
+
+@dataclass
+class Calibration:
+    """Honest runs of one backend at one shape, and their per-phase rates."""
+
+    backend: str
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def fill_rate(self) -> float:
+        return statistics.median(run.fill_rate for run in self.runs)
+
+    @property
+    def access_rate(self) -> float:
+        return statistics.median(run.access_rate for run in self.runs)
+
+    @staticmethod
+    def _cv(values: list[float]) -> float:
+        return statistics.stdev(values) / statistics.mean(values) if len(values) > 1 else 0.0
+
+    @property
+    def fill_cv(self) -> float:
+        return self._cv([run.fill_rate for run in self.runs])
+
+    @property
+    def access_cv(self) -> float:
+        return self._cv([run.access_rate for run in self.runs])
+
+    @property
+    def verified(self) -> bool | None:
+        """True when every self-checked run passed, False when one failed, None when none was checked."""
+        checked = [run.verified for run in self.runs if run.verified is not None]
+        return all(checked) if checked else None
+
+    def median_seconds(self, phase: str) -> float:
+        return statistics.median(run.fill_s if phase == "fill" else run.access_s for run in self.runs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "runs": len(self.runs), "fill_macs_per_s": self.fill_rate,
+                "access_macs_per_s": self.access_rate, "fill_cv": self.fill_cv, "access_cv": self.access_cv,
+                "fill_s": [run.fill_s for run in self.runs], "access_s": [run.access_s for run in self.runs],
+                "verified": self.verified, "shape": _shape(self.runs[-1]) if self.runs else None,
+                "verify": [run.as_dict() for run in self.runs if run.verified is not None]}
+
+
+def _shape(run: Run) -> dict[str, int]:
+    return {"n": run.n, "b": run.b, "m": run.m, "steps": run.steps}
+
+
+def calibrate(backend: ArrayBackend, make_spec: SpecFactory, runs: int, *, verify_runs: int = 1,
+              verify_samples: int | None = None, progress: Progress | None = None, warm: bool = True,
+              on_run: Callable[[int, Run], None] | None = None) -> Calibration:
+    """``runs`` honest runs of fresh challenges from ``make_spec`` (the first ``verify_runs``
+    of them opened and verified with ``verify_samples`` per phase, default the
+    first-verification count), after a warm-up proof."""
+    first = make_spec()
+    if warm:
+        warm_up(backend, first.n, first.b)
+    result = Calibration(backend.name)
+    for index in range(runs):
+        spec = first if index == 0 else make_spec()
+        check = (verify_samples or samples_needed()) if index < verify_runs else None
+        run = honest_run(spec, backend, verify_samples=check, progress=progress, label=f"run {index + 1}/{runs}")
+        result.runs.append(run)
+        if on_run is not None:
+            on_run(index, run)
+    return result
+
+
+# --- the window ------------------------------------------------------------------------------
+
+
+class WindowRefused(ValueError):
+    """The measured variance does not allow a window that refuses the cheats: no row."""
+
+
+@dataclass(frozen=True)
+class Window:
+    low: float
+    high: float
+    cv: float  # the larger phase cv measured
+    cv_bound: float  # its 90% upper confidence limit
+    runs: int
+    k: float = K_SIGMA
+    spread: float = DEVICE_SPREAD
+    source: str = "derived"  # "derived", or "limit": the widest window a GPU row may have (nothing derived)
+
+    def refuses(self, ratio: float) -> bool:
+        return not self.low <= ratio <= self.high
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"window_low": self.low, "window_high": self.high, "cv": self.cv, "cv_bound": self.cv_bound,
+                "runs": self.runs, "k_sigma": self.k, "device_spread": self.spread, "source": self.source}
+
+
+def derive_window(fill_cv: float, access_cv: float, runs: int, *, k: float = K_SIGMA, spread: float = DEVICE_SPREAD,
+                  limit: float | None = MAX_WINDOW_HIGH) -> Window:
+    """The window the measured variance justifies (module docstring); ``WindowRefused`` when
+    there are fewer than MIN_RUNS runs or when ``window_high`` would reach ``limit``
+    (None: no limit, the devnet's CPU row)."""
+    cv = max(fill_cv, access_cv)
+    if runs < MIN_RUNS:
+        raise WindowRefused(f"{runs} run(s) cannot estimate the variance: run at least {MIN_RUNS} (--runs)")
+    bound = cv_upper_bound(cv, runs)
+    high = (1 + spread) * (1 + k * bound)
+    if limit is not None and high >= limit:
+        raise WindowRefused(
+            f"the runs vary too much: cv {cv:.1%} (90% bound {bound:.1%} over {runs} runs) gives window_high "
+            f"{high:.2f} >= {limit:g}, which would let one GPU answer two claims; re-measure on an idle device "
+            f"or with more runs (cv must stay below {((limit / (1 + spread)) - 1) / k:.1%})")
+    return Window(low=min(WINDOW_LOW_MAX, 1 / high), high=high, cv=cv, cv_bound=bound, runs=runs, k=k, spread=spread)
+
+
+def limit_window(runs: int = 0) -> Window:
+    """The widest window any GPU row may have: the separation table's judge when none was derived."""
+    return Window(low=WINDOW_LOW_MAX, high=MAX_WINDOW_HIGH, cv=math.nan, cv_bound=math.nan, runs=runs, source="limit")
+
+
+# --- the separation table ----------------------------------------------------------------------
+
+
+@dataclass
+class SeparationRow:
+    case: str
+    fill_ratio: float  # phase time / the honest median at the same shape
+    access_ratio: float
+    refused: bool
+    phase: str = ""  # the first phase outside the window
+    stopped: bool = False  # a phase was stopped at CHEAT_CAP: its ratio is a lower bound
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"case": self.case, "fill_ratio": self.fill_ratio, "access_ratio": self.access_ratio,
+                "refused": self.refused, "phase": self.phase, "stopped": self.stopped, "detail": self.detail}
+
+
+def _judge(case: str, fill_ratio: float, access_ratio: float, window: Window, *, stopped: bool = False,
+           detail: str = "") -> SeparationRow:
+    phase = next((name for name, ratio in (("fill", fill_ratio), ("access", access_ratio))
+                  if not math.isnan(ratio) and window.refuses(ratio)), "")
+    return SeparationRow(case, fill_ratio, access_ratio, bool(phase), phase, stopped, detail)
+
+
+def _timed(work: Callable[[], Any], prover: Prover, limit_s: float | None) -> tuple[float, bool]:
+    """Seconds ``work`` took and whether it was stopped at ``limit_s`` (the prover's cancel event)."""
+    timer = threading.Timer(limit_s, prover.cancel.set) if limit_s else None
+    started = time.perf_counter()
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        work()
+        return time.perf_counter() - started, False
+    except ProofCancelled:
+        return time.perf_counter() - started, True
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def cheat_run(prover: Prover, fill_median: float, access_median: float, cap: float = CHEAT_CAP) -> tuple[float, float, bool]:
+    """(fill ratio, access ratio, stopped) of a dishonest prover against the honest medians;
+    a phase is stopped at ``cap`` x its median (its ratio is then a lower bound)."""
+    try:
+        fill_s, stopped = _timed(prover.fill, prover, cap * fill_median)
+        if stopped:
+            return fill_s / fill_median, math.nan, True
+        access_s, stopped = _timed(lambda: prover.access(secrets.token_bytes(32)), prover, cap * access_median)
+        return fill_s / fill_median, access_s / access_median, stopped
+    finally:
+        prover.release()
+
+
+def two_claims(backend: ArrayBackend, make_spec: SpecFactory, progress: Progress | None = None) -> list[tuple[float, float]]:
+    """One device answering two claims of a sweep: two honest provers of two different
+    challenges on the same backend at once (two threads), both phases started together as
+    the validator's sweep starts them. Returns each prover's (fill_s, access_s)."""
+    provers = [Prover(make_spec(), backend, progress=_labelled(progress, f"two claims ({name})")) for name in "ab"]
+    barrier = threading.Barrier(len(provers))
+    times: list[list[float]] = [[math.nan, math.nan] for _ in provers]
+    errors: list[BaseException] = []
+
+    def claim(index: int) -> None:
+        prover = provers[index]
+        try:
+            barrier.wait()
+            prover.fill()
+            times[index][0] = prover.timings.fill_s
+            barrier.wait()
+            prover.access(secrets.token_bytes(32))
+            times[index][1] = prover.timings.access_s
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(error)
+            barrier.abort()
+        finally:
+            prover.release()
+
+    threads = [threading.Thread(target=claim, args=(index,), name=f"graval-claim-{index}") for index in range(len(provers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    real = [error for error in errors if not isinstance(error, threading.BrokenBarrierError)]
+    if real or errors:
+        raise (real or errors)[0]
+    return [(fill_s, access_s) for fill_s, access_s in times]
+
+
+def separation_table(backend: ArrayBackend, make_spec: SpecFactory, window: Window, *, honest: list[Run] | None = None,
+                     honest_runs: int = MIN_RUNS, cap: float = CHEAT_CAP, progress: Progress | None = None,
+                     cases: tuple[str, ...] = ("honest", "half memory", "90% memory", "two claims")) -> list[SeparationRow]:
+    """Per-phase time ratios against the honest median at ``make_spec``'s shape, and whether
+    ``window`` refuses each: honest runs, ``Rebuilding`` keeping 50% and 90% of the matrices
+    (right answers, slower), and two claims answered at once by this one device.
+    ``honest``: runs already made at this shape (else ``honest_runs`` are made)."""
+    from miner.graval.adversaries import Rebuilding  # noqa: PLC0415 - the attacks, only here
+
+    if not honest:
+        probe = make_spec()
+        warm_up(backend, probe.n, probe.b)
+        honest = [honest_run(make_spec(), backend, progress=progress, label=f"honest {index + 1}/{honest_runs}")
+                  for index in range(honest_runs)]
+    fill_median = statistics.median(run.fill_s for run in honest)
+    access_median = statistics.median(run.access_s for run in honest)
+    rows: list[SeparationRow] = []
+    if "honest" in cases:
+        worst = max(honest, key=lambda run: max(abs(math.log(run.fill_s / fill_median)),
+                                                abs(math.log(run.access_s / access_median))))
+        rows.append(_judge(f"honest (worst of {len(honest)})", worst.fill_s / fill_median,
+                           worst.access_s / access_median, window))
+    for case, capacity in (("half memory", 0.5), ("90% memory", 0.9)):
+        if case not in cases:
+            continue
+        spec = make_spec()
+        prover = Rebuilding(spec, backend, progress=_labelled(progress, case))
+        prover.capacity_fraction = capacity
+        fill_ratio, access_ratio, stopped = cheat_run(prover, fill_median, access_median, cap)
+        rows.append(_judge(case, fill_ratio, access_ratio, window, stopped=stopped,
+                           detail=f"keeps {prover.capacity} of {spec.m} matrices, rebuilt {getattr(prover, 'rebuilt', 0)}"
+                                  + (f" before the stop at {cap:g}x" if stopped else "")))
+    if "two claims" in cases:
+        for name, (fill_s, access_s) in zip("ab", two_claims(backend, make_spec, progress)):
+            rows.append(_judge(f"two claims ({name})", fill_s / fill_median, access_s / access_median, window,
+                               detail="two challenges at once on one device"))
+    return rows
+
+
+def all_cheats_refused(rows: list[SeparationRow]) -> bool:
+    return all(row.refused for row in rows if not row.case.startswith("honest"))
+
+
+def honest_accepted(rows: list[SeparationRow]) -> bool:
+    return all(not row.refused for row in rows if row.case.startswith("honest"))
+
+
+def format_table(rows: list[SeparationRow], window: Window) -> str:
+    """A plain-text separation table (the CLI draws a rich one)."""
+    lines = [f"separation (window {window.low:.2f}-{window.high:.2f}, {window.source}):",
+             f"  {'case':<22} {'fill x':>8} {'access x':>9}  verdict"]
+    for row in rows:
+        access = "n/a" if math.isnan(row.access_ratio) else f"{row.access_ratio:.2f}" + ("+" if row.stopped else "")
+        verdict = f"refused ({row.phase})" if row.refused else "accepted"
+        lines.append(f"  {row.case:<22} {row.fill_ratio:>8.2f} {access:>9}  {verdict}  {row.detail}")
+    return "\n".join(lines)
+
+
+# --- the gpus.toml row ---------------------------------------------------------------------------
+
+
+def _toml_float(value: float) -> str:
+    text = f"{value:.4g}"
+    return text if any(c in text for c in ".en") else text + ".0"
+
+
+def render_row(calibration: Calibration, window: Window, *, n: int, b: int, steps_per_matrix: int,
+               device: "DeviceSpec | None" = None, model: GpuModel | None = None, row_id: str | None = None) -> str:
+    """A ``gpus.toml`` ``[[gpu]]`` row with the measured rates and the derived window, ``calibrated = true``.
+
+    The identification fields (name pattern, memory and clock ranges, compute capability,
+    multiplier) are the matched ``model``'s when there is one, else derived from ``device``
+    (review them). The devnet's CPU row keeps its table window: the devnet shares one CPU
+    with every process of the subnet, so its window is wide by design. The text is
+    validated as a ``GpuModel`` before it is returned.
+    """
+    if device is None and model is None:
+        raise ValueError("render_row needs the device or its table row")
+    devnet = model.devnet_only if model is not None else device is not None and device.kind == "cpu"
+    lines = ["[[gpu]]", f'id = "{row_id or (model.id if model else _row_id(device))}"']
+    if model is not None:
+        lines += [f"name_pattern = '{model.name_pattern}'", f"memory_gb_min = {model.memory_gb_min}",
+                  f"memory_gb_max = {model.memory_gb_max}"]
+        if model.sm_count is not None:
+            lines.append(f"sm_count = {model.sm_count}")
+        lines += [f"sm_clock_mhz_min = {model.sm_clock_mhz_min}", f"sm_clock_mhz_max = {model.sm_clock_mhz_max}",
+                  f'compute_capability = "{model.compute_capability}"']
+        multiplier = model.compute_multiplier
+    else:
+        assert device is not None
+        memory = device.memory_bytes / GIB
+        lines += [f"name_pattern = '{re.escape(device.name)}'", f"memory_gb_min = {memory * 0.98:.4g}",
+                  f"memory_gb_max = {memory * 1.02:.4g}"]
+        if device.kind != "cpu":
+            lines.append(f"sm_count = {device.sm_count}")
+        lines += [f"sm_clock_mhz_min = {max(1, int(device.max_sm_clock_mhz * 0.9))}",
+                  f"sm_clock_mhz_max = {int(device.max_sm_clock_mhz * 1.1) + 1}",
+                  f'compute_capability = "{device.compute_capability}"']
+        multiplier = 0.001 if devnet else 1.0
+    low, high = (model.window_low, model.window_high) if devnet and model is not None else (window.low, window.high)
+    lines += [f"graval_n = {n}", f"graval_b = {b}", f"graval_steps_per_matrix = {steps_per_matrix}",
+              f"fill_macs_per_s = {_toml_float(calibration.fill_rate)}",
+              f"access_macs_per_s = {_toml_float(calibration.access_rate)}",
+              "calibrated = true",
+              f"window_low = {low:.3f}" if not devnet else f"window_low = {low:g}",
+              f"window_high = {high:.3f}" if not devnet else f"window_high = {high:g}",
+              f"compute_multiplier = {multiplier:g}" + ("" if model else "  # set by price and throughput, H100 = 1.0"),
+              f"devnet_only = {'true' if devnet else 'false'}"]
+    text = "\n".join(lines) + "\n"
+    _validate(text)
+    return text
+
+
+def _row_id(device: "DeviceSpec | None") -> str:
+    name = device.name if device is not None else "new_gpu"
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower().replace("nvidia", "")).strip("_")
+    return (slug or "new_gpu")[:32]
+
+
+def _validate(text: str) -> GpuModel:
+    try:
+        import tomllib  # noqa: PLC0415
+    except ModuleNotFoundError:  # Python 3.10 on a GPU host: the kit provides tomli
+        import tomli as tomllib  # type: ignore[no-redef]  # noqa: PLC0415
+    return GpuModel.model_validate(tomllib.loads(text)["gpu"][0])
