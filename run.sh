@@ -21,6 +21,10 @@ Usage: ./run.sh COMMAND [ARGS...]
   canopy [ARGS]        the canopy CLI (devnet, keys, ...)
   bench NAME           run bench/NAME.py (e.g. ./run.sh bench protocol)
   bench api --litellm  the API benchmark with LiteLLM's proxy side by side (own .venv-litellm)
+  gpu-check [FLAGS]    the GraVal GPU check kit on this host's GPU (bench/gpu_check.py --help; no
+                       .venv: the host's python with torch/cupy, set PYTHON=...; --dry-run on a CPU)
+  gpu-check-wheels     download the kit's few wheels (bench/gpu_check_wheels.txt) into
+                       .gpu-check-wheels for CPython 3.10-3.13; copy that folder to the GPU host
   setup                only create .venv and install dependencies
 
 Environment: PYTHON picks the interpreter (3.11+), CANOPY_HOME the state folder (.canopy).
@@ -126,6 +130,31 @@ ensure_chromium() {
   fi
 }
 
+gpu_check_python() {
+  # The GPU host's own interpreter (it has torch / cupy); never the .venv.
+  local python=${PYTHON:-python3}
+  if ! command -v "$python" >/dev/null 2>&1; then
+    echo "run.sh: $python not found (set PYTHON=/path/to/the/python with torch or cupy)" >&2
+    return 1
+  fi
+  echo "$python"
+}
+
+gpu_check_ready() {
+  # gpu_check_ready PYTHON: the kit's imports work (pydantic 2, loguru, threadpoolctl, tomllib or tomli).
+  PYTHONPATH="$ROOT/.gpu-check-site${PYTHONPATH:+:$PYTHONPATH}" "$1" -c '
+import sys
+sys.path.insert(0, ".")
+try:
+    import tomllib
+except ModuleNotFoundError:
+    import tomli
+import loguru, pydantic, threadpoolctl
+assert pydantic.VERSION.startswith("2.")
+import miner.graval.calibration, validator.graval.verifier, miner.inventory
+' >/dev/null 2>&1
+}
+
 command=${1:-help}
 [ $# -gt 0 ] && shift
 case "$command" in
@@ -160,6 +189,31 @@ case "$command" in
     name=${1:?usage: ./run.sh bench NAME}; shift
     if [ "$name" = api ] && [[ " $* " == *" --litellm "* ]]; then ensure_litellm_venv; fi
     exec "$VENV/bin/python" "bench/$name.py" "$@" ;;
+  gpu-check)
+    python=$(gpu_check_python)
+    if ! gpu_check_ready "$python"; then
+      echo "==> $python lacks the kit's packages: installing bench/gpu_check_wheels.txt from .gpu-check-wheels into .gpu-check-site"
+      rm -rf "$ROOT/.gpu-check-site"
+      "$python" bench/gpu_check_install.py "$ROOT/.gpu-check-wheels" "$ROOT/.gpu-check-site"
+      gpu_check_ready "$python" || { echo "run.sh: the kit still cannot import its modules with $python" >&2; exit 1; }
+    fi
+    export PYTHONPATH="$ROOT/.gpu-check-site${PYTHONPATH:+:$PYTHONPATH}"
+    exec "$python" bench/gpu_check.py "$@" ;;
+  gpu-check-wheels)
+    python=$(find_python)
+    rm -rf .gpu-check-wheels
+    mkdir -p .gpu-check-wheels
+    # Markers are the installing host's business: download every line for every version.
+    sed -e 's/#.*//' -e 's/;.*//' -e '/^[[:space:]]*$/d' bench/gpu_check_wheels.txt > .gpu-check-wheels/requirements.txt
+    for version in 3.10 3.11 3.12 3.13; do
+      echo "==> wheels for CPython $version (x86_64 manylinux)"
+      "$python" -m pip download --quiet --disable-pip-version-check --only-binary=:all: --no-deps \
+        --python-version "$version" --implementation cp --platform manylinux_2_28_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --dest .gpu-check-wheels -r .gpu-check-wheels/requirements.txt
+    done
+    rm .gpu-check-wheels/requirements.txt
+    ls .gpu-check-wheels ;;
   help|-h|--help)
     usage ;;
   *)

@@ -7,7 +7,7 @@ measuring is done by its siblings, each in its own process so that the validator
 and RSS are its own (this script re-run with ``--role NAME`` for the children):
 
 - ``bench/validator_sim.py`` (``--role sim``): ONE aiohttp server answering for every
-  simulated miner (Inventory, DeviceInfo, real numpy proofs for Prove/Open, Invoke);
+  simulated miner (Inventory, DeviceInfo, Ping, real numpy proofs for Prove/Access/Open, Invoke);
 - ``bench/validator_prefill.py`` (``--role prefill``): the SQLite store as a week at the
   default schedule left it (~1M invocations, an hourly GraVal history of every device),
   and the organic traffic the API adds between two measured steps;

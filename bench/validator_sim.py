@@ -7,9 +7,10 @@ miner, telling them apart by the btauth receiver header (no signature check). Ea
 offers ``--devices`` CPU pseudo-devices of 16 MiB (``miner.inventory.cpu_device``, uuids
 derived from the hotkey) and hosts one JSON chute (one POST cord with pydantic input and
 output schemas, one ready instance). It answers ``Inventory``, ``DeviceInfo`` (live
-readings that match the claims), ``Prove`` (a REAL honest ``Prover`` on numpy for the spec
-received, in a pool of ``--sim-workers`` processes; the prover stays in its worker until
-``Open``), ``Open`` and ``Invoke`` (one NDJSON chunk: status 200, a body valid against the
+readings that match the claims), ``Ping`` (the validator's round-trip probe), ``Prove`` (the fill phase of a REAL honest ``Prover`` on
+numpy for the spec received, in a pool of ``--sim-workers`` processes; the prover stays in
+its worker until ``Open``), ``Access`` (its access phase in the order of the validator's
+seed, in the same worker), ``Open`` and ``Invoke`` (one NDJSON chunk: status 200, a body valid against the
 output schema, ``compute_s`` 0.05). ``GET /stats`` counts the requests per synapse. It
 prints ``{"port": N}`` once listening and serves until its stdin closes.
 """
@@ -83,9 +84,16 @@ def _prove_in_worker(spec_json: str) -> str:
 
     spec = ChallengeSpec.model_validate_json(spec_json)
     prover = Prover(spec, NumpyBackend())
-    commitment = prover.prove()
+    commitment = prover.fill()
     _PROVERS[spec.challenge_id] = prover
     return commitment.model_dump_json()
+
+
+def _access_in_worker(challenge_id: str, access_seed: str) -> str | None:
+    prover = _PROVERS.get(challenge_id)
+    if prover is None:
+        return None
+    return prover.access(bytes.fromhex(access_seed)).model_dump_json()
 
 
 def _open_in_worker(challenge_id: str, refs_json: str) -> str | None:
@@ -127,6 +135,17 @@ class ProverPool:
         self.owner[challenge_id] = index
         return commitment
 
+    async def access(self, challenge_id: str, access_seed: str) -> str | None:
+        index = self.owner.get(challenge_id)
+        if index is None:
+            return None
+        self.busy[index] += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executors[index], _access_in_worker,
+                                                                    challenge_id, access_seed)
+        finally:
+            self.busy[index] -= 1
+
     async def open(self, challenge_id: str, body: str) -> str | None:
         index = self.owner.pop(challenge_id, None)
         if index is None:
@@ -146,7 +165,8 @@ async def serve_sim(config_path: str) -> None:
     from protocol import errors
     from protocol.chutes import InvokeChunk
     from protocol.graval.devices import LiveDeviceInfo
-    from protocol.graval.synapses import DeviceInfo, DeviceInfoResponse, InventoryResponse, Open, Prove
+    from protocol.synapse import Pong
+    from protocol.graval.synapses import Access, DeviceInfo, DeviceInfoResponse, InventoryResponse, Open, Prove
 
     config = json.loads(Path(config_path).read_text())
     chute = bench_chute()
@@ -198,12 +218,20 @@ async def serve_sim(config_path: str) -> None:
             if spec.uuid not in by_uuid[hotkey]:
                 return refuse(errors.InvalidPayload(f"no such device on this miner: {spec.uuid}"))
             return json_response(await pool.prove(spec.challenge_id, spec.model_dump_json()))
+        if name == "Access":
+            request = Access.model_validate_json(body)
+            committed = await pool.access(request.challenge_id, request.access_seed)
+            if committed is None:
+                return refuse(errors.NotFound(f"no filled challenge {request.challenge_id}"))
+            return json_response(committed)
         if name == "Open":
             challenge_id = Open.model_validate_json(body).challenge_id
             opened = await pool.open(challenge_id, body.decode())
             if opened is None:
                 return refuse(errors.NotFound(f"no committed challenge {challenge_id}"))
             return json_response(opened)
+        if name == "Ping":  # the validator's round-trip probe before each timed GraVal call
+            return json_response(Pong(hotkey=hotkey).model_dump_json())
         if name == "Invoke":
             return web.Response(body=invoke_line, content_type="application/x-ndjson")
         return refuse(errors.NotFound(f"no such synapse: {name}"))

@@ -100,6 +100,7 @@ class GravalSettings(BaseModel):
     session_ttl_s: float = Field(120.0, gt=0, description="How long a committed challenge waits for its opening.")
     reverify_s: float = Field(3600.0, gt=0, description="Validator: mean seconds between two sweeps (every device of every miner re-verified at once; random exponential gaps).")
     retry_s: float = Field(60.0, gt=0, description="Validator: first retry delay of a first verification that reached nobody (doubles); failed devices wait for the next sweep.")
+    sweep_gather_s: float = Field(20.0, gt=0, le=300, description="Validator: a sweep gathers every miner's Inventory for this long, then sends every Prove at once (later answers fail late_for_sweep).")
     probation_s: float = Field(7 * 24 * 3600.0, ge=0, description="Validator: after a failed device verification, how long a miner's new devices wait for the next sweep instead of being verified at once.")
     allow_cpu: bool = Field(False, description="Validator: accept CPU pseudo-devices (devnet only).")
 

@@ -1,9 +1,9 @@
 """The miner's chute handlers on its axon: Invoke (routed to an instance) and Inventory.
 
-Called by ``neurons/miner.py``: ``ChutesService(manager, hosted, refused=..., devices=...)
-.attach(axon)``, attached after ``GravalService`` so that its Inventory reply (devices plus
-the hosted chutes with their cords, schemas, capacity and load) replaces the devices-only
-one. The validator and the API read ``ledger`` (compute seconds and tokens per chute).
+Called by ``neurons/miner.py``: ``ChutesService(manager, hosted, refused=..., devices=...,
+loads=graval.loads).attach(axon)``, attached after ``GravalService`` so that its Inventory
+reply (devices, what the instances hold on each, and the hosted chutes with their cords,
+schemas, capacity and load) replaces the devices-only one. The validator and the API read ``ledger`` (compute seconds and tokens per chute).
 
 An Invoke is checked here (chute and cord known, payload within ``max_payload_bytes``),
 takes the ready instance with free capacity and the fewest requests in flight
@@ -24,7 +24,7 @@ import json
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import aiohttp
 import pydantic_core
@@ -37,7 +37,7 @@ from protocol.chutes import (
     RefusedChute, RemoteChuteError, Usage,
 )
 from protocol.graval.devices import DeviceSpec
-from protocol.graval.synapses import Inventory, InventoryResponse
+from protocol.graval.synapses import DeviceLoad, Inventory, InventoryResponse
 
 COMPUTE_HEADER = "X-Canopy-Compute-S"
 _TEXT_TYPES = ("text/", "application/json", "application/x-ndjson", "application/javascript", "application/xml")
@@ -179,8 +179,9 @@ class ChutesService:
     def __init__(self, manager: InstanceManager, hosted: Sequence[HostedChute], *,
                  refused: Sequence[RefusedChute] = (), devices: Sequence[DeviceSpec] = (),
                  invoke_timeout_s: float = 600.0, max_payload_bytes: int = 1 << 20,
-                 ledger: Ledger | None = None) -> None:
+                 ledger: Ledger | None = None, loads: Callable[[], Awaitable[list[DeviceLoad]]] | None = None) -> None:
         self.manager = manager
+        self.loads = loads  # the GraVal service's: what the instances hold on each device
         self.chutes = {chute.chute_id: chute for chute in hosted}
         self.refused = list(refused)
         self.devices = list(devices)
@@ -214,7 +215,8 @@ class ChutesService:
         return chutes
 
     async def inventory(self, synapse: Inventory, caller: Caller) -> InventoryResponse:
-        return InventoryResponse(devices=self.devices, chutes=self.hosted(), refused=self.refused)
+        loads = await self.loads() if self.loads is not None else []
+        return InventoryResponse(devices=self.devices, chutes=self.hosted(), refused=self.refused, loads=loads)
 
     # --- Invoke --------------------------------------------------------------------------------
 

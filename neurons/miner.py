@@ -72,12 +72,12 @@ async def main(ctx: NeuronContext) -> None:
         logger.warning("no GPU found: this miner offers no device (on the devnet, --graval.cpu_devices 1 adds a CPU pseudo-device)")
     for device in devices:
         logger.info("device {}: {} ({} MiB) {}", device.index, device.name, device.memory_bytes >> 20, device.uuid)
-    GravalService(devices, backend=graval.backend, session_ttl_s=graval.session_ttl_s).attach(axon)
+    verification = GravalService(devices, backend=graval.backend, session_ttl_s=graval.session_ttl_s).attach(axon)
 
     chutes = ctx.settings.chutes
     plan = await hosting_plan(chutes, devices)
     manager = instance_manager(chutes, plan)
-    ChutesService(manager, plan.hosted_chutes(), refused=plan.refused, devices=devices,
+    ChutesService(manager, plan.hosted_chutes(), refused=plan.refused, devices=devices, loads=verification.loads,
                   invoke_timeout_s=chutes.invoke_timeout_s, max_payload_bytes=chutes.max_payload_bytes).attach(axon)
     await manager.start(wait=False)  # Invoke answers 503 chute_unavailable until an instance is ready
     try:

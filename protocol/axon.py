@@ -109,7 +109,7 @@ class _Route:
     handler: Handler
     streaming: bool
     major: int
-    cancel_on_disconnect: bool = False
+    long_running: bool = False
 
 
 class Axon:
@@ -152,13 +152,14 @@ class Axon:
         self._port: int | None = None
         self.attach(Ping, self._pong)
 
-    def attach(self, synapse: type[Synapse], handler: Handler, *, cancel_on_disconnect: bool = False) -> "Axon":
+    def attach(self, synapse: type[Synapse], handler: Handler, *, long_running: bool = False) -> "Axon":
         """Serve ``synapse`` with ``handler(synapse, caller)``: a coroutine returning the
         response model (or a dict of its fields), or an async generator of chunks. A
         handler refuses by raising a ``protocol.errors`` error (sent with its status).
-        ``cancel_on_disconnect``: a coroutine handler is cancelled when its caller hangs up
-        (long work nobody waits for; streams are always watched). It costs a watcher task
-        per request, so cheap handlers go without."""
+        ``long_running``: a coroutine handler is cancelled when its caller hangs up (long work
+        nobody waits for; streams are always watched) and its reply is encoded in a worker
+        thread (a large reply must not stall the other requests' streams). It costs a
+        watcher task and a thread hop per request, so cheap handlers go without."""
         if not (isinstance(synapse, type) and issubclass(synapse, Synapse)) or synapse is Synapse:
             raise TypeError("attach() takes a Synapse subclass")
         streaming = inspect.isasyncgenfunction(handler)
@@ -167,7 +168,7 @@ class Axon:
         if synapse.streaming and not streaming:
             raise TypeError(f"{synapse.__name__} is a streaming synapse: its handler must be an async generator")
         self._routes[synapse.route()] = _Route(synapse, handler, streaming, major_of(synapse.protocol_version) or 0,
-                                               cancel_on_disconnect)
+                                               long_running)
         return self
 
     async def _pong(self, synapse: Ping, caller: Caller) -> Pong:
@@ -300,8 +301,11 @@ class Axon:
             return
         try:
             work = route.handler(synapse, caller)
-            result = await (asgi.until_disconnect(work, receive) if route.cancel_on_disconnect else work)  # type: ignore[arg-type]
-            reply = self._encode(route, result)
+            if route.long_running:
+                result = await asgi.until_disconnect(work, receive)  # type: ignore[arg-type]
+                reply = await asyncio.to_thread(self._encode, route, result)
+            else:
+                reply = self._encode(route, await work)  # type: ignore[misc]
         except asgi.ClientGone:
             return  # nobody to answer
         except errors.ProtocolError as refusal:  # a handler refusing with a typed error (404, 422, 429...)

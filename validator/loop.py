@@ -96,6 +96,7 @@ class Validator:
         self.rng = rng or random.SystemRandom()
         self.schedule = ReverifySchedule(interval_s=settings.graval.reverify_s, retry_s=settings.graval.retry_s, rng=self.rng)
         self.probation_s = settings.graval.probation_s
+        self.sweep_gather_s = settings.graval.sweep_gather_s
         # The verifier's Inventory answers lose the uuids other hotkeys own (never challenged).
         self.claims = ClaimFilter(dendrite)
         self.verifier = verifier or GravalVerifier(self.claims, table, allow_cpu=self.allow_cpu,
@@ -198,7 +199,8 @@ class Validator:
         self.attempted.setdefault(miner.hotkey, set()).update(result.uuid for result in results)
 
     async def _sweep(self, jobs: list[tuple[Neuron, set[str], set[str]]]) -> None:
-        results = await rounds.sweep(self.verifier, self.store, jobs, self.metrics, self.claims)
+        results = await rounds.sweep(self.verifier, self.store, jobs, self.metrics, self.claims,
+                                     gather_s=self.sweep_gather_s)
         for result in results:
             self.attempted.setdefault(result.miner_hotkey, set()).add(result.uuid)
 
@@ -249,6 +251,8 @@ class Validator:
                 if any(d.uuid not in self.attempted.get(hotkey, ()) for d in view.devices):
                     self.schedule.expedite(hotkey)  # a device never challenged for this miner
             for hotkey in self.schedule.due(sorted(views), now):
+                if hotkey in probation:
+                    continue  # a retry of a round that reached nobody, now for the sweep to do
                 if self._start(f"verify:{hotkey}", partial(self._verify, views[hotkey].neuron, known[hotkey])):
                     started += 1
         for hotkey, view in views.items():

@@ -54,14 +54,15 @@ NOT_OFFERED = "not_offered"
 
 async def verify_round(verifier: GravalVerifier, schedule: ReverifySchedule | None, store: ValidatorStore, miner: Any,
                        metrics: ValidatorMetrics | None = None, known: Collection[str] = (), *,
-                       claims: ClaimFilter | None = None, expected: Collection[str] = ()) -> list[DeviceResult]:
+                       claims: ClaimFilter | None = None, expected: Collection[str] = (),
+                       prove_at: float | None = None) -> list[DeviceResult]:
     """One miner's round. ``known``: its devices whose latest verification passed (re-verified at
     the lighter soundness); ``claims``: the filter the verifier's dendrite is (its refusals become
     ``uuid_taken`` results); ``expected``: the uuids it claimed this step, each of which must come
     back with a result (a sweep: one left out of the answer fails as ``not_offered``, so hiding a
     device from a sweep does not keep its last pass); ``schedule``: told how a first (solo) round
-    went (None in a sweep)."""
-    results = list(await verifier.verify_miner(miner, known=known))
+    went (None in a sweep); ``prove_at``: the sweep's instant for every Prove."""
+    results = list(await verifier.verify_miner(miner, known=known, prove_at=prove_at))
     if claims is not None:
         results += taken_results(miner.hotkey, claims.refused(miner.hotkey), claims.owners)
     answered = {result.uuid for result in results}
@@ -79,17 +80,26 @@ async def verify_round(verifier: GravalVerifier, schedule: ReverifySchedule | No
     return results
 
 
+#: A sweep gathers every miner's Inventory and readings first; all Proves then go out at
+#: this many seconds after the sweep began (a miner answering later fails ``late_for_sweep``).
+SWEEP_GATHER_S = 20.0
+
+
 async def sweep(verifier: GravalVerifier, store: ValidatorStore, miners: Sequence[tuple[Any, Collection[str], Collection[str]]],
-                metrics: ValidatorMetrics | None = None, claims: ClaimFilter | None = None) -> list[DeviceResult]:
+                metrics: ValidatorMetrics | None = None, claims: ClaimFilter | None = None,
+                gather_s: float = SWEEP_GATHER_S) -> list[DeviceResult]:
     """Re-verify every device of every miner at once: ``miners`` are (neuron, known, expected)
     as ``verify_round`` takes them. All rounds start in the same event-loop turn (no cap splits
-    a sweep: two claims answered by one GPU must be challenged together). Returns every result."""
+    a sweep: two claims answered by one GPU must be challenged together) and every Prove goes
+    out at the same instant, ``gather_s`` after the start, whatever each miner's answering
+    speed. Returns every result."""
     started = time.time()
+    prove_at = time.monotonic() + gather_s
     sweep_id = await store.start_sweep(now=started, miners=len(miners))
     if metrics is not None:
         metrics.sweeps.inc()
     outcomes = await asyncio.gather(*(
-        verify_round(verifier, None, store, miner, metrics, known, claims=claims, expected=expected)
+        verify_round(verifier, None, store, miner, metrics, known, claims=claims, expected=expected, prove_at=prove_at)
         for miner, known, expected in miners), return_exceptions=True)
     results: list[DeviceResult] = []
     for (miner, _, _), outcome in zip(miners, outcomes):

@@ -151,7 +151,14 @@ def device_multiplier(table: Iterable[GpuModel]) -> Callable[[Any], float]:
         model = models.get(model_id)
         return 0.0 if model is None else uncalibrated_multiplier(model, proven, rows)
 
-    return lambda row: of(row.model_id, proven_bytes(row))
+    return lambda row: of(row.model_id, proven_bytes(row)) * proven_fraction(row)
+
+
+def proven_fraction(row: Any) -> float:
+    """The share of the device a verification proved: below 1 for a device re-verified beside
+    its instances (README, GraVal: serving), whose capacity counts only that share."""
+    fraction = getattr(row, "proven_fraction", None)
+    return float(fraction) if fraction else 1.0
 
 
 def devices_from_results(results: Iterable[Any], table: Iterable[GpuModel]) -> list[DeviceEntry]:

@@ -58,6 +58,8 @@ class DeviceVerification(Base):
     memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # 64-bit on Postgres: GPUs have > 2 GiB
     # what a passing proof established (resident matrices + workspace); 0 before 0004 or on failure
     proven_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # of what a whole-device proof establishes: < 1 for a device proven beside its instances
+    proven_fraction: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
     elapsed_s: Mapped[float] = mapped_column(Float, default=0.0)
     expected_s: Mapped[float] = mapped_column(Float, default=0.0)
     throughput_macs_s: Mapped[float] = mapped_column(Float, default=0.0)

@@ -5,9 +5,9 @@ honest GraVal challenges at the row's production shape (``plan()`` for the devic
 memory) on one local device, with progress bars: the fill and access phases are timed on
 their own (hashing included), the first run is opened and checked by the validator's own
 verifier. It prints the per-phase rates, the timing window their variance justifies, the
-separation table (honest, half memory, 90% memory, one device answering two claims: the
-per-phase time ratios and whether the window refuses each) and a ``gpus.toml`` row with
-``calibrated = true``. The arithmetic is ``miner.graval.calibration``'s; a variance too
+separation table (honest, half memory, 90% memory, one device answering two claims from two
+threads and from two processes: the per-phase time ratios and whether the window refuses
+each) and a ``gpus.toml`` row with ``calibrated = true``. The arithmetic is ``miner.graval.calibration``'s; a variance too
 large for a window below 2.0 prints no row and exits 1.
 """
 
@@ -90,7 +90,7 @@ def calibrate(
                              help=f"Honest challenges to time (at least {cal.MIN_RUNS} for a window)."),
     steps_per_matrix: int = typer.Option(0, "--steps-per-matrix", min=0,
                                          help="Access steps per matrix (default: the row's, 64 on GPUs, 16 on CPU)."),
-    separation_matrices: int = typer.Option(32, "--sep-m", min=0,
+    separation_matrices: int = typer.Option(40, "--sep-m", min=0,
                                             help="Matrices of the separation table's challenges (0: no table)."),
     cpu: bool = typer.Option(False, "--cpu", help="Measure the CPU pseudo-device (no GPU needed)."),
     cpu_memory_mb: int = typer.Option(64, "--cpu-memory-mb", min=16, help="Memory the CPU pseudo-device claims."),
@@ -161,7 +161,7 @@ def calibrate(
             honest = None
         bars, tick = _bars()
         with bars:
-            rows = cal.separation_table(engine, sep_spec, window, honest=honest, progress=tick)
+            rows = cal.separation_table(engine, sep_spec, window, honest=honest, progress=tick, device_index=chosen.index)
         console.print(_separation_table(rows, window))
         console.print(f"separation shape: n={size} b={width} m={sep_m} steps={spm * sep_m}; a '+' marks a phase stopped "
                       f"at {cal.CHEAT_CAP:g}x the honest median")

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from protocol.graval.field import HALF, P, SBOX_CENTRED, hash_residues
-from protocol.graval.lattice import blas_matmul
+from protocol.graval.lattice import HostOps
 
 #: Row blocks of the element-wise passes hold at most this many int64 temporaries
 #: (an n x n int64 copy would be 8 matrices' worth of memory at n = 16384).
@@ -141,9 +141,9 @@ class ArrayBackend:
         return np.ascontiguousarray(self.host(x), dtype=np.int8)
 
 
-class NumpyBackend(ArrayBackend):
-    """float64 storage and BLAS GEMM; the element-wise passes run on row blocks in a thread
-    pool (numpy releases the GIL in its loops, so they use every core as the GEMM does)."""
+class NumpyBackend(HostOps, ArrayBackend):  # type: ignore[misc] - HostOps supplies the primitives
+    """float64 storage and BLAS GEMM (``HostOps``); the element-wise passes run on row blocks
+    in a thread pool (numpy releases the GIL in its loops, so they use every core as the GEMM does)."""
 
     name = "numpy"
 
@@ -155,30 +155,6 @@ class NumpyBackend(ArrayBackend):
 
     def arange(self, start: int, stop: int) -> Any:
         return np.arange(start, stop, dtype=np.int64)
-
-    def from_host(self, array: np.ndarray) -> Any:
-        return array
-
-    def to_int64(self, x: Any) -> Any:
-        return x.astype(np.int64)
-
-    def to_storage(self, x: Any) -> Any:
-        return np.asarray(x, dtype=np.float64)
-
-    def to_node_storage(self, x: Any) -> Any:
-        return np.asarray(x, dtype=np.float32)
-
-    def cat(self, arrays: list[Any], axis: int) -> Any:
-        return np.concatenate(arrays, axis=axis)
-
-    def host(self, x: Any) -> np.ndarray:
-        return np.asarray(x)
-
-    def matmul_exact(self, a: Any, b: Any) -> Any:
-        return blas_matmul(a, b)
-
-    def transpose(self, x: Any) -> Any:
-        return np.ascontiguousarray(x.T)
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}

@@ -387,12 +387,72 @@ def two_claims(backend: ArrayBackend, make_spec: SpecFactory, progress: Progress
     return [(fill_s, access_s) for fill_s, access_s in times]
 
 
+def _claim_process(backend_name: str, device_index: int, spec_json: str, barrier: Any, results: Any) -> None:
+    """One claim in its own process (``two_claims_processes``): warm up, then fill and access
+    in step with the other claim's process; puts (fill_s, access_s) or the error text."""
+    from miner.graval.backends import pick_backend  # noqa: PLC0415
+
+    try:
+        backend = pick_backend(backend_name, device_index)
+        spec = ChallengeSpec.model_validate_json(spec_json)
+        warm_up(backend, spec.n, spec.b)
+        prover = Prover(spec, backend)
+        barrier.wait(timeout=600)
+        prover.fill()
+        barrier.wait(timeout=600)
+        prover.access(secrets.token_bytes(32))
+        results.put((prover.timings.fill_s, prover.timings.access_s))
+    except BaseException as error:  # noqa: BLE001 - reported to the parent
+        barrier.abort()
+        results.put(f"{type(error).__name__}: {error}")
+
+
+def release_cached_memory(backend: ArrayBackend) -> None:
+    """Hand the device memory a CUDA backend's allocator keeps cached back to the driver, so
+    that another backend or process can fill the device."""
+    import gc  # noqa: PLC0415
+
+    gc.collect()
+    if backend.name == "torch-cuda":
+        backend.torch.cuda.empty_cache()  # type: ignore[attr-defined]
+    elif backend.name == "cupy":
+        backend.cp.get_default_memory_pool().free_all_blocks()  # type: ignore[attr-defined]
+        backend.cp.get_default_pinned_memory_pool().free_all_blocks()  # type: ignore[attr-defined]
+
+
+def two_claims_processes(backend: ArrayBackend, make_spec: SpecFactory, device_index: int = 0) -> list[tuple[float, float]]:
+    """The same two claims as ``two_claims``, each in its own process (its own CUDA context
+    and interpreter: no lock shared on the host, as a miner would run them), both phases
+    started together. Returns each claim's (fill_s, access_s)."""
+    import multiprocessing  # noqa: PLC0415
+
+    release_cached_memory(backend)  # the children allocate their own
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_claim_process, args=(backend.name, device_index, make_spec().model_dump_json(),
+                                                            barrier, results), name=f"graval-claim-{index}")
+               for index in range(2)]
+    for worker in workers:
+        worker.start()
+    answers = [results.get(timeout=1800) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    failed = [answer for answer in answers if isinstance(answer, str)]
+    if failed:
+        raise RuntimeError(f"a claim's process failed: {failed[0]}")
+    return [tuple(answer) for answer in answers]  # type: ignore[misc]
+
+
 def separation_table(backend: ArrayBackend, make_spec: SpecFactory, window: Window, *, honest: list[Run] | None = None,
                      honest_runs: int = MIN_RUNS, cap: float = CHEAT_CAP, progress: Progress | None = None,
-                     cases: tuple[str, ...] = ("honest", "half memory", "90% memory", "two claims")) -> list[SeparationRow]:
+                     cases: tuple[str, ...] = ("honest", "half memory", "90% memory", "two claims", "two processes"),
+                     device_index: int = 0) -> list[SeparationRow]:
     """Per-phase time ratios against the honest median at ``make_spec``'s shape, and whether
     ``window`` refuses each: honest runs, ``Rebuilding`` keeping 50% and 90% of the matrices
-    (right answers, slower), and two claims answered at once by this one device.
+    (right answers, slower), and two claims answered at once by this one device, from two
+    threads of one process ("two claims") and from two processes ("two processes": no
+    interpreter lock shared, so host-bound parts of the phases overlap).
     ``honest``: runs already made at this shape (else ``honest_runs`` are made)."""
     from miner.graval.adversaries import Rebuilding  # noqa: PLC0415 - the attacks, only here
 
@@ -422,7 +482,11 @@ def separation_table(backend: ArrayBackend, make_spec: SpecFactory, window: Wind
     if "two claims" in cases:
         for name, (fill_s, access_s) in zip("ab", two_claims(backend, make_spec, progress)):
             rows.append(_judge(f"two claims ({name})", fill_s / fill_median, access_s / access_median, window,
-                               detail="two challenges at once on one device"))
+                               detail="two challenges at once on one device, two threads"))
+    if "two processes" in cases:
+        for name, (fill_s, access_s) in zip("ab", two_claims_processes(backend, make_spec, device_index)):
+            rows.append(_judge(f"two processes ({name})", fill_s / fill_median, access_s / access_median, window,
+                               detail="two challenges at once on one device, two processes"))
     return rows
 
 

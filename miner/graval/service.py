@@ -36,14 +36,23 @@ from protocol.axon import Axon, Caller, SignedRequest
 from protocol.graval.devices import DeviceSpec
 from protocol.graval.spec import ChallengeSpec
 from protocol.graval.synapses import (
-    Access, AccessCommitment, DeviceInfo, DeviceInfoResponse, FillCommitment, Inventory, InventoryResponse, Open,
-    Openings, Prove,
+    Access, AccessCommitment, DeviceInfo, DeviceInfoResponse, DeviceLoad, FillCommitment, Inventory,
+    InventoryResponse, Open, Openings, Prove,
 )
 
 ProverFactory = Callable[[ChallengeSpec, ArrayBackend], Prover]
 #: The Retry-After of a busy device: an occupying challenge usually ends within seconds
 #: (its validator opens right after the access phase), so the next validator looks again soon.
 BUSY_RETRY_S = 5
+
+
+def instances_memory(device: DeviceSpec) -> int:
+    """Memory in use on a GPU (its instances' weights and caches), from the live reading;
+    the devnet's CPU pseudo-device reserves nothing. Reporting more than the truth only
+    shrinks the miner's own proof and its capacity credit (README, GraVal: serving)."""
+    if device.kind == "cpu":
+        return 0
+    return live_info(device).memory_used_bytes
 
 
 def busy_evidence(signed: SignedRequest | None) -> dict[str, Any] | None:
@@ -67,21 +76,22 @@ class _Session:
 
 class GravalService:
     def __init__(self, devices: list[DeviceSpec], *, backend: str = "auto", session_ttl_s: float = 120.0,
-                 prover_factory: ProverFactory | None = None) -> None:
+                 prover_factory: ProverFactory | None = None, reserved: Callable[[DeviceSpec], int] | None = None) -> None:
         self.claims = list(devices)  # as offered, in order (Inventory)
         self.devices = {device.uuid: device for device in devices}
         self.backend_name = backend
         self.session_ttl_s = session_ttl_s
         self.prover_factory: ProverFactory = prover_factory or (lambda spec, backend_: Prover(spec, backend_))
+        self.reserved = reserved or instances_memory
         self._occupant: dict[str, _Session] = {}  # device uuid -> the challenge holding it
         self._sessions: dict[str, _Session] = {}  # challenge id -> session
 
     def attach(self, axon: Axon) -> "GravalService":
         axon.attach(Inventory, self.inventory)
         axon.attach(DeviceInfo, self.device_info)
-        axon.attach(Prove, self.prove, cancel_on_disconnect=True)
-        axon.attach(Access, self.access, cancel_on_disconnect=True)
-        axon.attach(Open, self.open, cancel_on_disconnect=True)
+        axon.attach(Prove, self.prove, long_running=True)
+        axon.attach(Access, self.access, long_running=True)
+        axon.attach(Open, self.open, long_running=True)
         return self
 
     def backend_for(self, device: DeviceSpec) -> ArrayBackend:
@@ -92,7 +102,17 @@ class GravalService:
     # --- handlers ----------------------------------------------------------------------
 
     async def inventory(self, synapse: Inventory, caller: Caller) -> InventoryResponse:
-        return InventoryResponse(devices=self.claims)
+        return InventoryResponse(devices=self.claims, loads=await self.loads())
+
+    async def loads(self) -> list[DeviceLoad]:
+        """Per device, what its hosted instances hold (the chute service's Inventory carries it too)."""
+        return await asyncio.to_thread(self._loads)
+
+    def _loads(self) -> list[DeviceLoad]:
+        """What the instances hold on each device not running a challenge (during one, the
+        reading would count the prover's own matrices)."""
+        return [DeviceLoad(uuid=device.uuid, reserved_bytes=self.reserved(device))
+                for device in self.claims if device.uuid not in self._occupant]
 
     async def device_info(self, synapse: DeviceInfo, caller: Caller) -> DeviceInfoResponse:
         unknown = [uuid for uuid in synapse.uuids if uuid not in self.devices]
@@ -109,6 +129,10 @@ class GravalService:
         needed = spec.resident_bytes + spec.workspace_bytes
         if needed > device.memory_bytes:
             raise errors.InvalidPayload(f"the challenge needs {needed} bytes; device {spec.uuid} has {device.memory_bytes}")
+        free = device.memory_bytes - await asyncio.to_thread(self.reserved, device)
+        if needed > free and spec.uuid not in self._occupant:
+            raise errors.InvalidPayload(f"the challenge needs {needed} bytes; device {spec.uuid} has {free} free beside "
+                                        "its instances")
         await self._claim_device(spec.uuid, caller)
         session = _Session(self.prover_factory(spec, self.backend_for(device)), caller.hotkey, spec.uuid, caller.signed,
                            time.monotonic() + self.session_ttl_s)

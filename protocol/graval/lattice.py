@@ -149,10 +149,10 @@ def digest_from_bytes(data: bytes) -> np.ndarray:
 
 # --- the verifier's side ---------------------------------------------------------------
 
-#: Below this many multiply-accumulates a BLAS product runs on one thread: the tree's node
-#: hashes are many small products, and OpenBLAS waking its threads for each costs 10x the
-#: product itself (100x on a loaded machine).
-SMALL_PRODUCT_MACS = 1 << 22
+#: Below this many multiply-accumulates (~4 ms on one core) a BLAS product runs on one
+#: thread: tree nodes and access steps are many small products, and OpenBLAS waking its
+#: threads for each costs 10x the product itself (100x on a loaded machine, measured).
+SMALL_PRODUCT_MACS = 1 << 26
 _BLAS: Any = None
 
 
@@ -170,13 +170,18 @@ def blas_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class HostOps:
-    """numpy float64 BLAS: exact for the key products (|sum| < 2^53)."""
+    """The array primitives on numpy: float64 storage (BLAS is exact for the key products,
+    |sum| < 2^53), float32 node inputs. The verifier uses them; the prover's numpy backend
+    is these plus its element-wise passes."""
 
     def matmul_exact(self, a: Any, b: Any) -> Any:
-        return blas_matmul(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+        return blas_matmul(a, b)
 
     def to_int64(self, x: Any) -> Any:
         return np.asarray(x).astype(np.int64)
+
+    def transpose(self, x: Any) -> Any:
+        return np.ascontiguousarray(x.T)
 
     def to_storage(self, x: Any) -> Any:
         return np.asarray(x, dtype=np.float64)

@@ -24,8 +24,19 @@ from protocol.synapse import Synapse, SynapseResponse
 MAX_OPEN_LEAVES = 4096
 
 
+class DeviceLoad(BaseModel):
+    """Memory a device's hosted instances hold right now (weights, KV cache): a re-verifying
+    sweep proves the rest, beside the instances, so serving never stops for a proof."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uuid: str = Field(..., min_length=1, max_length=128)
+    reserved_bytes: int = Field(0, ge=0)
+
+
 class InventoryResponse(SynapseResponse):
     devices: list[DeviceSpec] = Field(default_factory=list, max_length=64)
+    loads: list[DeviceLoad] = Field(default_factory=list, max_length=64)
     # What the miner hosts on them (miner.chutes_service); empty from a miner hosting nothing.
     chutes: list[HostedChute] = Field(default_factory=list, max_length=MAX_CHUTES)
     refused: list[RefusedChute] = Field(default_factory=list, max_length=MAX_CHUTES)

@@ -29,6 +29,7 @@ from tests.protocol.helpers import NETUID, StaticChain, free_port, neuron
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PAYLOAD_CAP = 4096
+RESERVED = 3 << 20  # what the GraVal service reports the instances hold on each device
 AXON_CAP = 16 * 1024
 
 
@@ -46,12 +47,14 @@ async def miner(tmp_path_factory):
     low = min(free_port(), 65000)
     manager = InstanceManager(plan.instance_specs(), port_range=(low, low + 40), log_dir=root / "logs", cwd=ROOT,
                               backoff_base_s=0.2, backoff_cap_s=5.0, grace_s=2.0, start_timeout_s=30)
-    service = ChutesService(manager, plan.hosted_chutes(), refused=plan.refused, devices=devices,
-                            max_payload_bytes=PAYLOAD_CAP, invoke_timeout_s=30)
+    from miner.graval.service import GravalService
     from protocol.axon import Axon
 
     axon = Axon(wallets.miner, StaticChain(graph), NETUID,
                 AxonSettings(ip="127.0.0.1", port=free_port(), max_body_bytes=AXON_CAP))
+    verification = GravalService(devices, reserved=lambda device: RESERVED).attach(axon)  # wired as neurons/miner.py
+    service = ChutesService(manager, plan.hosted_chutes(), refused=plan.refused, devices=devices,
+                            max_payload_bytes=PAYLOAD_CAP, invoke_timeout_s=30, loads=verification.loads)
     service.attach(axon)
     await manager.start()
     await axon.start()
@@ -111,6 +114,8 @@ async def test_inventory_lists_devices_hosted_chutes_with_load_and_refusals(mine
     assert result.ok, result.error
     inventory = result.response
     assert [d.uuid for d in inventory.devices] == [d.uuid for d in miner.devices]
+    # what the instances hold on each device, from the GraVal service (a sweep proves the rest)
+    assert [(load.uuid, load.reserved_bytes) for load in inventory.loads] == [(d.uuid, RESERVED) for d in miner.devices]
     chutes = {chute.name: chute for chute in inventory.chutes}
     echo, bad = chutes["echo"], chutes["bad-hook"]
     assert (echo.instances, echo.ready_instances, echo.concurrency, echo.in_flight) == (2, 2, 2, 0)

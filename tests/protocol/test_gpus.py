@@ -77,8 +77,28 @@ def test_each_real_name_matches_exactly_one_row(table, name, row):
 
 def test_the_timing_window_scales_with_the_work(table):
     h100 = next(model for model in table if model.id == "h100")
-    low, high = h100.timing_window(int(4.0e14))
-    assert (low, high) == pytest.approx((0.25, 1.5))
+    low, high = h100.timing_window("fill", int(h100.fill_macs_per_s))
+    assert (low, high) == pytest.approx((h100.window_low, h100.window_high))
+    assert h100.timing_window("access", int(2 * h100.access_macs_per_s))[1] == pytest.approx(2 * h100.window_high)
+
+
+def test_an_uncalibrated_row_earns_the_lowest_multiplier_of_the_rows_holding_its_proven_memory(table):
+    from protocol.graval.devices import uncalibrated_multiplier  # noqa: PLC0415
+
+    h100 = next(model for model in table if model.id == "h100")
+    proven = int(0.95 * h100.memory_gb_min * (1 << 30))
+    could_be = [m.compute_multiplier for m in table if not m.devnet_only and m.memory_gb_max * (1 << 30) >= proven]
+    assert not h100.calibrated and uncalibrated_multiplier(h100, proven, table) == min(could_be) < h100.compute_multiplier
+    calibrated = h100.model_copy(update={"calibrated": True})
+    assert uncalibrated_multiplier(calibrated, proven, table) == h100.compute_multiplier
+
+
+def test_a_gpu_row_whose_window_lets_one_device_answer_two_claims_is_refused(tmp_path):
+    rows = GPU_TABLE_PATH.read_text().replace("window_high = 1.5", "window_high = 2.5", 1)
+    bad = tmp_path / "gpus.toml"
+    bad.write_text(rows)
+    with pytest.raises(GpuTableError, match="window_high must stay below 2"):
+        load_gpu_table(bad)
 
 
 def test_a_bad_row_is_reported_with_its_file_and_number(tmp_path):

@@ -47,7 +47,7 @@ def test_error_types_are_stable():
         "malformed_auth", "stale", "replayed", "bad_signature", "wrong_receiver", "unknown_hotkey", "not_validator",
         "low_stake", "busy", "malformed_json", "invalid_payload", "payload_too_large", "protocol_mismatch",
         "not_found", "method_not_allowed", "unavailable", "handler_error", "timeout", "connection_error", "decode_error",
-        "chute_unavailable", "remote_error", "instance_crashed", "instance_timeout",
+        "chute_unavailable", "remote_error", "instance_crashed", "instance_timeout", "device_busy",
     } == set(errors.ERROR_TYPES)
 
 

@@ -29,7 +29,7 @@ from protocol.axon import Axon
 from protocol.dendrite import Dendrite
 from protocol.graval.synapses import Inventory, InventoryResponse
 from tests.protocol.helpers import free_port
-from tests.validator.graval.test_session import cpu_row, devices
+from tests.validator.graval.test_session import cpu_row, devices, phase_macs
 from validator.graval.schedule import MIN_GAP
 from validator.graval.session import DeviceResult
 from validator.loop import Validator
@@ -68,7 +68,7 @@ class InstantVerifier:
         self.challenged: list[tuple[str, str, float]] = []
         self.proving = self.most = 0
 
-    async def verify_miner(self, target, hotkey: str = "", known=()) -> list[DeviceResult]:
+    async def verify_miner(self, target, hotkey: str = "", known=(), prove_at=None) -> list[DeviceResult]:
         hotkey = hotkey or target.hotkey
         answer = await self.dendrite.call(target, Inventory(), timeout=15)
         if not answer.ok or not answer.response.devices:
@@ -245,6 +245,7 @@ async def test_a_sweep_challenges_every_miners_devices_at_once_whatever_the_cap(
     first = await validator.step(wait=True)
     assert first.verifications_started == 3 and validator.verifier.most == 1  # first rounds: one at a time
     validator.verifier.challenged.clear()
+    validator.verifier.prove_s = 1.0  # long enough that every miner is seen proving at once, even on a busy box
     validator.schedule.next_sweep_at = 0.0
     report = await validator.step(wait=True)
     assert report.verifications_started == 3 and validator.verifier.most == 3  # the cap does not split a sweep
@@ -315,13 +316,12 @@ class SharedDevice(GravalService):
                 self.device.release()
 
 
-def calibrated_row(honest: DeviceResult, loose) -> object:
-    """The cpu row at the speed ``honest`` (verified under ``loose``, whose fill and access rates
-    differ) showed: each phase's work from the result's totals, then its rate. Windows
-    [0.05, 1.6]: one device proving two claims back to back takes 2x."""
-    work = honest.throughput_macs_s * honest.elapsed_s  # fill + access MACs
-    fill = (honest.expected_s - work / loose.access_macs_per_s) / (1 / loose.fill_macs_per_s - 1 / loose.access_macs_per_s)
-    return cpu_row(fill_macs_per_s=fill / honest.fill_s, access_macs_per_s=(work - fill) / honest.access_s,
+def calibrated_row(honest: DeviceResult) -> object:
+    """The cpu row at the per-phase speed ``honest`` showed (``test_session.phase_macs``: the
+    work of each phase). Windows [0.05, 1.6]: one device proving two claims back to back
+    takes 2x."""
+    fill_macs, access_macs = phase_macs()
+    return cpu_row(fill_macs_per_s=fill_macs / honest.fill_s, access_macs_per_s=access_macs / honest.access_s,
                    window_low=0.05, window_high=1.6)
 
 
@@ -358,18 +358,19 @@ async def test_one_device_cannot_answer_for_two_hotkeys_in_one_sweep(two_hotkeys
 
     shared = two_hotkeys_one_device
     claims = ClaimFilter(shared.dendrite)
-    loose = cpu_row(fill_macs_per_s=1e9, access_macs_per_s=2e9, window_low=1e-4, window_high=1e4)
+    loose = cpu_row(window_low=1e-4, window_high=1e4)
     for _ in range(NOISY_BOX_ATTEMPTS):
         # The row: this machine's speed, the faster of each hotkey's claim proved alone.
         # (16 samples a phase: this test is about time, not about catching skipped work.)
         alone = [(await GravalVerifier(claims, [loose], allow_cpu=True, samples=16).verify_miner(miner))[0]
                  for miner in shared.miners]
         assert all(result.ok for result in alone), alone
-        verifier = GravalVerifier(claims, [calibrated_row(min(alone, key=lambda r: r.elapsed_s), loose)], allow_cpu=True,
+        verifier = GravalVerifier(claims, [calibrated_row(min(alone, key=lambda r: r.elapsed_s))], allow_cpu=True,
                                   samples=16)
         # One sweep challenges both at once: the shared device cannot finish both inside the window.
         shared.proves.clear()
-        swept = await rounds.sweep(verifier, store, [(miner, set(), set()) for miner in shared.miners], claims=claims)
+        swept = await rounds.sweep(verifier, store, [(miner, set(), set()) for miner in shared.miners], claims=claims,
+                                   gather_s=2.0)
         if shared.device.locked():  # held by a fill the validator judged too slow (no access phase followed)
             shared.device.release()
         starts = [at for _, at in shared.proves]

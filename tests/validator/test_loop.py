@@ -118,7 +118,7 @@ async def test_first_step_verifies_scores_and_sets_weights_then_the_next_one_rev
     assert not second.synthetic_started and second.weights is None  # the next round and tempo are later
     assert second.scores[hk["honest"]] == pytest.approx(first.scores[hk["honest"]])
     assert len(await store.verifications_of(hk["honest"])) == 1 and len(await store.verifications_of(hk["cheat"])) == 1
-    assert (await store.latest_verifications(hk["honest"]))[honest_rows[0].uuid].ok  # the device-info check agreed
+    assert (await store.latest_verifications(hk["honest"]))[(hk["honest"], honest_rows[0].uuid)].ok  # device info agreed
     assert sample(validator, "canopy_validator_steps_total") == 2
     assert sample(validator, "canopy_validator_weights_set_total", result="ok") == 1
     assert [row.step for row in await store.score_history(hk["honest"])] == [1, 2]
@@ -134,7 +134,7 @@ async def test_a_device_claimed_later_is_verified_at_once(subnet, make_validator
     report = await validator.step(wait=True)
     assert report.verifications_started == 1
     latest = await store.latest_verifications(honest)
-    assert set(latest) == {old.uuid, new.uuid} and all(row.ok and row.miner_hotkey == honest for row in latest.values())
+    assert set(latest) == {(honest, old.uuid), (honest, new.uuid)} and all(row.ok for row in latest.values())
     rows = {row.uuid: row for row in (await store.verifications_of(honest, limit=2))}
     assert rows[old.uuid].samples < rows[new.uuid].samples  # a device that passed before is re-sampled lighter
     assert sample(validator, "canopy_validator_challenges_total", result="pass", reason="ok") == 3

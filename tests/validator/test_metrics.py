@@ -14,7 +14,8 @@ from validator.metrics import ScoreTracker, ValidatorMetrics
 NAMES = ("canopy_validator_steps_total", "canopy_validator_step_seconds", "canopy_validator_block",
          "canopy_validator_miners", "canopy_validator_challenges_total", "canopy_validator_invocations_total",
          "canopy_validator_invocation_latency_seconds", "canopy_validator_ttft_seconds",
-         "canopy_validator_flagged_total", "canopy_validator_weights_set_total", "canopy_validator_score")
+         "canopy_validator_flagged_total", "canopy_validator_weights_set_total", "canopy_validator_score",
+         "canopy_validator_sweeps_total", "canopy_validator_verified_devices")
 
 
 def test_every_metric_is_rendered_and_registries_stay_apart():
@@ -29,6 +30,10 @@ def test_every_metric_is_rendered_and_registries_stay_apart():
     assert 'canopy_validator_challenges_total{reason="bad_opening",result="fail"} 1.0' in text
     assert 'canopy_validator_score{uid="4"} 0.75' in text and 'uid="1"' not in text
     assert other.registry.get_sample_value("canopy_validator_steps_total") == 0.0
+    metrics.verified_devices({("h100", False): 3, ("h200", True): 1})
+    metrics.verified_devices({("h100", False): 2})  # a model no longer verified is no longer shown
+    text = metrics.render().decode()
+    assert 'canopy_validator_verified_devices{calibrated="false",model="h100"} 2.0' in text and "h200" not in text
 
 
 async def test_serve_answers_get_metrics_and_close_stops_it():

@@ -87,6 +87,17 @@ def test_an_uncalibrated_row_earns_the_cheapest_multiplier_that_could_hold_the_p
     assert multiplier(proven) == 1.0  # h100's own multiplier at most
 
 
+def test_a_device_proven_beside_its_instances_counts_the_share_it_proved():
+    calibrated = device_multiplier([m.model_copy(update={"calibrated": True}) for m in load_gpu_table()])
+    serving = DeviceResult("hk", "GPU-1", True, "ok", model_id="h100", memory_bytes=79 * GIB)
+    serving.proven_fraction = 0.25
+    assert calibrated(serving) == 0.25
+    halves = [DeviceResult(hk, "GPU-x", True, "ok", model_id="h100", memory_bytes=79 * GIB) for hk in ("a", "b")]
+    for half in halves:  # one card split between two hotkeys, each proving half: one card's credit in all
+        half.proven_fraction = 0.5
+    assert sum(calibrated(half) for half in halves) == 1.0
+
+
 def test_two_hotkeys_of_one_coldkey_earn_no_more_than_one():
     other = window("other", 1, uid=1)
     alone = pipeline([other, window("s1", 1, uid=2, coldkey="split")])[1]

@@ -106,6 +106,29 @@ async def test_operator_override_and_release_on_deregistration(store):
     assert (await store.device_owners("m3"))["GPU-b"].since == NOW + 9
 
 
+async def two_replicas_pass_one_uuid_at_once(url: str) -> None:
+    """Two stores (two processes' engines) recording a pass of one uuid for two hotkeys at once:
+    one owner, the other refused, whatever the interleaving."""
+    stores = [await ValidatorStore.open(url) for _ in range(2)]
+    try:
+        for round_ in range(5):
+            uuid = f"GPU-race{round_}"
+            refused = await asyncio.gather(*(store.record_device_results([verified(f"m{i}", uuid, True, NOW)])
+                                             for i, store in enumerate(stores)))
+            owner = (await stores[0].device_owners())[uuid].hotkey
+            assert sorted(len(r) for r in refused) == [0, 1] and refused[int(owner[1:]) ^ 1] == [
+                (f"m{int(owner[1:]) ^ 1}", uuid, owner)]
+            latest = await stores[1].latest_verifications()
+            assert [latest[(f"m{i}", uuid)].ok for i in range(2)] == [owner == "m0", owner == "m1"]
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_two_replicas_passing_one_uuid_at_once_leave_one_owner(tmp_path):
+    await two_replicas_pass_one_uuid_at_once(sqlite_url(tmp_path / "race.sqlite"))
+
+
 async def test_sweeps_are_recorded_and_the_last_one_read_back(store):
     assert await store.last_sweep() is None
     first = await store.start_sweep(now=NOW, miners=3)

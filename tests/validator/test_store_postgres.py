@@ -18,7 +18,11 @@ from tests.validator.test_store import (  # noqa: F401 - collected here again, o
     count,
     test_a_bad_source_refuses_the_whole_batch,
     test_activity_since_adds_up_the_window,
-    test_latest_verification_per_uuid_and_the_hotkey_filter,
+    test_first_verified_wins_even_within_one_batch_and_failures_claim_nothing,
+    test_latest_verification_per_hotkey_and_uuid_and_the_hotkey_filter,
+    test_operator_override_and_release_on_deregistration,
+    test_sweeps_are_recorded_and_the_last_one_read_back,
+    two_replicas_pass_one_uuid_at_once,
     test_prune_keeps_the_newest_verification_of_every_device,
     test_scores_round_trip_and_history,
     test_upsert_inserts_then_updates_and_keeps_first_seen,
@@ -54,7 +58,8 @@ async def test_reopening_the_store_keeps_everything(postgres_url):
     again = await ValidatorStore.open(postgres_url)  # create_all on existing tables is a no-op
     try:
         assert set(await again.miners()) == {"m1"}
-        assert set(await again.latest_verifications()) == {"GPU-a"}
+        assert set(await again.latest_verifications()) == {("m1", "GPU-a")}
+        assert (await again.device_owners())["GPU-a"].hotkey == "m1"
         assert await again.load_scores() == ({"m1": 0.75}, 3)
         last = await again.last_weights()
         assert (last.block, last.commit_reveal, json.loads(last.uids)) == (30, True, [1])
@@ -69,7 +74,7 @@ async def test_a_large_gpus_memory_and_exact_doubles_round_trip(store):
     h100 = 80 * 2**30  # over 2**31: needs a 64-bit column (SQLite's INTEGER is; Postgres' is not)
     await store.record_device_results([DeviceResult("m1", "GPU-big", True, "ok", model_id="h100",
                                                     memory_bytes=h100, elapsed_s=1 / 3, verified_at=NOW + 0.123456)])
-    row = (await store.latest_verifications())["GPU-big"]
+    row = (await store.latest_verifications())[("m1", "GPU-big")]
     assert (row.memory_bytes, row.elapsed_s, row.verified_at) == (h100, 1 / 3, NOW + 0.123456)
     await store.save_scores(1, 1, {"m1": 0.1 + 0.2}, {"m1": 1e-300}, {"m1": 1}, NOW)
     assert (await store.load_scores())[0] == {"m1": 0.1 + 0.2}, "double precision, not a 4-byte real"
@@ -124,3 +129,7 @@ async def test_the_tables_are_created_with_postgres_types(store):
     assert columns["invocations.ok"] == columns["weight_submissions.commit_reveal"] == "boolean"
     assert columns["scores.score"] == columns["invocations.created_at"] == "double precision"
     assert WeightSubmission.__tablename__ == "weight_submissions"
+
+
+async def test_two_replicas_passing_one_uuid_at_once_leave_one_owner(postgres_url):
+    await two_replicas_pass_one_uuid_at_once(postgres_url)

@@ -34,7 +34,8 @@ from loguru import logger
 from protocol.dendrite import Dendrite
 from protocol.nonces import ACCEPT_ALL
 from protocol.graval.devices import (
-    DeviceRejected, DeviceSpec, GpuModel, LiveDeviceInfo, check_live, match_model, uncalibrated_multiplier,
+    MAX_WINDOW_HIGH, DeviceRejected, DeviceSpec, GpuModel, LiveDeviceInfo, check_live, match_model,
+    uncalibrated_multiplier,
 )
 from protocol.graval.spec import (
     DEFAULT_FILL_FRACTION, ChallengeSpec, access_order, plan, samples_needed,
@@ -65,6 +66,8 @@ class DeviceResult:
     fill_s: float = 0.0
     access_s: float = 0.0
     proven_bytes: int = 0  # the memory the passing proof established (resident matrices + workspace)
+    proven_fraction: float = 0.0  # of what a whole-device proof would establish (< 1 beside instances)
+    serving: bool = False  # proved beside hosted instances, on the memory they leave free
     calibrated: bool = False  # the model's timing row was measured on real hardware
     multiplier: float = 0.0  # what the device earns in the capacity term (0 unless it passed)
     samples: int = 0
@@ -99,7 +102,8 @@ class GravalVerifier:
                  reverify_samples: int | None = None, fill_fraction: float = DEFAULT_FILL_FRACTION,
                  steps_per_matrix: int | None = None, max_rtt_s: float = 0.2, network_margin_s: float = 5.0,
                  open_timeout_s: float = 60.0, max_busy_wait_s: float = 300.0,
-                 hash_seed_ttl_s: float = 300.0, is_validator: Callable[[str], bool] | None = None,
+                 hash_seed_ttl_s: float = 300.0, serving_slack: float = 1.3,
+                 is_validator: Callable[[str], bool] | None = None,
                  rng: random.Random | None = None) -> None:
         self.dendrite = dendrite
         self.table = table
@@ -113,6 +117,7 @@ class GravalVerifier:
         self.open_timeout_s = open_timeout_s
         self.max_busy_wait_s = max_busy_wait_s
         self.hash_seed_ttl_s = hash_seed_ttl_s
+        self.serving_slack = serving_slack
         self.is_validator = is_validator or (lambda hotkey: False)
         self.rng = rng
         self._hash_seed = ("", 0.0)
@@ -125,9 +130,13 @@ class GravalVerifier:
             self._hash_seed = (secrets.token_hex(32), time.monotonic())
         return self._hash_seed[0]
 
-    async def verify_miner(self, target: Any, hotkey: str = "", known: Collection[str] = ()) -> list[DeviceResult]:
+    async def verify_miner(self, target: Any, hotkey: str = "", known: Collection[str] = (),
+                           prove_at: float | None = None) -> list[DeviceResult]:
         """Every claimed device of one miner, challenged concurrently; devices in ``known``
-        (passed before) are sampled at the re-verification soundness."""
+        (passed before) are sampled at the re-verification soundness. ``prove_at`` (a
+        ``time.monotonic()`` instant, a sweep's): every Prove goes out at that instant, so a
+        miner cannot shift its challenge in time by answering Inventory or DeviceInfo slowly;
+        one whose answers arrive after it fails ``late_for_sweep``."""
         hotkey = hotkey or getattr(target, "hotkey", "")
         answer = await self.dendrite.call(target, Inventory(), timeout=15)
         if not answer.ok or not isinstance(answer.response, InventoryResponse):
@@ -140,10 +149,18 @@ class GravalVerifier:
         for claim in claims:
             counts[claim.uuid] = counts.get(claim.uuid, 0) + 1
         live = await self._live_readings(target, sorted(counts))
+        reserved = {load.uuid: load.reserved_bytes for load in answer.response.loads}
+        if prove_at is not None:
+            late = time.monotonic() - prove_at
+            if late > 0:
+                return [self._fail(hotkey, claim, "late_for_sweep", f"inventory and readings came {late:.1f}s after "
+                                   "the sweep's challenges went out") for claim in claims]
+            await asyncio.sleep(prove_at - time.monotonic())
         results = await asyncio.gather(*(
             self._duplicate(hotkey, claim) if counts[claim.uuid] > 1 else self.verify_device(
                 target, hotkey, claim, live.get(claim.uuid),
-                samples=self.reverify_samples if claim.uuid in known else self.samples)
+                samples=self.reverify_samples if claim.uuid in known else self.samples,
+                reserved_bytes=reserved.get(claim.uuid, 0))
             for claim in claims
         ))
         return list(results)
@@ -162,7 +179,7 @@ class GravalVerifier:
         return DeviceResult(hotkey, claim.uuid, False, reason, detail, name=claim.name, memory_bytes=claim.memory_bytes, **extra)
 
     async def verify_device(self, target: Any, hotkey: str, claim: DeviceSpec, live: LiveDeviceInfo | None,
-                            samples: int | None = None) -> DeviceResult:
+                            samples: int | None = None, reserved_bytes: int = 0) -> DeviceResult:
         try:
             model = match_model(claim, self.table, allow_cpu=self.allow_cpu)
             if live is None:
@@ -170,10 +187,18 @@ class GravalVerifier:
             check_live(claim, live, model)
         except DeviceRejected as rejected:
             return self._fail(hotkey, claim, rejected.reason, str(rejected))
-        spec = plan(claim.uuid, claim.memory_bytes, n=model.graval_n, b=model.graval_b, hash_seed=self.hash_seed(),
-                    fill_fraction=self.fill_fraction,
-                    steps_per_matrix=self.steps_per_matrix or model.graval_steps_per_matrix)
-        return await self.challenge(target, hotkey, claim, model, spec, samples)
+        steps = self.steps_per_matrix or model.graval_steps_per_matrix
+        full = plan(claim.uuid, claim.memory_bytes, n=model.graval_n, b=model.graval_b, hash_seed=self.hash_seed(),
+                    fill_fraction=self.fill_fraction, steps_per_matrix=steps)
+        if not reserved_bytes:
+            return await self.challenge(target, hotkey, claim, model, full, samples)
+        try:  # serving: prove the memory its instances leave free, beside them
+            spec = plan(claim.uuid, claim.memory_bytes - min(reserved_bytes, claim.memory_bytes), n=model.graval_n,
+                        b=model.graval_b, hash_seed=self.hash_seed(), fill_fraction=self.fill_fraction, steps_per_matrix=steps)
+        except ValueError:
+            return self._fail(hotkey, claim, "no_free_memory", f"its instances hold {reserved_bytes} of "
+                              f"{claim.memory_bytes} bytes: too little left to prove", model_id=model.id)
+        return await self.challenge(target, hotkey, claim, model, spec, samples, full=full)
 
     async def _network_allowance(self, target: Any) -> float:
         """The round trip of a tiny signed call just before a timed one, credited up to ``max_rtt_s``."""
@@ -187,12 +212,18 @@ class GravalVerifier:
         return answer, max(0.0, time.perf_counter() - started - allowance)
 
     async def challenge(self, target: Any, hotkey: str, claim: DeviceSpec, model: GpuModel, spec: ChallengeSpec,
-                        samples: int | None = None) -> DeviceResult:
-        """One fill / access / open round for a device already matched to ``model``."""
+                        samples: int | None = None, full: ChallengeSpec | None = None) -> DeviceResult:
+        """One fill / access / open round for a device already matched to ``model``; ``full``
+        is the whole-device challenge when ``spec`` proves only what serving leaves free."""
         fill_expected = model.expected_seconds("fill", spec.fill_macs)
         access_expected = model.expected_seconds("access", spec.access_macs)
+        if full is not None:  # beside busy instances: slack for sharing the device, never reaching 2x on a GPU row
+            window_high = model.window_high * self.serving_slack
+            if not model.devnet_only:
+                window_high = min(window_high, 0.95 * MAX_WINDOW_HIGH)
+            model = model.model_copy(update={"window_high": window_high})
         common: dict[str, Any] = {"model_id": model.id, "expected_s": fill_expected + access_expected,
-                                  "calibrated": model.calibrated}
+                                  "calibrated": model.calibrated, "serving": full is not None}
         waited = 0.0
         while True:
             sent_at = time.time()
@@ -245,11 +276,14 @@ class GravalVerifier:
         if not verdict.ok:
             return self._fail(hotkey, claim, verdict.reason, verdict.detail, samples=len(picked), **common)
         proven = spec.resident_bytes + spec.workspace_bytes
+        whole = full or spec
+        fraction = min(1.0, proven / (whole.resident_bytes + whole.workspace_bytes))
         logger.info("graval: {} device {} ({}) verified: fill {:.2f}s ({:.2f}x), access {:.2f}s ({:.2f}x)", hotkey[:8],
                     claim.uuid, model.id, fill_s, fill_s / fill_expected, access_s, access_s / access_expected)
         return DeviceResult(hotkey, claim.uuid, True, "ok", verdict.detail, name=claim.name, memory_bytes=claim.memory_bytes,
-                            samples=len(picked), proven_bytes=proven,
-                            multiplier=uncalibrated_multiplier(model, proven, self.table), **common)
+                            samples=len(picked), proven_bytes=proven, proven_fraction=fraction,
+                            multiplier=fraction * uncalibrated_multiplier(model, proven, self.table),
+                            **common)
 
     def _busy_wait(self, error: Any, target: Any, claim: DeviceSpec, sent_at: float) -> float | None:
         """Seconds to wait before retrying a busy device, or None when the plea is not proven:

@@ -8,8 +8,9 @@ import torch
 from pydantic import ValidationError
 
 from protocol.graval import field
-from protocol.graval.merkle import MerkleTree, PathChecker, leaf_hash, node_hash, verify_path
-from protocol.graval.spec import ChallengeSpec, access_index, misses_bound, plan, samples_needed
+from miner.graval.backends import NumpyBackend, TorchBackend
+from protocol.graval import lattice
+from protocol.graval.spec import ChallengeSpec, access_order, fewest_rebuilds, plan, samples_needed
 
 
 def test_sbox_is_a_permutation_of_the_field():
@@ -49,77 +50,125 @@ def test_float64_and_float32_products_of_centred_entries_are_exact():
     assert field.MAX_N > 65536  # int32 accumulation of int8 GEMM is exact at every n we use
 
 
-def test_merkle_paths_verify_and_refuse_tampering():
-    rows = np.arange(8 * 16, dtype=np.int8).reshape(8, 16)
-    tree = MerkleTree.over_rows(rows)
-    for i in range(8):
-        assert verify_path(tree.root, i, 8, rows[i].tobytes(), tree.path(i))
-    tampered = rows[3].copy()
-    tampered[0] += 1
-    assert not verify_path(tree.root, 3, 8, tampered.tobytes(), tree.path(3))
-    assert not verify_path(tree.root, 4, 8, rows[3].tobytes(), tree.path(3))  # right data, wrong position
-    assert not verify_path(tree.root, 3, 16, rows[3].tobytes(), tree.path(3))  # wrong tree size
-    assert not verify_path(tree.root, 3, 8, rows[3].tobytes(), tree.path(3)[:-1])
+def _ops():
+    return [NumpyBackend(), TorchBackend("cpu")]
 
 
-def test_the_batched_path_checker_answers_exactly_as_verify_path():
-    rows = np.random.default_rng(3).integers(-125, 126, size=(64, 32), dtype=np.int8)
-    tree = MerkleTree.over_rows(rows)
-    checker = PathChecker(tree.root, 64)
-    rng = np.random.default_rng(4)
-    for index in rng.integers(0, 64, size=200):
-        index = int(index)
-        data, path = rows[index].tobytes(), tree.path(index)
-        assert checker.check(index, data, path) and verify_path(tree.root, index, 64, data, path)
-        # after its neighbours are known, a forged leaf or a forged sibling still fails
-        forged = bytes([data[0] ^ 1]) + data[1:]
-        assert not checker.check(index, forged, path) and not verify_path(tree.root, index, 64, forged, path)
-        # a leaf already authenticated needs no more of its path: its digest is known
-        assert checker.check(index, data, [path[0]] + [bytes(32)] * (len(path) - 1))
-    assert not checker.check(64, rows[0].tobytes(), tree.path(0)) and not checker.check(0, rows[0].tobytes(), tree.path(0)[:-1])
-    fresh = PathChecker(tree.root, 64)
-    assert not fresh.check(5, rows[5].tobytes(), [bytes(32)] * 6)
+def test_lattice_leaf_and_node_hashes_agree_on_every_backend_and_the_host():
+    seed, n = b"k" * 32, 256
+    rows = np.random.default_rng(5).integers(-125, 126, (16, n)).astype(np.int8)
+    digests = []
+    for ops in _ops():
+        keys = lattice.device_keys(ops, seed, n)
+        leaves = lattice.leaf_digests(ops, keys, ops.to_storage(ops.from_host(rows)))
+        digests.append([ops.host(level) for level in lattice.tree_levels(ops, keys, leaves, keep=True)])
+    for ours, theirs in zip(*digests):
+        assert np.array_equal(ours, theirs)
+    checker = lattice.LeafChecker(seed, n)
+    assert checker.leaves_ok(rows, digests[0][0]).all()
+    assert np.array_equal(checker.parents(digests[0][0][0::2], digests[0][0][1::2]), digests[0][1])
+    assert lattice.NODE_INPUTS * 128 * 128 < 2**24  # float32 node products are exact
 
 
-def test_an_inner_node_cannot_pass_as_a_leaf():
-    rows = np.arange(4 * 8, dtype=np.int8).reshape(4, 8)
-    tree = MerkleTree.over_rows(rows)
-    inner = tree.levels[1][0]  # node over leaves 0 and 1
-    forged = tree.levels[0][0] + tree.levels[0][1]
-    assert node_hash(tree.levels[0][0], tree.levels[0][1]) == inner
-    assert not verify_path(tree.root, 0, 2, forged, [tree.levels[1][1]])
-    assert leaf_hash(forged) != inner
+def test_a_wrong_leaf_digest_fails_the_freivalds_check():
+    seed, n = b"f" * 32, 128
+    rows = np.random.default_rng(6).integers(-125, 126, (64, n)).astype(np.int8)
+    ops = NumpyBackend()
+    digests = ops.host(lattice.leaf_digests(ops, lattice.device_keys(ops, seed, n), ops.to_storage(rows)))
+    checker = lattice.LeafChecker(seed, n)
+    rng = np.random.default_rng(7)
+    forged = digests.copy()
+    for i in range(len(forged)):  # one coordinate off by a random amount in each row
+        forged[i, rng.integers(lattice.K)] += rng.integers(1, lattice.Q)
+    forged %= lattice.Q
+    assert not checker.leaves_ok(rows, forged).any()
+    other_rows = rows.copy()
+    other_rows[:, 0] += 1
+    assert not checker.leaves_ok(other_rows, digests).any()
 
 
-def test_merkle_over_large_rows_uses_the_pool_and_agrees():
-    rows = np.random.default_rng(0).integers(-125, 126, (64, 4096)).astype(np.int8)
-    tree = MerkleTree.over_rows(rows)
-    assert tree.levels[0] == [leaf_hash(row.tobytes()) for row in rows]
+def test_digests_round_trip_and_bad_encodings_are_refused():
+    digest = np.arange(lattice.K, dtype=np.int64) * 300 % lattice.Q
+    assert np.array_equal(lattice.digest_from_bytes(lattice.digest_bytes(digest)), digest)
+    with pytest.raises(ValueError):
+        lattice.digest_from_bytes(b"\x00" * 10)
+    with pytest.raises(ValueError):
+        lattice.digest_from_bytes(np.full(lattice.K, 65535, dtype="<u2").tobytes())  # not below Q
+
+
+def test_a_multiproof_leads_to_the_root_and_nothing_else_does():
+    seed, n, count = b"m" * 32, 64, 32
+    ops = NumpyBackend()
+    keys = lattice.device_keys(ops, seed, n)
+    rows = np.random.default_rng(8).integers(-125, 126, (count, n)).astype(np.int8)
+    levels = lattice.tree_levels(ops, keys, lattice.leaf_digests(ops, keys, ops.to_storage(rows)), keep=True)
+    checker = lattice.LeafChecker(seed, n)
+    opened = {3, 4, 17}
+    depth = count.bit_length() - 1
+    nodes = {(level, position): levels[level][position] for level, position in lattice.multiproof_nodes(opened, depth)}
+    leaves = {position: levels[0][position] for position in opened}
+    assert np.array_equal(lattice.multiproof_root(checker, leaves, nodes, depth), levels[-1][0])
+    assert lattice.multiproof_root(checker, leaves, dict(list(nodes.items())[1:]), depth) is None
+    tampered = dict(nodes)
+    key = next(iter(tampered))
+    tampered[key] = (tampered[key] + 1) % lattice.Q
+    assert not np.array_equal(lattice.multiproof_root(checker, leaves, tampered, depth), levels[-1][0])
+    # a sent node where the verifier computes one is ignored: computed nodes win
+    assert np.array_equal(lattice.multiproof_root(checker, leaves, {**nodes, (0, 3): levels[0][0]}, depth), levels[-1][0])
 
 
 def test_spec_validation_names_the_problem():
-    good = dict(seed="ab" * 32, uuid="GPU-1", n=256, b=8, m=4, steps=8)
+    good = dict(seed="ab" * 32, hash_seed="cd" * 32, uuid="GPU-1", n=256, b=8, m=4, steps=8)
     ChallengeSpec(**good)
-    for change in ({"n": 300}, {"b": 12}, {"b": 512}, {"seed": "zz" * 32}, {"seed": "ab"}, {"m": 1}, {"uuid": ""}):
+    for change in ({"n": 300}, {"b": 12}, {"b": 512}, {"seed": "zz" * 32}, {"seed": "ab"}, {"m": 1}, {"uuid": ""},
+                   {"hash_seed": "xy" * 32}):
         with pytest.raises(ValidationError):
             ChallengeSpec(**{**good, **change})
 
 
 def test_plan_fills_95_percent_of_memory_and_fresh_seeds_differ():
     memory = 80 * 2**30
-    spec = plan("GPU-1", memory, n=16384, b=256)
-    used = spec.resident_bytes + 6 * spec.n * spec.n
+    spec = plan("GPU-1", memory, n=16384, b=256, steps_per_matrix=64)
+    used = spec.resident_bytes + spec.workspace_bytes
     assert 0.93 * memory <= used <= 0.95 * memory
-    assert spec.steps == 16 * spec.m
-    assert plan("GPU-1", memory, n=16384, b=256).seed != spec.seed
+    assert spec.steps == 64 * spec.m
+    again = plan("GPU-1", memory, n=16384, b=256)
+    assert again.seed != spec.seed and again.hash_seed != spec.hash_seed
     with pytest.raises(ValueError, match="smaller n"):
         plan("GPU-1", 2**20, n=1024, b=16)
 
 
-def test_access_order_depends_on_the_previous_root():
-    spec = ChallengeSpec(seed="cd" * 32, uuid="GPU-1", n=256, b=8, m=64, steps=8)
-    picks = {access_index(spec, 2, bytes([i]) * 32) for i in range(32)}
-    assert len(picks) > 16
+def test_the_access_order_comes_from_the_access_seed_only():
+    spec = ChallengeSpec(seed="cd" * 32, hash_seed="ef" * 32, uuid="GPU-1", n=256, b=8, m=64, steps=64)
+    orders = {tuple(access_order(spec, bytes([i]) * 32)) for i in range(8)}
+    assert len(orders) == 8 and access_order(spec, b"\x01" * 32) == access_order(spec, b"\x01" * 32)
+
+
+def test_belady_gives_the_fewest_rebuilds_of_any_policy():
+    """Checked against every eviction choice on small random orders."""
+    import functools  # noqa: PLC0415
+    import random  # noqa: PLC0415
+
+    def brute(order, capacity):
+        @functools.lru_cache(maxsize=None)
+        def best(position, resident):
+            if position == len(order):
+                return 0
+            j = order[position]
+            if j in resident:
+                return best(position + 1, resident)
+            after = resident | {j}
+            if len(after) <= capacity:
+                return 1 + best(position + 1, after)
+            return 1 + min(best(position + 1, after - {victim}) for victim in after)  # j may be used once and dropped
+        starts = {frozenset(c) for c in __import__("itertools").combinations(sorted(set(order)) or [0], min(capacity, len(set(order))))}
+        return min(best(0, start) for start in starts)
+
+    rng = random.Random(4)
+    for _ in range(30):
+        order = [rng.randrange(5) for _ in range(10)]
+        capacity = rng.randrange(1, 4)
+        assert fewest_rebuilds(order, capacity) == brute(order, capacity), (order, capacity)
 
 
 def test_sample_count_meets_one_in_a_million():
@@ -127,22 +176,3 @@ def test_sample_count_meets_one_in_a_million():
     catch = (0.1 / 3) * (1 - 1 / field.P)
     assert (1 - catch) ** k <= 1e-6 < (1 - catch) ** (k - 1)
     assert samples_needed(skip_fraction=0.5) < k
-
-
-def test_misses_bound_is_a_chernoff_lower_tail():
-    spec = ChallengeSpec(seed="ef" * 32, uuid="GPU-1", n=16384, b=256, m=275, steps=16 * 275)
-    bound = misses_bound(spec)
-    assert 0.07 * spec.steps < bound < 0.1 * spec.steps
-
-
-def test_rebuilding_missing_matrices_costs_more_than_every_gpu_window_allows():
-    """A prover missing 10% of the matrices rebuilds one n x n product per miss; with
-    probability 1 - 1e-6 the misses push it past the window of every table row."""
-    from protocol.graval.devices import load_gpu_table
-
-    for model in load_gpu_table():
-        if model.devnet_only:
-            continue
-        spec = plan("GPU-x", int(model.memory_gb_min * 2**30), n=model.graval_n, b=model.graval_b)
-        slowdown = (spec.work_macs + misses_bound(spec) * spec.n**3) / spec.work_macs
-        assert slowdown > 1.2 * model.window_high, (model.id, slowdown)

@@ -8,6 +8,7 @@ prover and the cheat run under the same conditions.
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -290,3 +291,64 @@ async def test_the_miner_refuses_bad_challenges_with_typed_errors(miner, dendrit
     mine = Open(challenge_id=spec.challenge_id, leaves=[LeafRef(kind="M", index=0, leaf=0)])
     assert (await dendrite.call(started.axon, mine)).ok
     assert (await dendrite.call(started.axon, mine)).http_status == 404  # a session opens once
+
+
+async def test_a_serving_device_proves_the_memory_its_instances_leave_free_and_earns_that_share(miner, dendrite):
+    """Instances hold 3/4 of the device: the sweep's proof fills the free quarter beside them
+    (no instance stops) and the device's capacity credit is that quarter, so reserving memory
+    cannot make credit out of nothing (two hotkeys splitting one device earn one device)."""
+    device = devices(1, "serving", BIG_MEMORY)[0]
+    started = await miner([device], reserved=lambda spec: 3 * spec.memory_bytes // 4)
+    (result,) = await GravalVerifier(dendrite, [cpu_row()], allow_cpu=True).verify_miner(started.axon)
+    assert result.ok and result.serving, result
+    assert result.proven_bytes <= device.memory_bytes // 4
+    assert 0.15 < result.proven_fraction < 0.3
+    assert result.multiplier == pytest.approx(result.proven_fraction * cpu_row().compute_multiplier)
+    idle = await miner([devices(1, "idle", BIG_MEMORY)[0]])
+    (whole,) = await GravalVerifier(dendrite, [cpu_row()], allow_cpu=True).verify_miner(idle.axon)
+    assert whole.ok and not whole.serving and whole.proven_fraction == 1.0
+
+
+async def test_a_device_whose_instances_leave_too_little_is_not_challenged(miner, dendrite):
+    device = devices(1, "full", MEMORY)[0]
+    started = await miner([device], reserved=lambda spec: spec.memory_bytes - (1 << 20))
+    (result,) = await GravalVerifier(dendrite, [cpu_row()], allow_cpu=True).verify_miner(started.axon)
+    assert result.reason == "no_free_memory"
+
+
+class SlowToAnswer(GravalService):
+    """Answers Inventory late (to push its Prove after another hotkey's) and records when
+    each Prove arrives."""
+
+    delay = 1.0
+    arrivals: list[float] = []
+
+    async def inventory(self, synapse, caller):
+        await asyncio.sleep(self.delay)
+        return await super().inventory(synapse, caller)
+
+    async def prove(self, synapse, caller):
+        self.arrivals.append(time.monotonic())
+        return await super().prove(synapse, caller)
+
+
+class RecordsArrival(GravalService):
+    async def prove(self, synapse, caller):
+        SlowToAnswer.arrivals.append(time.monotonic())
+        return await super().prove(synapse, caller)
+
+
+async def test_a_sweep_sends_every_prove_at_one_instant_and_refuses_late_answers(miner, dendrite):
+    """A miner cannot shift its challenge in time by answering Inventory slowly: all Proves
+    go out at the sweep's instant, and answers after it fail ``late_for_sweep``."""
+    SlowToAnswer.arrivals = []
+    slow = await miner(devices(1, "slow"), service_class=SlowToAnswer)
+    fast = await miner(devices(1, "fast"), service_class=RecordsArrival)
+    verifier = GravalVerifier(dendrite, [cpu_row()], allow_cpu=True)
+    prove_at = time.monotonic() + 2.5
+    results = await asyncio.gather(verifier.verify_miner(slow.axon, prove_at=prove_at),
+                                   verifier.verify_miner(fast.axon, prove_at=prove_at))
+    assert [r.reason for batch in results for r in batch] == ["ok", "ok"]
+    assert len(SlowToAnswer.arrivals) == 2 and abs(SlowToAnswer.arrivals[0] - SlowToAnswer.arrivals[1]) < 0.3
+    late = await verifier.verify_miner(slow.axon, prove_at=time.monotonic() + 0.2)
+    assert [r.reason for r in late] == ["late_for_sweep"]

@@ -53,6 +53,9 @@ def upgrade() -> None:
     if "proven_bytes" not in columns:
         op.add_column("device_verifications", sa.Column("proven_bytes", sa.BigInteger(), server_default="0",
                                                         nullable=False))
+    if "proven_fraction" not in columns:
+        op.add_column("device_verifications", sa.Column("proven_fraction", sa.Float(), server_default="1",
+                                                        nullable=False))
     indexes = {index["name"] for index in inspector.get_indexes("device_verifications")}
     if "ix_device_verifications_device" not in indexes:
         op.create_index("ix_device_verifications_device", "device_verifications", ["miner_hotkey", "uuid"], unique=False)
@@ -73,6 +76,7 @@ def downgrade() -> None:
     with op.batch_alter_table("device_verifications") as batch:  # SQLite: the table is copied over
         batch.drop_index("ix_device_verifications_device")
         batch.drop_column("proven_bytes")
+        batch.drop_column("proven_fraction")
     op.drop_index(op.f("ix_graval_sweeps_started_at"), table_name="graval_sweeps")
     op.drop_table("graval_sweeps")
     op.drop_index(op.f("ix_device_owners_hotkey"), table_name="device_owners")
