@@ -19,13 +19,21 @@ process, in about three minutes on two cores:
   and ``steps`` (n x n)@(n x b), on operands generated beforehand (not timed): no
   reduction, no S-box, no hashing. ``prover_efficiency = plain_matmul_s / prove_s``; the
   lattice hash alone is 384/n of the products' MACs (9.4% at n = 4096, 2.3% at 16384).
+  ``gemm_share_of_prove`` (CPU backends) is the same ratio from the breakdown's ``gemm_s``,
+  the products timed inside the proof: a cross-check of the baseline measured apart (on a
+  busy machine the two can disagree by the load's swings).
 - ``verify_s``: the validator's CPU time (``time.process_time``, every thread, after a
-  pause that lets BLAS threads settle) for ``pick_samples`` + ``access_order`` +
-  ``leaves_for`` + ``verify`` with ``--samples`` per phase (default ``samples_needed()``,
-  410: a device's first verification, 1e-6 soundness); the verifier's key products are
-  built once per sweep key (``leaf_checker_s``, not counted). The prover's ``open()`` is
+  pause that lets BLAS threads settle; ``verify_thread_s``: its own thread only, what
+  ``validator.graval.session`` records) for ``pick_samples`` + ``access_order`` +
+  ``leaves_for`` + ``verify`` with ``--samples`` per phase (default
+  ``samples_needed(failure=1e-2)`` = 137, a re-verification: the steady state, every
+  device once a sweep); ``first_verify_s`` the same with ``samples_needed()`` = 410 (a
+  device's first verification, 1e-6 soundness). The verifier's key products are built
+  once per sweep key (``leaf_checker_s``, not counted). The prover's ``open()`` is
   ``open_s``, parsing the openings off the wire ``openings_parse_cpu_s`` (both apart).
-  ``verify_ratio = verify_s / prove_s``. The run exits non-zero if a verdict is not ok.
+  ``verify_ratio = verify_s / prove_s`` (``first_verify_ratio`` likewise); it falls as 1/m:
+  the verifier's cost hardly grows with m while the proof does. The run exits non-zero if
+  a verdict is not ok.
 - production size: the validator's CPU per device at n = ``--prod-n`` (16384, b = 256)
   with the m and steps ``plan()`` gives an 80 GB H100 (``--prod-memory-gib``, 64 steps per
   matrix, the h100 row's), with the re-verification sample count
@@ -328,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--b", type=int, default=None, help="state width (default n//64, at least 8)")
     parser.add_argument("--m", type=int, default=4, help="matrices filled")
     parser.add_argument("--steps", type=int, default=None, help="access steps (default 16*m)")
-    parser.add_argument("--samples", type=int, default=None, help="verifier samples per phase (default samples_needed(), 410)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="verifier samples per phase (default the re-verification count, 137)")
     parser.add_argument("--repeats", type=int, default=1, help="default-size runs (medians reported)")
     parser.add_argument("--no-breakdown", dest="breakdown", action="store_false", help="no per-part timers (CPU backends)")
     parser.add_argument("--prod-n", type=int, default=16384, help="matrix size of the production-size verification")
@@ -341,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     b = args.b or max(8, args.n // 64)
     steps = args.steps or 16 * args.m
-    count = args.samples or samples_needed()
+    count = args.samples or REVERIFY_SAMPLES
     console = Console(stderr=True)
     began = time.perf_counter()
 
@@ -353,8 +362,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     prover.release()
     del prover
 
-    names = ("prove_s", "fill_s", "access_s", "plain_matmul_s", "verify_s", "verify_thread_s", "open_s",
-             "openings_parse_cpu_s", "leaf_checker_s")
+    names = ("prove_s", "fill_s", "access_s", "plain_matmul_s", "verify_s", "verify_thread_s", "first_verify_s",
+             "open_s", "openings_parse_cpu_s", "leaf_checker_s")
     runs: dict[str, list[float]] = {name: [] for name in names}
     parts: dict[str, list[float]] = {}
     leaves = 0
@@ -364,13 +373,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         prover, fill, access, seed, breakdown = prove_with_progress(spec, backend, console, args.breakdown and cpu_backend)
         t = prover.timings
         checked = time_verify(spec, prover, fill, access, seed, count)
+        first = time_verify(spec, prover, fill, access, seed, samples_needed())
         prover.release()
         del prover
         gc.collect()
         plain, leaves = plain_matmul_s(spec, backend), checked["leaves"]
         for name, value in (("prove_s", t.fill_s + t.access_s), ("fill_s", t.fill_s), ("access_s", t.access_s),
                             ("plain_matmul_s", plain), ("verify_s", checked["verify_s"]),
-                            ("verify_thread_s", checked["verify_thread_s"]), ("open_s", checked["open_s"]),
+                            ("verify_thread_s", checked["verify_thread_s"]), ("first_verify_s", first["verify_s"]),
+                            ("open_s", checked["open_s"]),
                             ("openings_parse_cpu_s", checked["parse_s"]), ("leaf_checker_s", checked["leaf_checker_s"])):
             runs[name].append(value)
         for name, value in breakdown.items():
@@ -385,6 +396,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     results["hash_share_of_macs"] = lattice.DIGEST_BYTES / args.n  # 2K = 384 leaf-key columns per n products' columns
     results["prover_efficiency"] = results["plain_matmul_s"] / results["prove_s"]
     results["verify_ratio"] = results["verify_s"] / results["prove_s"]
+    results["first_verify_ratio"] = results["first_verify_s"] / results["prove_s"]
+    if "breakdown_gemm_s" in results:  # the same products timed inside the proof: a cross-check of plain_matmul_s
+        results["gemm_share_of_prove"] = results["breakdown_gemm_s"] / results["prove_s"]
     if args.prod:
         results.update(production(args, backend, console))
     else:

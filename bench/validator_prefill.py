@@ -13,7 +13,8 @@ time order (ids grow with time, as a validator appends):
   leaving the window while the validator steps, at the rate they arrived a week before;
 - an hourly GraVal history of every device over ``--verification-history-hours`` (default
   the whole week; the latest within the last hour at spread times, except the miners due
-  in the measured steps, older than 1.5 x reverify_s);
+  in the measured steps, older than 1.5 x reverify_s), and every device's owner (its
+  hotkey, ``validator.identity``), as the first passing verifications left them;
 - the miners and the current scores. The score history is not prefilled: no step reads
   it, and the validator appends to it only every ``--validator.history_every_steps``.
 
@@ -89,7 +90,7 @@ async def prefill(config_path: str) -> None:
     from protocol.graval.spec import samples_needed
     from validator.graval.session import REVERIFY_FAILURE
     from validator.store import ValidatorStore
-    from validator.tables import DeviceVerification, Invocation
+    from validator.tables import DeviceOwner, DeviceVerification, Invocation
 
     config = json.loads(Path(config_path).read_text())
     hotkeys: list[str] = config["hotkeys"]
@@ -150,6 +151,11 @@ async def prefill(config_path: str) -> None:
             await insert(DeviceVerification, VERIFICATION_COLUMNS, rows[offset:offset + BATCH])
             bar.update(task, advance=min(BATCH, len(rows) - offset))
         counts["verification_rows"] = len(rows)
+        # Each device belongs to the hotkey that first passed with it (validator.identity): the
+        # validator re-checks only owned devices live (device-info) and samples them as known.
+        owners = [(device.uuid, hotkey, now - hours * reverify_s, False) for hotkey in hotkeys for device in devices[hotkey]]
+        await insert(DeviceOwner, ("uuid", "hotkey", "since", "pinned"), owners)
+        counts["device_owner_rows"] = len(owners)
 
     await store.upsert_miners([dict(hotkey=hotkey, uid=uids[hotkey], coldkey=config["coldkeys"][hotkey],
                                     axon=config["axon"], first_seen_at=now - window, last_seen_at=now - 12.0,
