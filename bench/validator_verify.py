@@ -99,7 +99,7 @@ def exact_round(spec: Any, count: int, seed: int) -> tuple[list, bytes, str, str
     from protocol.graval.field import HALF, P, SBOX, hash_residues
     from protocol.graval.spec import access_depth, access_order, fill_depth, leaf_position
     from protocol.graval.synapses import (
-        AccessCommitment, FillCommitment, LeafOpening, NodeDigest, Openings, encode_digest,
+        AccessCommitment, FillCommitment, LeafOpening, Openings, TreeNodes, encode_digest,
     )
     from validator.graval.verifier import leaf_checker, leaves_for, pick_samples
 
@@ -151,8 +151,9 @@ def exact_round(spec: Any, count: int, seed: int) -> tuple[list, bytes, str, str
             roots[kind] = noise_rng.integers(0, lattice.Q, size=lattice.K, dtype=np.int64)
             continue
         roots[kind], tree_nodes = sparse_tree(at, depth, checker.parents, noise_rng)
-        nodes += [NodeDigest(tree=kind, level=level, position=position, digest=encode_digest(digest))
-                  for (level, position), digest in tree_nodes.items()]
+        places = list(tree_nodes)
+        nodes.append(TreeNodes.pack(kind, [level for level, _ in places], [position for _, position in places],
+                                    [tree_nodes[place] for place in places]))
     fill = FillCommitment(challenge_id=spec.challenge_id, fill_root=encode_digest(roots["M"]), backend="exact")
     access = AccessCommitment(challenge_id=spec.challenge_id, access_root=encode_digest(roots["X"]))
     openings = Openings(challenge_id=spec.challenge_id, nodes=nodes,

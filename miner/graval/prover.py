@@ -27,10 +27,14 @@ from miner.graval.backends import ArrayBackend, NumpyBackend
 from protocol.graval import lattice
 from protocol.graval.spec import ChallengeSpec, access_depth, access_order, fill_depth, leaf_position
 from protocol.graval.synapses import (
-    AccessCommitment, FillCommitment, LeafOpening, LeafRef, NodeDigest, Openings, encode_digest,
+    AccessCommitment, FillCommitment, LeafOpening, LeafRef, Openings, TreeNodes, encode_digest,
 )
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
+#: Access steps whose state trees are built together: per step the device then runs its
+#: GEMM, the element-wise passes and one leaf-hash GEMM, and the tree levels' small products
+#: are launched once per batch (on a GPU, kernel launches would otherwise rival the step).
+STATE_TREE_BATCH = 64
 
 
 class ProofCancelled(Exception):
@@ -108,9 +112,13 @@ class Prover:
             raise RuntimeError("access() needs a completed fill()")
         started = time.perf_counter()
         self.order = access_order(spec, access_seed)
-        roots = []
+        roots: list[Any] = []
+        pending: list[Any] = []  # leaf digests of the steps whose trees are not built yet
         for t, state in self._states():
-            roots.append(self.state_root(state))
+            pending.append(lattice.leaf_digests(self.backend, self.keys, self.backend.transpose(state)))
+            if len(pending) == STATE_TREE_BATCH or t == spec.steps:
+                roots.append(self._subtree_roots(pending))
+                pending = []
             self._report("access", t, spec.steps)
         self._access_top = self._top_levels(roots, spec.steps)
         self.backend.synchronize()
@@ -132,8 +140,16 @@ class Prover:
     def state_root(self, state: Any) -> Any:
         """The root (1 x K) of the lattice tree over the columns of one state."""
         columns = self.backend.transpose(state)
-        return lattice.tree_levels(self.backend, self.keys, lattice.leaf_digests(self.backend, self.keys, columns),
-                                   keep=False)[-1]
+        return self._subtree_roots([lattice.leaf_digests(self.backend, self.keys, columns)])
+
+    def _subtree_roots(self, leaf_digests: list[Any]) -> Any:
+        """The roots of several states' trees at once: the first log2(b) levels of a tree over
+        their stacked leaves are exactly those trees (aligned blocks of b), so one pass of
+        node hashes per level serves a whole batch of steps instead of one per step."""
+        level = leaf_digests[0] if len(leaf_digests) == 1 else self.backend.cat(leaf_digests, 0)
+        for _ in range(self.spec.b.bit_length() - 1):
+            level = lattice.parents(self.backend, self.keys, level)
+        return level
 
     # --- seams for dishonest provers (tests) -----------------------------------------------
 
@@ -159,18 +175,22 @@ class Prover:
         started = time.perf_counter()
         spec = self.spec
         leaves: list[LeafOpening] = []
-        nodes: list[NodeDigest] = []
+        nodes: list[TreeNodes] = []
         for kind, depth, low, top in (("M", fill_depth(spec), spec.n, self._fill_top),
                                       ("X", access_depth(spec), spec.b, self._access_top)):
             wanted = [ref for ref in refs if ref.kind == kind]
             if not wanted:
                 continue
+            levels_out: list[int] = []
+            positions_out: list[int] = []
+            digests_out: list[Any] = []
             low_levels = low.bit_length() - 1
             per_tree: dict[int, dict[int, set[int]]] = {}  # tree -> level -> local positions
             for level, position in lattice.multiproof_nodes({leaf_position(spec, ref) for ref in wanted}, depth):
                 if level >= low_levels:
-                    nodes.append(NodeDigest(tree=kind, level=level, position=position,
-                                            digest=encode_digest(top[level - low_levels][position])))
+                    levels_out.append(level)
+                    positions_out.append(position)
+                    digests_out.append(top[level - low_levels][position])
                 else:
                     tree = position >> (low_levels - level)
                     per_tree.setdefault(tree, {}).setdefault(level, set()).add(position - (tree << (low_levels - level)))
@@ -182,8 +202,9 @@ class Prover:
                                              lattice.leaf_digests(self.backend, self.keys, rows), keep=True)
                 for level, locals_ in sorted(per_tree.get(tree, {}).items()):
                     for local, digest in zip(sorted(locals_), self._gather(levels[level], sorted(locals_))):
-                        nodes.append(NodeDigest(tree=kind, level=level, position=(tree << (low_levels - level)) + local,
-                                                digest=encode_digest(digest)))
+                        levels_out.append(level)
+                        positions_out.append((tree << (low_levels - level)) + local)
+                        digests_out.append(digest)
                 opened = sorted({ref.leaf for ref in rows_of[tree]})
                 data = self._gather(rows, opened, as_int8=True)
                 digests = self._gather(levels[0], opened)
@@ -191,6 +212,7 @@ class Prover:
                 for ref in rows_of[tree]:
                     row, digest = by_leaf[ref.leaf]
                     leaves.append(LeafOpening.build(ref, row.tobytes(), digest))
+            nodes.append(TreeNodes.pack(kind, levels_out, positions_out, digests_out))
         self.timings.open_s = time.perf_counter() - started
         return Openings(challenge_id=spec.challenge_id, leaves=leaves, nodes=nodes)
 

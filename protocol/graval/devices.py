@@ -28,6 +28,9 @@ LIVE_CLOCK_TOLERANCE = 0.05  # live SM clock above the model's max clock
 #: Two claims answered by one device in one sweep take 2x the time of one; every GPU row's
 #: window must refuse that (README, GraVal: "Timing").
 MAX_WINDOW_HIGH = 2.0
+#: The fewest rebuilds a prover short of 10% of the matrices needs, as a share of the access
+#: steps (Belady's optimum at 64 steps per matrix measures 2.1-2.4%: README, GraVal).
+MIN_REBUILD_SHARE = 0.02
 
 RejectReason = Literal[
     "unsupported_model", "memory_mismatch", "sm_mismatch", "clock_out_of_range", "cc_mismatch",
@@ -156,6 +159,11 @@ class GpuModel(BaseModel):
         if not self.devnet_only and self.window_high >= MAX_WINDOW_HIGH:
             raise ValueError(f"window_high must stay below {MAX_WINDOW_HIGH}: one device answering two claims "
                              "of one sweep takes twice the time (README, GraVal)")
+        if not self.devnet_only and self.memory_separation <= self.window_high:
+            raise ValueError(f"a prover short of 10% of the memory would be only {self.memory_separation:.2f}x "
+                             f"slower in the access phase, inside window_high {self.window_high}: an access step "
+                             "is too slow beside a fill product on this model (raise graval_steps_per_matrix or "
+                             "re-measure)")
         is_cpu = self.compute_capability == "cpu"
         if is_cpu != self.devnet_only:
             raise ValueError("exactly the cpu row (compute_capability 'cpu') is devnet_only")
@@ -167,6 +175,14 @@ class GpuModel(BaseModel):
 
     def matches_name(self, name: str) -> bool:
         return re.search(self.name_pattern, name, re.IGNORECASE) is not None
+
+    @property
+    def memory_separation(self) -> float:
+        """How much slower, at least, the access phase of a prover short of 10% of the memory
+        is: each rebuild (a fill product, n / b access steps' MACs) costs that many steps'
+        time scaled by the access / fill rate ratio the row measured."""
+        rebuild_steps = self.graval_n / self.graval_b * self.access_macs_per_s / self.fill_macs_per_s
+        return 1 + MIN_REBUILD_SHARE * rebuild_steps
 
     def expected_seconds(self, phase: Literal["fill", "access"], macs: int) -> float:
         """How long ``macs`` multiply-accumulates of ``phase`` should take on this model."""

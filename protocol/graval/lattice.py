@@ -156,10 +156,11 @@ SMALL_PRODUCT_MACS = 1 << 26
 _BLAS: Any = None
 
 
-def blas_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` on the CPU, single-threaded when small."""
+def blas_matmul(a: np.ndarray, b: np.ndarray, *, single: bool = False) -> np.ndarray:
+    """``a @ b`` on the CPU, single-threaded when small (or ``single``: the validator's checks
+    stay on one core, and OpenBLAS's spinning threads would bill it for several)."""
     global _BLAS
-    if a.shape[0] * a.shape[1] * b.shape[1] >= SMALL_PRODUCT_MACS:
+    if not single and a.shape[0] * a.shape[1] * b.shape[1] >= SMALL_PRODUCT_MACS:
         return a @ b
     if _BLAS is None:
         from threadpoolctl import ThreadpoolController  # noqa: PLC0415 - only when BLAS is used
@@ -228,7 +229,7 @@ class LeafChecker:
     def parents(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """Exact node hashes of (left, right) digest pairs (N x K each)."""
         pairs = np.concatenate([digits(HOST, left), digits(HOST, right)], axis=1).astype(np.float32)
-        return combine(blas_matmul(pairs, self.node_key).astype(np.int64))  # |sum| <= 768 * 128 * 128 < 2^24: exact
+        return combine(blas_matmul(pairs, self.node_key, single=True).astype(np.int64))  # |sum| <= 768 * 128 * 128 < 2^24: exact
 
 
 # --- multiproofs: the nodes that lead a set of leaves to the root -------------------------
@@ -243,22 +244,38 @@ def multiproof_nodes(leaf_positions: set[int], depth: int) -> list[tuple[int, in
     return needed
 
 
-def multiproof_root(checker: LeafChecker, leaves: dict[int, np.ndarray], nodes: dict[tuple[int, int], np.ndarray],
-                    depth: int) -> np.ndarray | None:
-    """The root that ``leaves`` (position -> digest) and ``nodes`` lead to, or None when a
-    needed node is missing. Computed nodes always win over sent ones."""
-    known = dict(leaves)
+def multiproof_root(checker: LeafChecker, positions: np.ndarray, digests: np.ndarray, node_levels: np.ndarray,
+                    node_positions: np.ndarray, node_digests: np.ndarray, depth: int) -> np.ndarray | None:
+    """The root that the leaves (``positions``, distinct, with ``digests``) and the sent nodes
+    lead to, one vectorised pass per level, or None when a needed node is missing. A node
+    the verifier computes always wins over a sent one for the same place."""
+    order = np.argsort(positions)
+    known_at, known = positions[order], digests[order]
     for level in range(depth):
-        above = sorted({position >> 1 for position in known})
-        pairs = []
-        for parent in above:
-            pair = []
-            for child in (2 * parent, 2 * parent + 1):
-                digest = known[child] if child in known else nodes.get((level, child))
-                if digest is None:
+        at_level = node_levels == level
+        sent_at, sent = node_positions[at_level], node_digests[at_level]
+        sent_order = np.argsort(sent_at)
+        sent_at, sent = sent_at[sent_order], sent[sent_order]
+        above = np.unique(known_at >> 1)
+        children = []
+        for child in (2 * above, 2 * above + 1):
+            found = np.zeros((len(child), K), dtype=np.int64)
+            have = _lookup(known_at, child)
+            found[have >= 0] = known[have[have >= 0]]
+            missing = have < 0
+            if missing.any():
+                from_sent = _lookup(sent_at, child[missing])
+                if (from_sent < 0).any():
                     return None
-                pair.append(digest)
-            pairs.append(pair)
-        computed = checker.parents(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
-        known = dict(zip(above, computed))
-    return known.get(0)
+                found[missing] = sent[from_sent]
+            children.append(found)
+        known_at, known = above, checker.parents(children[0], children[1])
+    return known[0] if len(known_at) == 1 and known_at[0] == 0 else None
+
+
+def _lookup(sorted_positions: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Index of each wanted position in ``sorted_positions``, -1 where absent."""
+    if not len(sorted_positions):
+        return np.full(len(wanted), -1)
+    index = np.minimum(np.searchsorted(sorted_positions, wanted), len(sorted_positions) - 1)
+    return np.where(sorted_positions[index] == wanted, index, -1)

@@ -17,7 +17,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from protocol.chutes import MAX_CHUTES, HostedChute, RefusedChute
 from protocol.graval.devices import DeviceSpec, LiveDeviceInfo
-from protocol.graval.lattice import DIGEST_BYTES, digest_bytes
+import numpy as np
+
+from protocol.graval.lattice import DIGEST_BYTES, Q, digest_bytes
 from protocol.graval.spec import ChallengeSpec
 from protocol.synapse import Synapse, SynapseResponse
 
@@ -143,24 +145,43 @@ class LeafOpening(LeafRef):
         return base64.b64decode(self.digest, validate=True)
 
 
-class NodeDigest(BaseModel):
-    """One node of a commitment tree (level 0 = leaves), sent once for all the openings that need it."""
+class TreeNodes(BaseModel):
+    """The nodes of one commitment tree ("M": the fill's, "X": the access's) that the opened
+    leaves need to reach its root (a multiproof), each sent once, packed: ``levels`` one
+    byte per node (0 = leaves), ``positions`` little-endian uint64, ``digests`` the digests
+    one after the other. Packed so the validator decodes thousands of nodes in one pass."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     tree: Literal["M", "X"]
-    level: int = Field(..., ge=0, le=64)
-    position: int = Field(..., ge=0)
-    digest: str
+    levels: str = ""
+    positions: str = ""
+    digests: str = ""
 
-    def raw_digest(self) -> bytes:
-        return base64.b64decode(self.digest, validate=True)
+    @classmethod
+    def pack(cls, tree: Literal["M", "X"], levels: list[int], positions: list[int], digests: list[Any]) -> "TreeNodes":
+        encode = base64.b64encode
+        packed = b"".join(digest_bytes(digest) for digest in digests)
+        return cls(tree=tree, levels=encode(np.asarray(levels, dtype=np.uint8).tobytes()).decode(),
+                   positions=encode(np.asarray(positions, dtype="<u8").tobytes()).decode(), digests=encode(packed).decode())
+
+    def unpack(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(levels, positions, digests as count x K int64); ValueError when malformed."""
+        levels = np.frombuffer(base64.b64decode(self.levels, validate=True), dtype=np.uint8).astype(np.int64)
+        positions = np.frombuffer(base64.b64decode(self.positions, validate=True), dtype="<u8")
+        raw = base64.b64decode(self.digests, validate=True)
+        if len(positions) != len(levels) or len(raw) != len(levels) * DIGEST_BYTES or (positions >= 2**62).any():
+            raise ValueError("the packed tree nodes do not line up")
+        digests = np.frombuffer(raw, dtype="<u2").astype(np.int64).reshape(len(levels), DIGEST_BYTES // 2)
+        if (digests >= Q).any():
+            raise ValueError("a digest coordinate is not below Q")
+        return levels, positions.astype(np.int64), digests
 
 
 class Openings(SynapseResponse):
     challenge_id: str
     leaves: list[LeafOpening] = Field(default_factory=list, max_length=MAX_OPEN_LEAVES)
-    nodes: list[NodeDigest] = Field(default_factory=list, max_length=MAX_OPEN_LEAVES * 64)
+    nodes: list[TreeNodes] = Field(default_factory=list, max_length=2)
 
 
 class Open(Synapse):

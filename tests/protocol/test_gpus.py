@@ -93,6 +93,14 @@ def test_an_uncalibrated_row_earns_the_lowest_multiplier_of_the_rows_holding_its
     assert uncalibrated_multiplier(calibrated, proven, table) == h100.compute_multiplier
 
 
+def test_a_gpu_row_whose_access_steps_are_too_slow_to_separate_a_short_memory_is_refused(tmp_path):
+    rows = GPU_TABLE_PATH.read_text().replace("access_macs_per_s = 4.0e14", "access_macs_per_s = 1.0e14", 1)
+    bad = tmp_path / "gpus.toml"
+    bad.write_text(rows)
+    with pytest.raises(GpuTableError, match="short of 10% of the memory"):
+        load_gpu_table(bad)
+
+
 def test_a_gpu_row_whose_window_lets_one_device_answer_two_claims_is_refused(tmp_path):
     rows = GPU_TABLE_PATH.read_text().replace("window_high = 1.5", "window_high = 2.5", 1)
     bad = tmp_path / "gpus.toml"

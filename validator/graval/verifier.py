@@ -137,17 +137,22 @@ def opened_leaves(spec: ChallengeSpec, fill: FillCommitment, access: AccessCommi
     if not good.all():
         ref = refs[int(np.flatnonzero(~good)[0])]
         return Verdict(False, "bad_opening", f"{ref.kind}{ref.index}[{ref.leaf}]: the digest is not the data's")
-    nodes: dict[str, dict[tuple[int, int], np.ndarray]] = {"M": {}, "X": {}}
+    empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, lattice.K), dtype=np.int64))
+    packed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     try:
-        for node in openings.nodes:
-            nodes[node.tree][(node.level, node.position)] = lattice.digest_from_bytes(node.raw_digest())
-    except ValueError:
-        return Verdict(False, "bad_opening", "a tree node is not a valid digest")
+        for tree in openings.nodes:
+            if tree.tree in packed:
+                return Verdict(False, "bad_opening", f"the {tree.tree} tree's nodes are sent twice")
+            packed[tree.tree] = tree.unpack()
+    except ValueError as error:
+        return Verdict(False, "bad_opening", f"the tree nodes are malformed: {error}")
     for kind, depth, root in (("M", fill_depth(spec), fill.fill_root), ("X", access_depth(spec), access.access_root)):
-        leaves = {leaf_position(spec, ref): digests[ref] for ref in refs if ref.kind == kind}
-        if not leaves:
+        mine = [ref for ref in refs if ref.kind == kind]
+        if not mine:
             continue
-        reached = lattice.multiproof_root(checker, leaves, nodes[kind], depth)
+        positions = np.array([leaf_position(spec, ref) for ref in mine], dtype=np.int64)
+        reached = lattice.multiproof_root(checker, positions, np.stack([digests[ref] for ref in mine]),
+                                          *packed.get(kind, empty), depth)
         expected = lattice.digest_from_bytes(base64.b64decode(root))
         if reached is None or not np.array_equal(reached, expected):
             return Verdict(False, "bad_opening", f"the {kind} openings do not lead to the committed root")

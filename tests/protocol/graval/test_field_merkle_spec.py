@@ -105,16 +105,24 @@ def test_a_multiproof_leads_to_the_root_and_nothing_else_does():
     checker = lattice.LeafChecker(seed, n)
     opened = {3, 4, 17}
     depth = count.bit_length() - 1
-    nodes = {(level, position): levels[level][position] for level, position in lattice.multiproof_nodes(opened, depth)}
-    leaves = {position: levels[0][position] for position in opened}
-    assert np.array_equal(lattice.multiproof_root(checker, leaves, nodes, depth), levels[-1][0])
-    assert lattice.multiproof_root(checker, leaves, dict(list(nodes.items())[1:]), depth) is None
-    tampered = dict(nodes)
-    key = next(iter(tampered))
-    tampered[key] = (tampered[key] + 1) % lattice.Q
-    assert not np.array_equal(lattice.multiproof_root(checker, leaves, tampered, depth), levels[-1][0])
+    places = lattice.multiproof_nodes(opened, depth)
+    node_levels = np.array([level for level, _ in places])
+    node_positions = np.array([position for _, position in places])
+    node_digests = np.stack([levels[level][position] for level, position in places])
+    positions = np.array(sorted(opened))
+    leaves = np.stack([levels[0][position] for position in positions])
+
+    def root(node_levels=node_levels, node_positions=node_positions, node_digests=node_digests):
+        return lattice.multiproof_root(checker, positions, leaves, node_levels, node_positions, node_digests, depth)
+
+    assert np.array_equal(root(), levels[-1][0])
+    assert root(node_levels[1:], node_positions[1:], node_digests[1:]) is None
+    tampered = node_digests.copy()
+    tampered[0] = (tampered[0] + 1) % lattice.Q
+    assert not np.array_equal(root(node_digests=tampered), levels[-1][0])
     # a sent node where the verifier computes one is ignored: computed nodes win
-    assert np.array_equal(lattice.multiproof_root(checker, leaves, {**nodes, (0, 3): levels[0][0]}, depth), levels[-1][0])
+    extra = (np.append(node_levels, 0), np.append(node_positions, 3), np.vstack([node_digests, levels[0][0]]))
+    assert np.array_equal(root(*extra), levels[-1][0])
 
 
 def test_spec_validation_names_the_problem():
