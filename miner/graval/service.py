@@ -13,8 +13,8 @@ Each phase runs in a worker thread (the axon stays responsive). When the validat
 up (its timeout), the handler is cancelled, the prover stops at its next step and the
 device is freed once the thread has really stopped, so a timed-out round never leaves
 the device locked. Every refusal is a typed protocol error (422 for a challenge that
-names an unknown device or does not fit it, 404 for an unknown or expired session, 409
-for a phase out of order, 429 ``device_busy``).
+names an unknown device, does not fit it or its free memory, or comes out of phase order;
+404 for an unknown or expired session; 429 ``device_busy``).
 """
 
 from __future__ import annotations
