@@ -63,6 +63,8 @@ except ModuleNotFoundError:
 import numpy as np  # noqa: E402
 
 from miner.graval import calibration as cal  # noqa: E402
+
+from miner.graval import separation  # noqa: E402
 from miner.graval.backends import ArrayBackend, pick_backend  # noqa: E402
 from miner.graval.prover import Prover  # noqa: E402
 from protocol.graval.devices import GIB, MAX_WINDOW_HIGH, DeviceRejected, DeviceSpec, GpuModel, load_gpu_table, match_model  # noqa: E402
@@ -208,7 +210,7 @@ def gpu_device(index: int) -> DeviceSpec | None:
 
 def free_device_memory(backend: ArrayBackend) -> None:
     """Hand a backend's cached device memory back, so the next backend can fill the device."""
-    cal.release_cached_memory(backend)
+    separation.release_cached_memory(backend)
 
 
 # --- 1. bit-exactness ---------------------------------------------------------------------------------
@@ -302,7 +304,7 @@ def check_backend(name: str, args: argparse.Namespace, device: DeviceSpec, model
         out["production_oom"] = f"{type(error).__name__}: {str(error)[:300]}"
         log(f"[{name}] OUT OF MEMORY at the production shape (fill {fill_fraction[0]:.2f} of the memory): "
             f"{out['production_oom']}; measuring at 0.85 instead")
-        cal.release_cached_memory(backend)
+        separation.release_cached_memory(backend)
         fill_fraction[0] = 0.85
         with progress_display(plain) as tick:
             calibration = cal.calibrate(backend, production_spec, args.runs, verify_runs=1, progress=tick, on_run=adapt,
@@ -336,12 +338,12 @@ def check_backend(name: str, args: argparse.Namespace, device: DeviceSpec, model
     out["separation_shape"] = {"n": n, "b": b, "m": sep_m, "steps": spm * sep_m,
                                "honest_runs": "calibration" if same_shape else cal.MIN_RUNS}
     with progress_display(plain) as tick:
-        rows = cal.separation_table(backend, sep_spec, window, honest=honest, progress=tick, device_index=device.index)
+        rows = separation.separation_table(backend, sep_spec, window, honest=honest, progress=tick, device_index=device.index)
     out["separation"] = [row.as_dict() for row in rows]
     out["separation_s"] = time.perf_counter() - sep_started
-    out["cheats_refused"] = cal.all_cheats_refused(rows) and window.source == "derived"
-    out["honest_in_window"] = cal.honest_accepted(rows)
-    out["separation_text"] = cal.format_table(rows, window)
+    out["cheats_refused"] = separation.all_cheats_refused(rows) and window.source == "derived"
+    out["honest_in_window"] = separation.honest_accepted(rows)
+    out["separation_text"] = separation.format_table(rows, window)
     log(out["separation_text"])
 
     out["row"] = None

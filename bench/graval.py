@@ -84,6 +84,7 @@ from rich.console import Console  # noqa: E402
 
 from bench.report import print_last_line, print_table, progress  # noqa: E402
 from miner.graval import calibration as cal  # noqa: E402
+from miner.graval import separation  # noqa: E402
 from miner.graval.backends import BACKEND_NAMES, pick_backend  # noqa: E402
 from miner.graval.prover import Prover  # noqa: E402
 from protocol.graval import lattice  # noqa: E402
@@ -293,7 +294,7 @@ def production(args: argparse.Namespace, backend: Any, console: Console) -> dict
 # --- separation ---------------------------------------------------------------------------------------
 
 
-def separation(args: argparse.Namespace, backend: Any, console: Console) -> dict:
+def separation_part(args: argparse.Namespace, backend: Any, console: Console) -> dict:
     n, m, spm = args.sep_n, 10, 16
 
     def spec() -> ChallengeSpec:
@@ -313,12 +314,12 @@ def separation(args: argparse.Namespace, backend: Any, console: Console) -> dict
             window = cal.derive_window(runs.fill_cv, runs.access_cv, len(runs.runs))
         except cal.WindowRefused:
             window = cal.limit_window(len(runs.runs))
-        rows = cal.separation_table(backend, spec, window, honest=runs.runs, progress=tick)
-    console.print(cal.format_table(rows, window))
+        rows = separation.separation_table(backend, spec, window, honest=runs.runs, progress=tick)
+    console.print(separation.format_table(rows, window))
     return {"sep_n": n, "sep_m": m, "sep_steps": spm * m, "sep_fill_cv": runs.fill_cv, "sep_access_cv": runs.access_cv,
             "sep_window_low": window.low, "sep_window_high": window.high, "sep_window_source": window.source,
-            "separation": [row.as_dict() for row in rows], "sep_cheats_refused": cal.all_cheats_refused(rows),
-            "sep_honest_accepted": cal.honest_accepted(rows)}
+            "separation": [row.as_dict() for row in rows], "sep_cheats_refused": separation.all_cheats_refused(rows),
+            "sep_honest_accepted": separation.honest_accepted(rows)}
 
 
 def report(results: dict) -> None:
@@ -404,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         results.update({"prod_n": None, "prod_verify_cpu_s": None, "prod_first_verify_cpu_s": None})
     if args.separation:
-        results.update(separation(args, backend, console))
+        results.update(separation_part(args, backend, console))
     results["max_window_high"] = MAX_WINDOW_HIGH
     results["bench_wall_s"] = time.perf_counter() - began
     try:

@@ -22,6 +22,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from miner.graval import calibration as cal
+
+from miner.graval import separation
 from miner.graval.backends import BACKEND_NAMES, pick_backend
 from miner.inventory import cpu_device, discover_devices
 from protocol.graval.devices import MAX_WINDOW_HIGH, DeviceRejected, load_gpu_table, match_model
@@ -65,7 +67,7 @@ def _runs_table(result: cal.Calibration) -> Table:
     return table
 
 
-def _separation_table(rows: list[cal.SeparationRow], window: cal.Window) -> Table:
+def _separation_table(rows: list[separation.SeparationRow], window: cal.Window) -> Table:
     table = Table(title=f"separation: phase time / honest median (window {window.low:.2f}-{window.high:.2f}, {window.source})")
     for column in ("case", "fill x", "access x", "verdict", "detail"):
         table.add_column(column)
@@ -161,10 +163,10 @@ def calibrate(
             honest = None
         bars, tick = _bars()
         with bars:
-            rows = cal.separation_table(engine, sep_spec, window, honest=honest, progress=tick, device_index=chosen.index)
+            rows = separation.separation_table(engine, sep_spec, window, honest=honest, progress=tick, device_index=chosen.index)
         console.print(_separation_table(rows, window))
         console.print(f"separation shape: n={size} b={width} m={sep_m} steps={spm * sep_m}; a '+' marks a phase stopped "
-                      f"at {cal.CHEAT_CAP:g}x the honest median")
+                      f"at {separation.CHEAT_CAP:g}x the honest median")
 
     if refused is not None and not devnet:
         console.print("[red]no gpus.toml row:[/] the window cannot refuse the cheats with this variance")

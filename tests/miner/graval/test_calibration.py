@@ -8,6 +8,8 @@ import math
 import pytest
 
 from miner.graval import calibration as cal
+
+from miner.graval import separation
 from miner.graval.backends import NumpyBackend
 from protocol.graval.devices import MAX_WINDOW_HIGH, DeviceSpec, load_gpu_table
 from protocol.graval.spec import ChallengeSpec
@@ -67,7 +69,7 @@ def test_an_honest_run_is_verified_and_the_separation_verdicts_follow_the_window
     assert result.verified is True and result.runs[0].verified and result.runs[1].verified is None
     assert result.fill_rate > 0 and result.access_rate > 0
     window = cal.Window(low=0.5, high=1.5, cv=0.0, cv_bound=0.0, runs=3)
-    rows = cal.separation_table(backend, lambda: tiny(m=10), window, honest_runs=2,
+    rows = separation.separation_table(backend, lambda: tiny(m=10), window, honest_runs=2,
                                 cases=("honest", "half memory", "90% memory", "two claims"))
     assert [row.case for row in rows] == ["honest (worst of 2)", "half memory", "90% memory", "two claims (a)",
                                           "two claims (b)"]
@@ -75,4 +77,4 @@ def test_an_honest_run_is_verified_and_the_separation_verdicts_follow_the_window
         outside = [ratio for ratio in (row.fill_ratio, row.access_ratio) if not math.isnan(ratio) and window.refuses(ratio)]
         assert row.refused == bool(outside)
     assert "keeps 5 of 10" in rows[1].detail and "keeps 9 of 10" in rows[2].detail
-    assert "two claims (b)" in cal.format_table(rows, window)
+    assert "two claims (b)" in separation.format_table(rows, window)
