@@ -15,6 +15,7 @@ Usage: ./run.sh COMMAND [ARGS...]
   demo [--once|--keep] run a local subnet (devnet, miners, validator, API) and ask it a question
   demo stop            stop a demo left running by --keep
   test [PYTEST ARGS]   run the whole test suite (slow devnet tests included)
+  lint                 ruff over the tree (rules in ruff.toml; .ci/run runs it before the tests)
   miner [FLAGS]        run a miner       (flags: python neurons/miner.py --help)
   validator [FLAGS]    run a validator   (flags: python neurons/validator.py --help)
   api [FLAGS]          run the public API (flags: python neurons/api.py --help)
@@ -160,6 +161,9 @@ command=${1:-help}
 case "$command" in
   setup)
     ensure_venv ;;
+  lint)
+    ensure_venv
+    exec "$VENV/bin/ruff" check "$ROOT" "$@" ;;
   test)
     ensure_venv
     ensure_redis

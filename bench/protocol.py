@@ -252,7 +252,8 @@ async def measure(args: argparse.Namespace, wallet_path: str) -> dict:
             for _ in range(args.repeats):
                 runs["baseline_rps"].append(await sequential_plain(f"http://127.0.0.1:{echo.ports['starlette']}/echo", args.n, args.warmup))
                 runs["seq_rps"].append(await sequential_signed(dendrite, target, args.n, args.warmup))
-                runs["baseline_fastapi_rps"].append(await sequential_plain(f"http://127.0.0.1:{echo.ports['fastapi']}/echo", args.n, args.warmup))
+                fastapi_url = f"http://127.0.0.1:{echo.ports['fastapi']}/echo"
+                runs["baseline_fastapi_rps"].append(await sequential_plain(fastapi_url, args.n, args.warmup))
     finally:
         echo.close()
     results.update({name: statistics.median(values) for name, values in runs.items()})

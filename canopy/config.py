@@ -98,10 +98,18 @@ class GravalSettings(BaseModel):
     cpu_devices: int = Field(0, ge=0, le=8, description="CPU pseudo-devices to offer (devnet only; refused on real networks).")
     cpu_memory_mb: int = Field(64, ge=16, le=65536, description="Memory the CPU pseudo-device claims, in MiB.")
     session_ttl_s: float = Field(120.0, gt=0, description="How long a committed challenge waits for its opening.")
-    reverify_s: float = Field(3600.0, gt=0, description="Validator: mean seconds between two sweeps (every device of every miner re-verified at once; random exponential gaps).")
-    retry_s: float = Field(60.0, gt=0, description="Validator: first retry delay of a first verification that reached nobody (doubles); failed devices wait for the next sweep.")
-    sweep_gather_s: float = Field(20.0, gt=0, le=300, description="Validator: a sweep gathers every miner's Inventory for this long, then sends every Prove at once (later answers fail late_for_sweep).")
-    probation_s: float = Field(7 * 24 * 3600.0, ge=0, description="Validator: after a failed device verification, how long a miner's new devices wait for the next sweep instead of being verified at once.")
+    reverify_s: float = Field(3600.0, gt=0,
+                              description="Validator: mean seconds between two sweeps (every device of every miner re-verified at once; "
+                                          "random exponential gaps).")
+    retry_s: float = Field(60.0, gt=0,
+                           description="Validator: first retry delay of a first verification that reached nobody (doubles); failed "
+                                       "devices wait for the next sweep.")
+    sweep_gather_s: float = Field(20.0, gt=0, le=300,
+                                  description="Validator: a sweep gathers every miner's Inventory for this long, then sends every Prove "
+                                              "at once (later answers fail late_for_sweep).")
+    probation_s: float = Field(7 * 24 * 3600.0, ge=0,
+                               description="Validator: after a failed device verification, how long a miner's new devices wait for the "
+                                           "next sweep instead of being verified at once.")
     allow_cpu: bool = Field(False, description="Validator: accept CPU pseudo-devices (devnet only).")
 
 
@@ -114,7 +122,8 @@ class ChutesSettings(BaseModel):
     start_timeout_s: float = Field(900.0, gt=0, description="Miner: how long an instance may take to become ready.")
     health_interval_s: float = Field(5.0, gt=0, description="Miner: seconds between health checks of a ready instance.")
     invoke_timeout_s: float = Field(600.0, gt=0, description="Miner: longest an Invoke may run on an instance.")
-    max_payload_bytes: int = Field(1 << 20, ge=1, description="Miner: largest Invoke payload (JSON bytes); --axon.max_body_bytes also caps it.")
+    max_payload_bytes: int = Field(1 << 20, ge=1,
+                                   description="Miner: largest Invoke payload (JSON bytes); --axon.max_body_bytes also caps it.")
     shutdown_grace_s: float = Field(10.0, ge=0, description="Miner: seconds instances get to exit after SIGTERM before SIGKILL.")
     log_dir: str | None = Field(None, description="Miner: folder of the instances' stdout/stderr logs (default: $CANOPY_HOME/logs).")
 
@@ -167,7 +176,9 @@ class ValidatorSettings(BaseModel):
     step_s: float = Field(12.0, gt=0, le=3600, description="Seconds between the starts of two validator steps.")
     sync_blocks: int = Field(5, ge=1, description="Re-read the metagraph every this many blocks.")
     inventory_timeout_s: float = Field(10.0, gt=0, description="How long a miner has to answer Inventory.")
-    max_concurrent_verifications: int = Field(16, ge=1, description="Miners in a first GraVal verification at the same time (a sweep starts every miner at once).")
+    max_concurrent_verifications: int = Field(16, ge=1,
+                                              description="Miners in a first GraVal verification at the same time (a sweep starts every "
+                                                          "miner at once).")
     device_info_interval_s: float = Field(300.0, gt=0, description="Mean seconds between live device-info checks of a verified miner.")
     synthetic_interval_s: float = Field(300.0, gt=0, description="Mean seconds between two rounds of synthetic calls to one miner.")
     synthetic_timeout_s: float = Field(60.0, gt=0, description="Longest a synthetic call may take.")
@@ -177,7 +188,9 @@ class ValidatorSettings(BaseModel):
     metrics_ip: str = Field("127.0.0.1", description="Interface the /metrics server binds to.")
     weights_retry_blocks: int = Field(2, ge=1, description="First wait (blocks) after a failed set_weights; doubles, capped at the tempo.")
     top_miners_logged: int = Field(5, ge=1, description="Miners named in the weights log line.")
-    history_every_steps: int = Field(25, ge=1, description="Append the scores to score_history every this many steps (the current scores are saved every step).")
+    history_every_steps: int = Field(25, ge=1,
+                                     description="Append the scores to score_history every this many steps (the current scores are saved "
+                                                 "every step).")
 
 
 class WandbSettings(BaseModel):
@@ -185,7 +198,8 @@ class WandbSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: str = Field("offline", pattern=r"^(online|offline|disabled)$", description="online, offline (default; `wandb sync` later) or disabled.")
+    mode: str = Field("offline", pattern=r"^(online|offline|disabled)$",
+                      description="online, offline (default; `wandb sync` later) or disabled.")
     project: str = Field("canopy-validator", min_length=1, description="wandb project of the run.")
     entity: str | None = Field(None, description="wandb entity (team or user); default: yours.")
     dir: str | None = Field(None, description="Where the run files go (default: $CANOPY_HOME/wandb).")
@@ -299,7 +313,8 @@ class NeuronSettings(BaseSettings):
         if self.devnet.path is None:
             self.devnet.path = str(canopy_home() / "devnet.sqlite")
         if (self.graval.cpu_devices or self.graval.allow_cpu) and not self.is_devnet:
-            raise ValueError("--graval.cpu_devices and --graval.allow_cpu are for the devnet only: a CPU pseudo-device never earns on a real network")
+            raise ValueError("--graval.cpu_devices and --graval.allow_cpu are for the devnet only: "
+                             "a CPU pseudo-device never earns on a real network")
         if self.axon.external_ip is None and self.is_devnet:
             self.axon.external_ip = "127.0.0.1"
         return self

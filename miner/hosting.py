@@ -163,7 +163,8 @@ class HostedPlan:
         """What callers see of it in Inventory (the live counts are filled in by the service)."""
         info = self.info
         return HostedChute(chute_id=info.chute_id, name=info.name, username=info.username, tagline=info.tagline,
-                           ref=self.entry.ref, model=info.model, cords=[HostedCord.model_validate(cord.model_dump()) for cord in info.cords],
+                           ref=self.entry.ref, model=info.model,
+                           cords=[HostedCord.model_validate(cord.model_dump()) for cord in info.cords],
                            instances=len(self.devices), concurrency=self.concurrency)
 
 

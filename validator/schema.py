@@ -9,9 +9,10 @@ migration history, in ``validator/migrations/versions``.
 
 A database made before migrations existed (``create_all``; no ``alembic_version``) runs
 every revision from the baseline, which creates only the tables it lacks (a validator-only
-database gains the API's), so a new version keeps its keys, logs and scores. Two processes opening a new database at once (the validator and the API, or two
-replicas) race on the same DDL: the loser's transaction fails ("already exists", SQLite's
-"database is locked", a duplicate Postgres catalog row) and is retried, finding the work done.
+database gains the API's), so a new version keeps its keys, logs and scores. Two processes
+opening a new database at once (the validator and the API, or two replicas) race on the
+same DDL: the loser's transaction fails ("already exists", SQLite's "database is locked", a
+duplicate Postgres catalog row) and is retried, finding the work done.
 """
 
 from __future__ import annotations

@@ -61,7 +61,8 @@ def init(
     max_validators: int = typer.Option(64, "--max-validators", min=1, help="Validator permits (top stake)."),
     stake_threshold: float = typer.Option(100.0, "--stake-threshold", min=0, help="Least stake (TAO) for a validator permit."),
     immunity_period: int = typer.Option(20, "--immunity-period", min=0, help="Blocks a new uid cannot be replaced."),
-    commit_reveal: bool = typer.Option(False, "--commit-reveal/--no-commit-reveal", help="Weights are committed, then revealed a tempo later."),
+    commit_reveal: bool = typer.Option(False, "--commit-reveal/--no-commit-reveal",
+                                       help="Weights are committed, then revealed a tempo later."),
     reset: bool = typer.Option(False, "--reset", help="Delete the existing devnet (and its state) first."),
     path: Path = ChainPath,
 ) -> None:

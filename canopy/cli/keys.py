@@ -24,7 +24,8 @@ from validator.store import ValidatorStore
 app = typer.Typer(help="API keys of the public gateway: create, list, edit, disable/enable, delete.", no_args_is_help=True)
 console = Console()
 
-DatabaseUrl = typer.Option(None, "--database-url", help="The store shared with the API [default: the wallet's SQLite file in $CANOPY_HOME].")
+DatabaseUrl = typer.Option(None, "--database-url",
+                           help="The store shared with the API [default: the wallet's SQLite file in $CANOPY_HOME].")
 WalletName = typer.Option("default", "--wallet.name", help="Wallet whose API store to use (when no --database-url).")
 WalletHotkey = typer.Option("default", "--wallet.hotkey", help="Hotkey whose API store to use (when no --database-url).")
 Credits = typer.Option(None, "--credits", min=0, help="Credits (one per successful answer); unlimited when left out.")

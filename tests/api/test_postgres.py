@@ -25,7 +25,7 @@ from api.requestlog import RequestLogger, RequestRecord, log_stats, prune_logs, 
 from api.tables import ApiKey, CreditLease, IdempotencyRecord, RequestLog
 from api.upstream import Upstream
 from tests.api.conftest import MODEL
-from tests.postgres_server import needs_postgres, postgres_server, postgres_url  # noqa: F401 - fixtures
+from tests.postgres_server import needs_postgres
 from tests.protocol.helpers import NETUID
 from validator.store import ValidatorStore
 from validator.tables import DeviceVerification, Invocation

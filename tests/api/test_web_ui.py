@@ -29,7 +29,7 @@ from api.tables import RequestLog
 from api.web import STATIC
 from tests.api.conftest import MODEL
 from tests.api.test_gateway import new_key
-from tests.postgres_server import needs_postgres, postgres_server, postgres_url  # noqa: F401 - fixtures
+from tests.postgres_server import needs_postgres
 from tests.validator.chutes.fake_llm import completion_words
 from validator.store import bulk_insert
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 
-import pytest
 import redis
 
 from protocol.nonces import RedisNonceStore
 from protocol.synapse import Echo
 from tests.protocol.helpers import free_port, raw_post, signed_headers
-from tests.redis_server import needs_redis, redis_url  # noqa: F401 - fixture
+from tests.redis_server import needs_redis
 
 pytestmark = needs_redis
 

@@ -19,7 +19,7 @@ from api.keys import KeyStore
 from validator.schema import current_revision, metadata, upgrade
 from validator.store import ValidatorStore
 from validator.tables import DeviceVerification, Invocation
-from tests.postgres_server import needs_postgres, postgres_server, postgres_url  # noqa: F401 - fixtures
+from tests.postgres_server import needs_postgres
 
 HEAD = "0004"
 ROOT = Path(__file__).resolve().parents[2]

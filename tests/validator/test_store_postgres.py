@@ -11,7 +11,7 @@ import json
 import pytest
 from sqlalchemy import func, select, text
 
-from tests.postgres_server import needs_postgres, postgres_server, postgres_url  # noqa: F401 - fixtures
+from tests.postgres_server import needs_postgres
 from tests.validator.test_store import (  # noqa: F401 - collected here again, on Postgres
     NOW,
     call,

@@ -11,7 +11,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 
 from canopy.chute import ChuteInfo
 from tests.canopy.sdk.conftest import ROOT, Instance, get_json, start_instance
