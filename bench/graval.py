@@ -82,7 +82,7 @@ sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").r
 
 from rich.console import Console  # noqa: E402
 
-from bench.report import print_last_line, print_table, progress  # noqa: E402
+from bench.report import print_last_line, print_table, progress, verdict  # noqa: E402
 from miner.graval import calibration as cal  # noqa: E402
 from miner.graval import separation  # noqa: E402
 from miner.graval.backends import BACKEND_NAMES, pick_backend  # noqa: E402
@@ -323,10 +323,10 @@ def separation_part(args: argparse.Namespace, backend: Any, console: Console) ->
 
 
 def report(results: dict) -> None:
-    met = results["meets_targets"]
+    met = results["met"]
     checks = {"prover_efficiency": (f">= {TARGETS['prover_efficiency']:g}", met["prover_efficiency"]),
               "verify_ratio": (f"<= {TARGETS['verify_ratio']:g}", met["verify_ratio"]),
-              "prod_verify_cpu_s": (f"<= {TARGETS['prod_verify_cpu_s']:.3f}", met["prod_verify_cpu_s"])}
+              "prod_verify_cpu_s": (f"<= {TARGETS['prod_verify_cpu_s']:.3f}", met.get("prod_verify_cpu_s"))}
     print_table(f"GraVal benchmark ({results['backend']})", results, checks, digits=4)
 
 
@@ -415,12 +415,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError:
         pass
     prod_cpu = results["prod_verify_cpu_s"]
-    results["targets"] = TARGETS
-    results["meets_targets"] = {
+    verdict(results, TARGETS, {
         "prover_efficiency": results["prover_efficiency"] >= TARGETS["prover_efficiency"],
         "verify_ratio": results["verify_ratio"] <= TARGETS["verify_ratio"],
         "prod_verify_cpu_s": None if prod_cpu is None else prod_cpu <= TARGETS["prod_verify_cpu_s"],
-    }
+    })
     report(results)
     print_last_line(results)
 

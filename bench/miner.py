@@ -323,14 +323,15 @@ def main() -> None:
         args.max_tokens = args.max_tokens or 48
     print(f"LLM chute: {note}", file=sys.stderr)
     from bench.protocol import wallets
-    from bench.report import print_last_line, print_table
+    from bench.report import print_last_line, print_table, verdict
 
     with tempfile.TemporaryDirectory(prefix="canopy-bench-miner-") as wallet_path:
         wallets(wallet_path)
         gc.freeze()
         results = uvloop.run(measure(args, wallet_path, llm_ref, note))
+    verdict(results, TARGETS, {"ratio": results["ratio"] >= TARGETS["ratio"]})
     print_table(f"canopy miner benchmark (LLM: {note})", results,
-                {"ratio": (f">= {TARGETS['ratio']:g}", results["ratio"] >= TARGETS["ratio"])})
+                {"ratio": (f">= {TARGETS['ratio']:g}", results["met"]["ratio"])})
     print_last_line(results, digits=4)
 
 

@@ -47,7 +47,7 @@ import aiohttp  # noqa: E402
 import bittensor as bt  # noqa: E402
 import uvloop  # noqa: E402
 
-from bench.report import print_last_line, print_table  # noqa: E402
+from bench.report import print_last_line, print_table, verdict  # noqa: E402
 from canopy.config import AxonSettings  # noqa: E402
 from canopy.wallets import create_devnet_wallet  # noqa: E402
 from chain.base import Chain, Hyperparameters, Metagraph, Neuron, WeightsSubmission  # noqa: E402
@@ -296,6 +296,7 @@ def report(results: dict) -> None:
         "fanout_over_delay": (f"<= {TARGETS['fanout_over_delay']:g}", None if over is None else over <= TARGETS["fanout_over_delay"]),
         "fanout_ok_min": (f"= {results['fanout_n']}", results["fanout_ok_min"] == results["fanout_n"]),
     }
+    verdict(results, {**TARGETS, "fanout_ok_min": results["fanout_n"]}, {name: met for name, (_, met) in checks.items()})
     print_table("canopy wire benchmark (loopback, server in child processes)", results, checks)
 
 

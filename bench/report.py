@@ -37,6 +37,16 @@ def print_last_line(results: Mapping[str, Any], *, digits: int = 6) -> None:
     print(json.dumps({key: round(value, digits) if isinstance(value, float) else value for key, value in results.items()}))
 
 
+def verdict(results: dict[str, Any], targets: Mapping[str, Any], met: Mapping[str, bool | None]) -> None:
+    """Add the benchmark's own verdict (DESIGN.md decision 12) to ``results``: ``targets``,
+    ``met`` (per target; a target this run cannot measure, None, is left out and named in
+    ``not_measured``) and ``meets_targets``, true only when every measured target is met."""
+    results["targets"] = dict(targets)
+    results["met"] = {name: bool(value) for name, value in met.items() if value is not None}
+    results["not_measured"] = [name for name, value in met.items() if value is None]
+    results["meets_targets"] = all(results["met"].values())
+
+
 def progress(console: Console) -> Progress:
     """A transient bar (spinner, description, bar, done/total, elapsed) on ``console``."""
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

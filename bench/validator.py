@@ -100,13 +100,12 @@ def run_role(role: str, config: str) -> None:
 
 
 def report(args: argparse.Namespace, results: dict, console: Console) -> None:
-    from bench.report import print_last_line, print_table
+    from bench.report import print_last_line, print_table, verdict
 
-    results["targets"] = TARGETS
-    results["meets_targets"] = {name: results[name] <= limit for name, limit in TARGETS.items()}
-    checks = {name: (f"<= {limit:g}", results["meets_targets"][name]) for name, limit in TARGETS.items()}
+    verdict(results, TARGETS, {name: results[name] <= limit for name, limit in TARGETS.items()})
+    checks = {name: (f"<= {limit:g}", results["met"][name]) for name, limit in TARGETS.items()}
     print_table(f"canopy validator benchmark ({args.miners} miners x {args.devices} devices)", results, checks)
-    for name, met in results["meets_targets"].items():
+    for name, met in results["met"].items():
         if not met:
             console.print(f"[red]target missed: {name} = {results[name]:.3f} > {TARGETS[name]:g}")
     print_last_line(results)

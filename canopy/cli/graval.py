@@ -153,14 +153,8 @@ def calibrate(
 
     if separation_matrices:
         sep_m = min(production.m, separation_matrices)
-        if sep_m == production.m:
-            def sep_spec() -> ChallengeSpec:
-                return make_spec()
-            honest = result.runs
-        else:
-            def sep_spec() -> ChallengeSpec:
-                return ChallengeSpec.fresh(chosen.uuid, n=size, b=width, m=sep_m, steps=spm * sep_m)
-            honest = None
+        sep_spec, honest = separation.table_shape(make_spec, sep_m == production.m, chosen.uuid, size, width, sep_m, spm,
+                                                  result.runs)
         bars, tick = _bars()
         with bars:
             rows = separation.separation_table(engine, sep_spec, window, honest=honest, progress=tick, device_index=chosen.index)

@@ -11,6 +11,7 @@ the demo's cheater (``canopy.demo_cheater`` runs ``RandomRoots``).
 from __future__ import annotations
 
 import base64
+from abc import ABC, abstractmethod
 import bisect
 import os
 from typing import Any
@@ -83,11 +84,12 @@ class SkippedStep(Prover):
         return state
 
 
-class _KeepsSome(Prover):
+class _KeepsSome(Prover, ABC):
     """Keeps only the matrices ``keeps(i)`` says (fewer bytes resident than claimed)."""
 
+    @abstractmethod
     def keeps(self, i: int) -> bool:
-        raise NotImplementedError
+        """Whether matrix ``i`` stays resident."""
 
     def _keep_matrix(self, i: int, matrix: Any) -> None:
         self.matrices.append(matrix if self.keeps(i) else None)

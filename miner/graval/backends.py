@@ -20,6 +20,7 @@ residues:
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -33,7 +34,7 @@ from protocol.graval.lattice import HostOps
 BLOCK_ELEMENTS = 1 << 25
 
 
-class ArrayBackend:
+class ArrayBackend(ABC):
     """The generic proof steps; subclasses supply the array primitives."""
 
     name = "abstract"
@@ -41,39 +42,49 @@ class ArrayBackend:
 
     # --- primitives (per library) ------------------------------------------------------
 
+    @abstractmethod
     def empty(self, rows: int, cols: int) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def arange(self, start: int, stop: int) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def from_host(self, array: np.ndarray) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def to_int64(self, x: Any) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def to_storage(self, x: Any) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def to_node_storage(self, x: Any) -> Any:
         """Inputs of a tree node's hash: int8 on a GPU; float32 on a CPU, exact because a
         node product stays below 2^24 (768 x 128 x 128)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def cat(self, arrays: list[Any], axis: int) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def host(self, x: Any) -> np.ndarray:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def matmul_exact(self, a: Any, b: Any) -> Any:
         """The exact integer product of two storage arrays (float64 or int32)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def transpose(self, x: Any) -> Any:
         """A contiguous transpose."""
-        raise NotImplementedError
+        ...
 
     def synchronize(self) -> None:
         pass
@@ -279,7 +290,6 @@ class CupyBackend(ArrayBackend):
         self.cp.cuda.Stream.null.synchronize()
 
 
-Backend = ArrayBackend
 BACKEND_NAMES = ("numpy", "torch-cpu", "torch-cuda", "cupy")
 
 

@@ -22,6 +22,20 @@ from miner.graval.calibration import MIN_RUNS, Progress, Run, SpecFactory, Windo
 from miner.graval.prover import ProofCancelled, Prover
 from protocol.graval.spec import ChallengeSpec
 
+def table_shape(production: SpecFactory, same_shape: bool, uuid: str, n: int, b: int, matrices: int,
+                steps_per_matrix: int, honest: list[Run]) -> tuple[SpecFactory, list[Run] | None]:
+    """The challenge the separation table runs and the honest runs it compares against: the
+    production challenge and its calibration runs when the table is that size (``same_shape``),
+    else ``matrices`` matrices of the same n, b and steps per matrix, measured afresh (None)."""
+    if same_shape:
+        return production, honest
+
+    def smaller() -> ChallengeSpec:
+        return ChallengeSpec.fresh(uuid, n=n, b=b, m=matrices, steps=steps_per_matrix * matrices)
+
+    return smaller, None
+
+
 #: A cheat's phase is stopped once it has taken this many times the honest median: it is
 #: then outside every window a GPU row may have (< 2), and waiting longer only costs time.
 CHEAT_CAP = 3.0

@@ -122,15 +122,6 @@ def next_power_of_two(count: int) -> int:
     return 1 << max(0, (count - 1).bit_length())
 
 
-def path_from_levels(levels: list[np.ndarray], index: int) -> list[np.ndarray]:
-    """Sibling digests from the leaf level up to (not including) the root."""
-    siblings = []
-    for level in levels[:-1]:
-        siblings.append(level[index ^ 1])
-        index >>= 1
-    return siblings
-
-
 # --- encoding on the wire -------------------------------------------------------------
 
 def digest_bytes(digest: np.ndarray) -> bytes:
