@@ -1,15 +1,15 @@
 // pm2 process file for a Canopy operator: `pm2 start ecosystem.config.js --only canopy-validator`.
 // Edit NETUID, NETWORK and the wallet names (made with `btcli wallet create`) first; every
-// flag is listed by `python neurons/<role>.py --help` and in the README's Configuration.
+// flag is listed by `canopy-<role> --help` and in the README's Configuration.
 const NETUID = process.env.CANOPY_NETUID || "1";
 const NETWORK = process.env.CANOPY_NETWORK || "finney";
-const PYTHON = `${__dirname}/.venv/bin/python`;
+const BIN = `${__dirname}/.venv/bin`; // the console scripts of `pip install ".[node]"` (./run.sh setup)
 
 function neuron(role, args) {
   return {
     name: `canopy-${role}`,
-    script: `neurons/${role}.py`,
-    interpreter: PYTHON,
+    script: `${BIN}/canopy-${role}`,
+    interpreter: "none",
     cwd: __dirname,
     args: ["--netuid", NETUID, "--network", NETWORK, ...args].join(" "),
     autorestart: true,

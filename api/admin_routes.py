@@ -1,7 +1,7 @@
 """Admin REST behind an admin key: ``/admin/keys``, ``/admin/logs``, ``/admin/stats``.
 
-Callers: ``api.app.build_app`` includes ``router``; operators with a key made by
-``canopy keys create --admin`` (``Authorization: Bearer``). No key, or a bad one: 401; a
+Seam: the operators' API, for a key made by ``canopy keys create --admin``
+(``Authorization: Bearer``), over the key store and the request log. No key, or a bad one: 401; a
 key that is not an admin key: 403. Bad input: 400 in OpenAI's envelope with ``param``;
 an unknown key name: 404; a name in use: 409.
 
@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from api.errors import ApiError, Forbidden, InvalidRequest
 from api.keys import KeyError_, KeyInfo, RateRule, parse_expiry, parse_strategy
-from api.pipeline import bearer_key, parse_body, request_body
+from api.admission import bearer_key, json_object, request_body, validated
+from api.gateway import gateway_of
 from api.requestlog import log_dict, log_stats, parse_since, query_logs
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -71,10 +72,6 @@ async def require_admin(request: Request) -> KeyInfo:
     return key
 
 
-async def _json(request: Request, model: type[BaseModel]) -> BaseModel:
-    return (await parse_body(request, model))[0]
-
-
 def _checked(body: _KeyFields) -> dict[str, Any]:
     """``KeyStore`` fields from the body, each validated so a refusal names its ``param``."""
     fields: dict[str, Any] = {}
@@ -104,7 +101,7 @@ async def key_id_named(request: Request, name: str | None) -> int | None:
     if not name:
         return None
     try:
-        return (await request.app.state.keys.get(name)).id
+        return (await gateway_of(request).keys.get(name)).id
     except KeyError_:
         raise KeyNotFound(f"no key named {name!r}", param="key") from None
 
@@ -140,17 +137,17 @@ def parse_since_param(value: str | None, param: str = "since") -> float | None:
 async def list_keys(request: Request) -> dict:
     """Every key (hints only, never the keys)."""
     await require_admin(request)
-    return {"object": "list", "data": [key.as_dict() for key in await request.app.state.keys.list()]}
+    return {"object": "list", "data": [key.as_dict() for key in await gateway_of(request).keys.list()]}
 
 
 @router.post("/keys", status_code=201, openapi_extra=request_body(KeyCreate))
 async def create_key(request: Request) -> JSONResponse:
     """Create a key; the answer carries ``key`` this once (only its hash is stored)."""
     await require_admin(request)
-    body = await _json(request, KeyCreate)
+    body = validated(KeyCreate, await json_object(request))
     fields = _checked(body)
     try:
-        info, key = await request.app.state.keys.create(body.name, **fields)
+        info, key = await gateway_of(request).keys.create(body.name, **fields)
     except KeyError_ as error:
         if "exists already" in str(error):
             raise KeyExists(str(error), param="name") from None
@@ -162,7 +159,7 @@ async def create_key(request: Request) -> JSONResponse:
 async def get_key(request: Request, name: str) -> dict:
     await require_admin(request)
     try:
-        return (await request.app.state.keys.get(name)).as_dict()
+        return (await gateway_of(request).keys.get(name)).as_dict()
     except KeyError_ as error:
         raise KeyNotFound(str(error), param="name") from None
 
@@ -171,7 +168,7 @@ async def get_key(request: Request, name: str) -> dict:
 async def edit_key(request: Request, name: str) -> dict:
     """Change credits (or add_credits), expiry, limits, strategy, models, disabled, admin; null clears."""
     await require_admin(request)
-    body = await _json(request, KeyPatch)
+    body = validated(KeyPatch, await json_object(request))
     fields = _checked(body)
     given = body.model_fields_set
     if "disabled" in given and body.disabled is not None:
@@ -179,7 +176,7 @@ async def edit_key(request: Request, name: str) -> dict:
     unset = frozenset(column for column, field_name in (("credits", "credits"), ("expires_at", "expires"),
                                                          ("default_strategy", "default_strategy"), ("models", "models"))
                       if field_name in given and getattr(body, field_name) is None)
-    keys = request.app.state.keys
+    keys = gateway_of(request).keys
     try:
         if body.add_credits is not None:
             if "credits" in given:
@@ -199,7 +196,7 @@ async def delete_key(request: Request, name: str) -> dict:
     """Delete a key for good (its request logs stay)."""
     await require_admin(request)
     try:
-        await request.app.state.keys.delete(name)
+        await gateway_of(request).keys.delete(name)
     except KeyError_ as error:
         raise KeyNotFound(str(error), param="name") from None
     return {"object": "key", "name": name, "deleted": True}
@@ -217,7 +214,7 @@ async def logs(request: Request) -> dict:
     limit = _int(query.get("limit"), "limit", 1, MAX_LIMIT) or 50
     since, until = parse_since_param(query.get("since")), parse_since_param(query.get("until"), "until")
     key_id = await key_id_named(request, query.get("key"))
-    rows = await query_logs(request.app.state.keys.engine, key_id=key_id, status=status, since=since, until=until,
+    rows = await query_logs(gateway_of(request).keys.engine, key_id=key_id, status=status, since=since, until=until,
                             limit=limit)
     return {"object": "list", "data": [log_dict(row) for row in rows]}
 
@@ -231,4 +228,4 @@ async def stats(request: Request) -> dict:
     since = parse_since_param(query.get("since") or "24h")
     until = parse_since_param(query.get("until"), "until")
     key_id = await key_id_named(request, query.get("key"))
-    return await log_stats(request.app.state.keys.engine, since=since, until=until, key_id=key_id)
+    return await log_stats(gateway_of(request).keys.engine, since=since, until=until, key_id=key_id)

@@ -1,11 +1,11 @@
 """Admin read-outs for the web UI (``api.web``): hourly request counts and the miners' table.
 
-Seam: admin REST, beside ``api.admin_routes`` (same admin-key rule: no key or a bad one
-401, a key that is not an admin key 403, bad input 400 in OpenAI's envelope). Callers:
-``api.app.build_app`` includes ``router``; the UI's stats and miners pages.
+Seam: admin REST for the UI's stats and miners pages, beside ``api.admin_routes`` (same
+admin-key rule: no key or a bad one 401, a key that is not an admin key 403, bad input 400
+in OpenAI's envelope); it reads the validator's store through ``api.gateway.Store``.
 
 - ``GET /admin/stats/hourly?since=24h&key=NAME``: requests and errors (status >= 400)
-  per clock hour from the ``api_request_logs`` table (``api.tables.RequestLog``), every
+  per clock hour from the ``api_request_logs`` table (``store.api_tables.RequestLog``), every
   hour of the window present (zeros included), oldest first::
 
       {"object": "list", "since": 1700000000.0, "until": 1700086400.0, "bucket_s": 3600,
@@ -49,9 +49,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from api.admin_routes import SINCE_QUERY, KEY_QUERY, require_admin, key_id_named, parse_since_param
 from api.errors import InvalidRequest
-from api.tables import RequestLog
+from api.gateway import Store, gateway_of
+from store.api_tables import RequestLog
 from protocol.graval.devices import load_gpu_table
-from validator.scoring import device_multiplier
+from protocol.graval.devices import device_multiplier
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 BUCKET_S = 3600
@@ -87,17 +88,12 @@ async def stats_hourly(request: Request) -> dict:
     query = request.query_params
     until = time.time()
     since = parse_since_param(query.get("since") or "24h")
-    if since >= until or (until - since) / BUCKET_S > MAX_BUCKETS:
+    if since is None or since >= until or (until - since) / BUCKET_S > MAX_BUCKETS:
         raise InvalidRequest(f"since must be in the past and at most {MAX_BUCKETS} hours back",
                              param="since", code="invalid_value")
     key_id = await key_id_named(request, query.get("key"))
-    data = await hourly_counts(request.app.state.keys.engine, since=since, until=until, key_id=key_id)
+    data = await hourly_counts(gateway_of(request).keys.engine, since=since, until=until, key_id=key_id)
     return {"object": "list", "since": since, "until": until, "bucket_s": BUCKET_S, "key_id": key_id, "data": data}
-
-
-async def _scores(store: Any) -> dict[str, float]:
-    loader = getattr(store, "load_scores", None)
-    return dict((await loader())[0]) if loader is not None else {}
 
 
 @lru_cache(maxsize=1)
@@ -106,12 +102,11 @@ def _gpu_table() -> tuple[dict[str, Any], Any]:
     return {model.id: model for model in table}, device_multiplier(table)
 
 
-async def _devices(store: Any) -> dict[str, list[dict[str, Any]]]:
-    loader, owners_of = getattr(store, "latest_verifications", None), getattr(store, "device_owners", None)
-    owners = {uuid: owner.hotkey for uuid, owner in (await owners_of()).items()} if owners_of is not None else {}
+async def _devices(store: Store) -> dict[str, list[dict[str, Any]]]:
+    owners = {uuid: owner.hotkey for uuid, owner in (await store.device_owners()).items()}
     models, multiplier = _gpu_table()
     devices: dict[str, list[dict[str, Any]]] = {}
-    for row in (await loader()).values() if loader is not None else ():
+    for row in (await store.latest_verifications()).values():
         model, owner = models.get(row.model_id), owners.get(row.uuid)
         devices.setdefault(row.miner_hotkey, []).append(
             {"uuid": row.uuid, "ok": bool(row.ok), "name": row.name, "reason": row.reason,
@@ -121,9 +116,8 @@ async def _devices(store: Any) -> dict[str, list[dict[str, Any]]]:
     return devices
 
 
-async def _weights(store: Any) -> tuple[dict[int, float], int | None]:
-    loader = getattr(store, "last_weights", None)
-    submission = await loader() if loader is not None else None
+async def _weights(store: Store) -> tuple[dict[int, float], int | None]:
+    submission = await store.last_weights()
     if submission is None:
         return {}, None
     return dict(zip(json.loads(submission.uids), json.loads(submission.weights))), submission.block
@@ -133,9 +127,9 @@ async def _weights(store: Any) -> tuple[dict[int, float], int | None]:
 async def miners(request: Request) -> dict:
     """The serving miners: uid, hotkey, verified devices, the chutes routed to, score and weight."""
     await require_admin(request)
-    directory, store = request.app.state.directory, request.app.state.store
+    directory, store = gateway_of(request).directory, gateway_of(request).store
     graph = directory.graph
-    scores, devices = await _scores(store), await _devices(store)
+    scores, devices = dict((await store.load_scores())[0]), await _devices(store)
     weights, weights_block = await _weights(store)
     data = []
     for neuron in sorted(graph.serving_miners() if graph is not None else (), key=lambda n: n.uid):

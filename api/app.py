@@ -1,64 +1,42 @@
-"""The public API's FastAPI app: ``build_app`` wires the injected parts into routes.
+"""The public API's FastAPI app: ``build_app`` wires the injected parts into the routes.
 
-Callers: ``neurons/api.py`` (the real gateway) and ``tests/api`` (in-process, on uvicorn
-or httpx's ASGI transport). Every dependency is passed in: the key store (``api.keys``),
-the rate limiter (``api.limits``), the miner directory (``api.directory``), the upstream
-caller (``api.upstream``), the validator store (organic invocations, its engine for the
-request log), and the knobs (global rate rule, timeout, race width, body limit, prompt
-logging). The OpenAI routes live in ``api.openai_routes``.
+Seam: the gateway's assembly, for ``neurons/api.py`` (the real gateway), the benchmark and the
+tests. Every dependency is passed in, typed by its seam (``api.gateway``): the key store
+(``api.keys``), the rate limiter (``api.limits``), the miner directory (``api.directory``),
+the upstream caller (``api.upstream``), the validator store (organic invocations, its
+engine for the request log), an optional moderator (``api.moderation``) and the knobs
+(``ApiConfig``); they become the app's typed state (``api.gateway.Gateway``). The routes
+live in ``api.openai_routes`` (``/v1``), ``api.chat_routes`` (``/chat``), ``api.admin_routes``
+and ``api.admin_series`` (``/admin``), the web UI in ``api.web``.
 
 Here: the request-id middleware (``x-request-id`` on every response, a bounded body by
-``Content-Length``, an unexpected exception answered as a 500 envelope), the error handlers (everything in OpenAI's envelope), ``/health``,
-``/metrics`` (prometheus-client, the app's own registry) and the docs at ``/docs``.
+``Content-Length``, an unexpected exception answered as a 500 envelope), the error handlers
+(everything in OpenAI's envelope; an idempotent replay and a client's hang-up, 499, raised by
+``api.admission``), ``/health``, ``/metrics`` (prometheus-client, the app's own registry) and
+the docs at ``/docs``.
 """
 
 from __future__ import annotations
 
 import itertools
 import secrets
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable, MutableMapping, cast
 
 from fastapi import FastAPI, Request
-from loguru import logger
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from loguru import logger
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.admission import COMPONENTS, Replayed
 from api.errors import ApiError, InvalidRequest, PayloadTooLarge, envelope
-from api.keys import KeyStore, RateRule
-from api.requestlog import RequestLogger, RequestRecord
-
-DEFAULT_MAX_BODY_BYTES = 1 << 20
-
-
-@dataclass
-class ApiConfig:
-    """The gateway's knobs (``neurons/api.py`` reads them from ``CANOPY_API_*``)."""
-
-    global_rate_limits: tuple[RateRule, ...] = (RateRule(600, 60),)
-    request_timeout_s: float = 60.0
-    race: int = 1
-    max_race: int = 4
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    log_prompts: bool = False
-    idempotency_ttl_s: float = 24 * 3600.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("canopy_api_requests", "API requests by route and status", ["route", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("canopy_api_request_seconds", "API request latency (to the last byte)", ["route"],
-                                 registry=self.registry)
-
-    def observe(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
-
+from api.gateway import ApiConfig, Caller, Directory, Gateway, RateLimiter, Store, gateway_of
+from api.keys import KeyStore
+from api.moderation import Moderator
+from api.requestlog import RequestRecord
+from canopy.streaming import ClientGone
 
 class RequestIdMiddleware:
     """Gives each request an id (``scope["state"]["request_id"]``), echoes it as ``x-request-id``,
@@ -68,12 +46,12 @@ class RequestIdMiddleware:
     replicas writing one request log, without a ``getrandom`` call per request (``uuid4`` was
     1.5% of the gateway's CPU in py-spy)."""
 
-    def __init__(self, app: Any, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app, self.max_body_bytes = app, max_body_bytes
         self.id_prefix = "req_" + secrets.token_hex(8)
         self._counter = itertools.count(1)
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -83,7 +61,7 @@ class RequestIdMiddleware:
 
         started = False
 
-        async def send_with_id(message: dict) -> None:
+        async def send_with_id(message: MutableMapping[str, Any]) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -96,10 +74,11 @@ class RequestIdMiddleware:
             await JSONResponse(error.body(), status_code=error.status)(scope, receive, send_with_id)
             app = scope.get("app")
             if app is not None and scope["path"].startswith("/v1/"):
+                gateway: Gateway = app.state
                 record = RequestRecord(id=request_id, route=scope["path"][:64], status=error.status,
                                        error=error.code or "")
-                app.state.request_log.write(record)
-                app.state.metrics.observe(record.route, error.status, 0.0)
+                gateway.request_log.write(record)
+                gateway.metrics.observe(record.route, error.status, 0.0)
             return
         try:
             await self.app(scope, receive, send_with_id)
@@ -110,34 +89,24 @@ class RequestIdMiddleware:
                 await JSONResponse(body, status_code=500)(scope, receive, send_with_id)
 
 
-def build_app(*, keys: KeyStore, limiter: Any, directory: Any, upstream: Any, store: Any,
-              config: ApiConfig | None = None, health: Any = None, moderator: Any = None) -> FastAPI:
+def build_app(*, keys: KeyStore, limiter: RateLimiter, directory: Directory, upstream: Caller, store: Store,
+              config: ApiConfig | None = None, health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+              moderator: Moderator | None = None) -> FastAPI:
     """The gateway app. ``health`` is an optional ``async () -> dict`` merged into ``/health``;
     ``moderator`` (``api.moderation.Moderator``) checks inputs before miners are called."""
     from api.admin_routes import router as admin_router
     from api.admin_series import router as series_router
     from api.chat_routes import router as chat_router
-    from api.credits import CreditLedger
-    from api.idempotency import IdempotencyStore
-    from api.openai_routes import router  # the routes read their parts from app.state
-    from api.pipeline import COMPONENTS
+    from api.openai_routes import router as openai_router
     from api.web import mount_ui
 
     config = config or ApiConfig()
     app = FastAPI(title="Canopy API", version="0.1.0",
                   description="OpenAI-compatible gateway to the miners of a Canopy subnet.")
-    app.state.keys, app.state.limiter, app.state.directory = keys, limiter, directory
-    app.state.upstream, app.state.store, app.state.config = upstream, store, config
-    app.state.request_log = RequestLogger(keys.engine, log_prompts=config.log_prompts)
-    app.state.credits = CreditLedger(keys)
-    app.state.metrics = Metrics()
-    app.state.moderator = moderator
-    app.state.idempotency = IdempotencyStore(keys.engine, ttl_s=config.idempotency_ttl_s,
-                                             wait_s=config.request_timeout_s + 5.0)
-    app.include_router(router)
-    app.include_router(chat_router)  # POST /chat, the Bittensor shapes
-    app.include_router(admin_router)
-    app.include_router(series_router)  # /admin/stats/hourly, /admin/miners (for the UI)
+    app.state = Gateway(keys=keys, limiter=limiter, directory=directory, upstream=upstream, store=store, config=config,
+                        moderator=moderator, health=health)
+    for router in (openai_router, chat_router, admin_router, series_router):
+        app.include_router(router)
     mount_ui(app)  # the web UI at /ui/ (static files, not in the OpenAPI document)
     default_openapi = app.openapi
 
@@ -146,7 +115,7 @@ def build_app(*, keys: KeyStore, limiter: Any, directory: Any, upstream: Any, st
             schema = default_openapi()
             schema.setdefault("components", {}).setdefault("schemas", {}).update(COMPONENTS)
             _document_auth_and_errors(schema)
-        return app.openapi_schema
+        return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(RequestIdMiddleware, max_body_bytes=config.max_body_bytes)
@@ -154,6 +123,14 @@ def build_app(*, keys: KeyStore, limiter: Any, directory: Any, upstream: Any, st
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(Replayed)
+    async def replayed(request: Request, replay: Replayed) -> Response:
+        return replay.response
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, gone: ClientGone) -> Response:
+        return Response(status_code=499)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -165,19 +142,21 @@ def build_app(*, keys: KeyStore, limiter: Any, directory: Any, upstream: Any, st
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         kind = "invalid_request_error" if error.status_code < 500 else "server_error"
         return JSONResponse(envelope(str(error.detail), kind, None, None), status_code=error.status_code,
-                            headers=getattr(error, "headers", None))
+                            headers=error.headers)
 
     @app.get("/health", tags=["ops"])
-    async def health_route() -> dict:
+    async def health_route(request: Request) -> dict:
+        gateway = gateway_of(request)
+        directory = gateway.directory
         body = {"status": "ok", "miners": len({r.hotkey for r in directory.routes}),
                 "models": directory.models(), "refreshed": directory.refreshed_at > 0}
-        if health is not None:
-            body.update(await health())
+        if gateway.health is not None:
+            body.update(await gateway.health())
         return body
 
     @app.get("/metrics", tags=["ops"])
-    async def metrics_route() -> Response:
-        return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    async def metrics_route(request: Request) -> Response:
+        return Response(generate_latest(gateway_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -219,7 +198,8 @@ def _param(loc: Any) -> str | None:
 async def close_gateway(app: FastAPI) -> None:
     """Write what the gateway still holds: queued log, idempotency and invocation rows, and
     the credit leases (given back to their keys). Call after the server stopped."""
-    await app.state.request_log.drain()
-    await app.state.idempotency.drain()
-    await app.state.upstream.drain()
-    await app.state.credits.close()
+    gateway = cast(Gateway, app.state)
+    await gateway.request_log.drain()
+    await gateway.idempotency.drain()
+    await gateway.upstream.drain()
+    await gateway.credits.close()

@@ -1,6 +1,7 @@
 """Write-behind batching for the API's per-request rows (request log, organic invocations).
 
-Callers: ``api.requestlog.RequestLogger`` and ``api.upstream.Upstream``. SQLite has one
+Seam: under the request log (``api.requestlog``) and the organic invocation rows
+(``api.upstream``), above the database. SQLite has one
 writer at a time: a transaction per request made every API request wait on the others'
 commits (``bench/api.py``: four transactions per request capped the gateway at ~70 rps).
 Rows are queued here and written by one background task in a single transaction per
@@ -15,13 +16,13 @@ record, a late refund), kept referenced until it ends and awaited by ``drain``.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine
 
 from loguru import logger
 
 
 class BatchWriter:
-    def __init__(self, flush: Callable[[list[Any]], Awaitable[None]], *, what: str, max_delay_s: float = 0.05,
+    def __init__(self, flush: Callable[[list[Any]], Awaitable[Any]], *, what: str, max_delay_s: float = 0.05,
                  max_batch: int = 1000) -> None:
         self.flush, self.what = flush, what
         self.max_delay_s, self.max_batch = max_delay_s, max_batch
@@ -57,7 +58,7 @@ class BackgroundWrites:
     def __init__(self) -> None:
         self._pending: set[asyncio.Task] = set()
 
-    def spawn(self, work: Awaitable[Any]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

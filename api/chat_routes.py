@@ -1,13 +1,12 @@
 """``POST /chat``: the two request shapes Bittensor users already send to subnet validators.
 
-Callers: ``api.app.build_app`` includes ``router``. It goes through the routes' shared
-steps (``api.pipeline``: auth, body checks, idempotency, rate limits, miner headers,
-request log, refunds), ``protocol.asgi.until_disconnect`` (a client that hangs up cancels the
-miner calls), ``Upstream.open`` for every miner call and ``api.chat_stream`` for the Subnet 1 stream; each
-request is one ``RequestLog`` row with route ``/chat`` and costs one credit, reserved
-before any miner is called, kept when at least one miner answered, refunded otherwise.
+Seam: the Bittensor chat API, on the gateway's one admission step (``api.admission.admit``:
+auth, body, idempotency, rate limits, the request log and refunds; a client that hangs up
+cancels the miner calls). Each request is one ``RequestLog`` row with route ``/chat`` and
+costs one credit, reserved before any miner is called, kept when at least one miner
+answered, refunded otherwise.
 
-The shape is told apart by its fields (``_shape``): ``roles``/``k``/``exclude``/
+The shape is told apart by its fields (``request_shape``): ``roles``/``k``/``exclude``/
 ``sampling_mode``/``prefer``/``timeout`` (or ``messages`` as plain strings) is the
 **Subnet 1 API shape**; ``uids``/``top_n``/``respond_on_first_success`` (or ``messages``
 as role/content objects) is the **validator-endpoint shape**; fields of both is a 400.
@@ -36,7 +35,7 @@ miners), minus the ``exclude``d uids; ``timeout`` per request (default: the gate
   "selected_uid"}`` (timings: seconds since the request started). SSE (``data: {..}``,
   ending ``data: [DONE]``) unless the client accepts ``application/x-ndjson`` (one JSON
   object per line). A failure after the stream started is one last chunk with
-  ``finish_reason: "error"`` and the OpenAI ``error`` envelope (``api.chat_stream``).
+  ``finish_reason: "error"`` and the OpenAI ``error`` envelope (``_SubnetOneStream``).
 - ``stream`` false: the k are asked in parallel; with ``prefer`` ``longest``/``shortest``
   all answers are awaited and that one is chosen, without ``prefer`` the first answer
   wins. JSON ``{"selected_uid", "responder_hotkey", "message", "finish_reason",
@@ -59,39 +58,78 @@ import json
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator, Iterator, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict, Field, StrictBool
 
-from api.chat_shapes import SamplingFields, SubnetOneChatIn, ValidatorChatIn, request_shape as _shape
-from api.chat_stream import relay_sn1
-from api.directory import CHAT_PATH
-from api.errors import (
-    ApiError, InvalidRequest, NoMinerAvailable, NotFound, UpstreamFailed, UpstreamTimeout,
-)
-from api.idempotency import Claim
+from api.admission import Admission, admit, no_answer, request_body
+from api.directory import CHAT_PATH, Route
+from api.errors import ApiError, InvalidRequest, NoMinerAvailable, NotFound, UpstreamFailed
+from api.gateway import Caller, Directory
 from api.keys import KeyError_, KeyInfo, parse_strategy
-from api.moderation import moderate
-from api.pipeline import (
-    admit, answer_error, authenticate, charge, claim_or_replay, client_closed, log_request, miner_headers,
-    parse_body, refund, request_body,
-)
 from api.requestlog import RequestRecord
-from api.upstream import NoAnswer
+from api.upstream import Call, NoAnswer
+from canopy.streaming import until_disconnect
+from canopy.templates.openai_schema import ChatMessageIn, Sampling
 from protocol import errors as wire
-from protocol.asgi import ClientGone, WatchedStreamingResponse, until_disconnect
 
 router = APIRouter()
 ROUTE = "/chat"
-class _Any(BaseModel):
-    model_config = ConfigDict(extra="allow")
+SN1_FIELDS = frozenset({"roles", "k", "exclude", "sampling_mode", "prefer", "timeout"})
+VALIDATOR_FIELDS = frozenset({"uids", "top_n", "respond_on_first_success"})
+MAX_MINERS = 64
+
+
+class SamplingFields(Sampling):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, min_length=1, max_length=256,
+                              description="default: the first model GET /v1/models lists for the key")
+
+
+class ValidatorChatIn(SamplingFields):
+    """The validator-endpoint shape."""
+
+    messages: list[ChatMessageIn] = Field(..., min_length=1)
+    uids: list[int] | None = Field(None, min_length=1, max_length=MAX_MINERS)
+    top_n: int | None = Field(None, ge=1, le=MAX_MINERS)
+    respond_on_first_success: StrictBool = True
+
+
+class SubnetOneChatIn(SamplingFields):
+    """The Subnet 1 API shape: ``roles`` and ``messages`` are parallel lists of strings."""
+
+    roles: list[Literal["system", "user", "assistant"]] = Field(..., min_length=1)
+    messages: list[str] = Field(..., min_length=1)
+    k: int = Field(5, ge=1, le=MAX_MINERS)
+    exclude: list[int] = Field(default_factory=list, max_length=1024)
+    timeout: float | None = Field(None, gt=0, le=600)
+    prefer: Literal["longest", "shortest"] | None = None
+    sampling_mode: Literal["random", "top_incentive"] = "random"
+    stream: StrictBool = True
+
+
+def request_shape(data: dict[str, Any]) -> type[ValidatorChatIn] | type[SubnetOneChatIn]:
+    sn1, validator = SN1_FIELDS & data.keys(), VALIDATOR_FIELDS & data.keys()
+    if sn1 and validator:
+        field = sorted(validator)[0]
+        raise InvalidRequest(f"{field} belongs to the validator-endpoint shape, {sorted(sn1)[0]} to the Subnet 1 "
+                             "shape; send one shape", param=field, code="invalid_value")
+    if sn1:
+        return SubnetOneChatIn
+    if validator:
+        return ValidatorChatIn
+    messages = data.get("messages")
+    if isinstance(messages, list) and messages and all(isinstance(m, str) for m in messages):
+        return SubnetOneChatIn
+    return ValidatorChatIn
 
 
 @dataclass
 class _Answer:
-    route: Any
+    route: Route
     response_ms: float
     content: str | None = None
     finish_reason: str | None = None
@@ -112,46 +150,41 @@ class _Answer:
 
 def _payload(body: SamplingFields, model: str, messages: list[dict[str, Any]], stream: bool) -> dict[str, Any]:
     payload: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
-    for name in ("max_tokens", "temperature", "top_p", "seed"):
-        if getattr(body, name) is not None:
-            payload[name] = getattr(body, name)
+    payload.update(body.model_dump(include={"max_tokens", "temperature", "top_p", "seed"}, exclude_none=True))
     if stream:
         payload["stream_options"] = {"include_usage": True}
     return payload
 
 
-def _model(request: Request, body: SamplingFields, key: KeyInfo) -> str:
-    directory = request.app.state.directory
-    if body.model is None:
+def _model(directory: Directory, model: str | None, key: KeyInfo) -> str:
+    if model is None:
         served = directory.models(key.allows_model)
         if not served:
             raise NoMinerAvailable("no model is served right now; retry shortly")
         return served[0]
-    if not directory.known_model(body.model) or not key.allows_model(body.model):
-        raise NotFound(f"the model {body.model!r} is not served here (GET /v1/models lists them)", param="model")
-    return body.model
+    if not directory.known_model(model) or not key.allows_model(model):
+        raise NotFound(f"the model {model!r} is not served here (GET /v1/models lists them)", param="model")
+    return model
 
 
-async def _ask(request: Request, route: Any, payload: dict[str, Any], timeout_s: float,
-               tried: list[int], steered: bool) -> _Answer:
+async def _ask(upstream: Caller, route: Route, payload: dict[str, Any], timeout_s: float, tried: list[int],
+               steered: bool) -> _Answer:
     """One miner, not streamed: its answer or its error (never raises, but for cancellation)."""
     started = time.perf_counter()
     try:
-        call = await request.app.state.upstream.open([route], CHAT_PATH, payload, stream=False, race=1,
-                                                     timeout_s=timeout_s, tried=tried, steered=steered)
+        call = await upstream.open([route], CHAT_PATH, payload, stream=False, race=1, timeout_s=timeout_s, tried=tried,
+                                   steered=steered)
     except NoAnswer as failure:
-        last = failure.last
-        return _Answer(route, (time.perf_counter() - started) * 1000.0,
-                       error=f"{last.type}: {last.message}" if last is not None else "no answer",
+        return _Answer(route, (time.perf_counter() - started) * 1000.0, error=failure.detail,
                        timed_out=failure.timed_out, client_error=failure.client_error)
     return await _read(call, started)
 
 
-async def _fan_out(request: Request, routes: list[Any], payload: dict[str, Any], timeout_s: float, *,
+async def _fan_out(upstream: Caller, routes: list[Route], payload: dict[str, Any], timeout_s: float, *,
                    first_only: bool, tried: list[int], steered: bool) -> list[_Answer]:
     """Every route asked in parallel, the answers in the routes' order; with ``first_only`` the rest
     are cancelled at the first answer, and the failures before it and that answer come back."""
-    tasks = [asyncio.ensure_future(_ask(request, route, payload, timeout_s, tried, steered)) for route in routes]
+    tasks = [asyncio.ensure_future(_ask(upstream, route, payload, timeout_s, tried, steered)) for route in routes]
     try:
         if not first_only:
             return list(await asyncio.gather(*tasks))
@@ -170,71 +203,36 @@ async def _fan_out(request: Request, routes: list[Any], payload: dict[str, Any],
 
 
 def _no_answer(answers: list[_Answer]) -> ApiError:
-    detail = answers[-1].error if answers else "no answer"
-    if answers and all(a.client_error for a in answers):  # as api.pipeline.answer_error: a 400, not a 502
-        return InvalidRequest(f"the chute refused the request: {detail}", code="invalid_payload")
-    if answers and all(a.timed_out for a in answers):
-        return UpstreamTimeout(f"no miner answered in time ({len(answers)} tried): {detail}")
-    return UpstreamFailed(f"every miner tried failed ({len(answers)} tried): {detail}")
+    return no_answer(answers[-1].error if answers else "no answer", len(answers),
+                     client_error=bool(answers) and all(a.client_error for a in answers),
+                     timed_out=bool(answers) and all(a.timed_out for a in answers))
 
 
-@router.post(ROUTE, tags=["bittensor"], openapi_extra={"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"oneOf": [
-        request_body(ValidatorChatIn)["requestBody"]["content"]["application/json"]["schema"],
-        request_body(SubnetOneChatIn)["requestBody"]["content"]["application/json"]["schema"]]}}}}})
+def _describe(record: RequestRecord, body: ValidatorChatIn | SubnetOneChatIn, data: dict[str, Any]) -> None:
+    record.prompt = {"roles": body.roles, "messages": body.messages} if isinstance(body, SubnetOneChatIn) \
+        else data.get("messages")
+
+
+@router.post(ROUTE, tags=["bittensor"], openapi_extra=request_body(ValidatorChatIn, SubnetOneChatIn))
 async def chat(request: Request) -> Response:
     """Bittensor chat: the validator-endpoint shape or the Subnet 1 API shape (see the module doc)."""
-    record = RequestRecord(id=request.scope["state"]["request_id"], route=ROUTE)
-    key, claim = None, None
-    try:
-        key = await authenticate(request, record)
-        _, data = await parse_body(request, _Any)
-        body, _ = await parse_body(request, _shape(data))  # Starlette keeps the body: parsed again, not re-read
-        record.prompt = data.get("messages") if isinstance(body, ValidatorChatIn) else \
-            {"roles": body.roles, "messages": body.messages}
-        claim, replay = await claim_or_replay(request, record, key, ROUTE, data)
-        if replay is not None:
-            return replay
-        limit_headers = await admit(request, key)
-        model = _model(request, body, key)
-        record.model = model
-        await moderate(request, data.get("messages"), "messages")  # api.moderation: before any credit
+    async with admit(request, ROUTE, request_shape, _describe) as admission:
+        body = admission.body
+        model = admission.record.model = _model(admission.gateway.directory, body.model, admission.key)
+        await admission.moderate(admission.data.get("messages"), "messages")  # before any credit
         if isinstance(body, ValidatorChatIn):
-            response = await _validator_shape(request, body, key, model, record, limit_headers)
-        else:
-            response = await _subnet_one_shape(request, body, key, model, record, limit_headers, claim)
-        if isinstance(response, WatchedStreamingResponse):
-            claim = None  # the stream keeps or frees it when it ends
-        elif claim is not None:
-            await claim.finish(response.status_code, bytes(response.body).decode(), dict(response.headers))
-        return response
-    except ApiError as error:
-        if key is not None:
-            refund(request, key, record)
-        log_request(request, record, error.status, error.log_error or error.code or error.type)
-        raise
-    except ClientGone:
-        return await client_closed(request, key, record)
-    except Exception as error:  # a bug: give the credit back, log it, answer 500 in the envelope
-        if key is not None:
-            refund(request, key, record)
-        log_request(request, record, 500, type(error).__name__)
-        raise
-    finally:
-        if claim is not None:
-            claim.release()  # not answered (or answered and kept: then this does nothing)
+            return await _validator_shape(admission, body, model)
+        return await _subnet_one_shape(admission, body, model)
 
 
-def _settle(record: RequestRecord, answers: list[_Answer], served: _Answer) -> dict[str, str]:
-    record.uid, record.hotkey = served.route.uid, served.route.hotkey
-    record.prompt_tokens = sum(a.prompt_tokens for a in answers if a.ok)
-    record.completion_tokens = sum(a.completion_tokens for a in answers if a.ok)
-    return miner_headers(served.route)
+def _settle(admission: Admission[Any], answers: list[_Answer], served: _Answer) -> None:
+    admission.served_by(served.route)
+    admission.record.prompt_tokens = sum(a.prompt_tokens for a in answers if a.ok)
+    admission.record.completion_tokens = sum(a.completion_tokens for a in answers if a.ok)
 
 
-async def _validator_shape(request: Request, body: ValidatorChatIn, key: KeyInfo, model: str,
-                           record: RequestRecord, limit_headers: dict[str, str]) -> Response:
-    state = request.app.state
+async def _validator_shape(admission: Admission[Any], body: ValidatorChatIn, model: str) -> Response:
+    gateway, record = admission.gateway, admission.record
     if body.uids is not None and body.top_n is not None:
         raise InvalidRequest("send uids or top_n, not both", param="top_n")
     if body.uids is not None:
@@ -242,54 +240,46 @@ async def _validator_shape(request: Request, body: ValidatorChatIn, key: KeyInfo
     elif body.top_n is not None:
         strategy, fan_out = f"top_n:{body.top_n}", True
     else:
-        strategy, fan_out = key.default_strategy or "default", False
+        strategy, fan_out = admission.key.default_strategy or "default", False
     try:
         record.strategy = parse_strategy(strategy)
     except KeyError_ as error:
         raise InvalidRequest(str(error), param="uids") from None
-    routes = state.directory.candidates(model, record.strategy, CHAT_PATH)
+    routes = gateway.directory.candidates(model, record.strategy, CHAT_PATH)
     if not routes:
         raise NoMinerAvailable(f"no miner can serve {model!r} with strategy {record.strategy} right now; "
                                "retry shortly")
-    await charge(request, key, record)
+    await admission.charge()
     payload = _payload(body, model, [m.model_dump(exclude_none=True) for m in body.messages], stream=False)
-    timeout_s = state.config.request_timeout_s
+    timeout_s = gateway.config.request_timeout_s
     if fan_out:
         answers = await until_disconnect(_fan_out(
-            request, routes, payload, timeout_s, first_only=body.respond_on_first_success,
-            tried=record.miners_tried, steered=True), request.receive)
+            gateway.upstream, routes, payload, timeout_s, first_only=body.respond_on_first_success,
+            tried=record.miners_tried, steered=True), admission.request.receive)
         if not any(a.ok for a in answers):
             raise _no_answer(answers)
         failed = [a.failure() for a in answers if not a.ok]
     else:
         started = time.perf_counter()
-        try:
-            call = await until_disconnect(state.upstream.open(
-                routes, CHAT_PATH, payload, stream=False, race=state.config.race, timeout_s=timeout_s,
-                tried=record.miners_tried, steered=record.strategy != "default"), request.receive)
-        except NoAnswer as failure:
-            raise answer_error(failure) from None
-        answer = await until_disconnect(_read(call, started), request.receive)
+        call = await admission.call(routes, CHAT_PATH, payload, stream=False, race=gateway.config.race,
+                                    timeout_s=timeout_s, steered=record.strategy != "default")
+        answer = await until_disconnect(_read(call, started), admission.request.receive)
         if not answer.ok:
             raise UpstreamFailed(f"the miner failed mid-answer: {answer.error}")
         answers = [answer]
-        failed = [{"uid": uid, "responder_hotkey": _hotkey(routes, uid), "error": "failed before answering",
+        hotkeys = {r.uid: r.hotkey for r in reversed(routes)}
+        failed = [{"uid": uid, "responder_hotkey": hotkeys.get(uid), "error": "failed before answering",
                    "response_ms": None} for uid in record.miners_tried if uid != answer.route.uid]
     ok = [a for a in answers if a.ok]
-    headers = {**limit_headers, **_settle(record, answers, ok[0])}
+    _settle(admission, answers, ok[0])
     record.answer = json.dumps([a.content for a in ok])
-    log_request(request, record, 200)
-    return JSONResponse({"choices": [
+    return await admission.answer(JSONResponse({"choices": [
         {"index": i, "uid": a.route.uid, "responder_hotkey": a.route.hotkey,
          "message": {"role": "assistant", "content": a.content}, "response_ms": round(a.response_ms, 3)}
-        for i, a in enumerate(ok)], "failed_responses": failed}, headers=headers)
+        for i, a in enumerate(ok)], "failed_responses": failed}, headers=admission.headers))
 
 
-def _hotkey(routes: list[Any], uid: int) -> str | None:
-    return next((r.hotkey for r in routes if r.uid == uid), None)
-
-
-async def _read(call: Any, started: float) -> _Answer:
+async def _read(call: Call, started: float) -> _Answer:
     answer = _Answer(call.route, 0.0)
     try:
         text = await call.read()
@@ -310,11 +300,9 @@ async def _read(call: Any, started: float) -> _Answer:
     return answer
 
 
-def _sn1_routes(request: Request, body: SubnetOneChatIn, model: str,
-                record: RequestRecord) -> tuple[list[Any], bool]:
+def _sn1_routes(directory: Directory, body: SubnetOneChatIn, model: str, record: RequestRecord) -> tuple[list[Route], bool]:
     """The miners to ask, and whether the caller steered the choice (``top_incentive``, or an
     ``exclude`` that took out a miner the gateway could have drawn): then they earn nothing."""
-    directory = request.app.state.directory
     excluded = set(body.exclude)
     if body.sampling_mode == "top_incentive":
         record.strategy = f"top_n:{body.k}"
@@ -326,48 +314,102 @@ def _sn1_routes(request: Request, body: SubnetOneChatIn, model: str,
     return random.sample(eligible, min(body.k, len(eligible))), len(eligible) < len(candidates)
 
 
-async def _subnet_one_shape(request: Request, body: SubnetOneChatIn, key: KeyInfo, model: str,
-                            record: RequestRecord, limit_headers: dict[str, str], claim: Claim | None) -> Response:
-    state = request.app.state
+async def _subnet_one_shape(admission: Admission[Any], body: SubnetOneChatIn, model: str) -> Response:
+    gateway, record = admission.gateway, admission.record
     if len(body.roles) != len(body.messages):
         raise InvalidRequest(f"roles ({len(body.roles)}) and messages ({len(body.messages)}) must pair up",
                              param="roles")
-    routes, steered = _sn1_routes(request, body, model, record)
+    routes, steered = _sn1_routes(gateway.directory, body, model, record)
     if not routes:
         raise NoMinerAvailable(f"no miner can serve {model!r} ({body.sampling_mode}, {len(body.exclude)} "
                                "excluded) right now; retry shortly")
-    await charge(request, key, record)
+    await admission.charge()
     messages = [{"role": role, "content": text} for role, text in zip(body.roles, body.messages)]
     payload = _payload(body, model, messages, stream=body.stream)
-    timeout_s = body.timeout or state.config.request_timeout_s
+    timeout_s = body.timeout or gateway.config.request_timeout_s
     started = time.perf_counter()
     if not body.stream:
         answers = await until_disconnect(_fan_out(
-            request, routes, payload, timeout_s, first_only=body.prefer is None, tried=record.miners_tried,
-            steered=steered), request.receive)
+            gateway.upstream, routes, payload, timeout_s, first_only=body.prefer is None, tried=record.miners_tried,
+            steered=steered), admission.request.receive)
         ok = [a for a in answers if a.ok]
         if not ok:
             raise _no_answer(answers)
         served = ok[0] if body.prefer is None else (max if body.prefer == "longest" else min)(
             ok, key=lambda a: len(a.content or ""))
-        headers = {**limit_headers, **_settle(record, answers, served)}
+        _settle(admission, answers, served)
         record.answer = served.content
-        log_request(request, record, 200)
-        return JSONResponse({
+        return await admission.answer(JSONResponse({
             "selected_uid": served.route.uid, "responder_hotkey": served.route.hotkey,
             "message": {"role": "assistant", "content": served.content}, "finish_reason": served.finish_reason,
             "response_ms": round(served.response_ms, 3),
             "responses": [{"uid": a.route.uid, "content": a.content, "response_ms": round(a.response_ms, 3)}
                           for a in ok],
-            "failed_responses": [a.failure() for a in answers if not a.ok]}, headers=headers)
-    try:
-        call = await until_disconnect(state.upstream.open(
-            routes, CHAT_PATH, payload, stream=True, race=min(body.k, state.config.max_race), timeout_s=timeout_s,
-            tried=record.miners_tried, steered=steered), request.receive)
-    except NoAnswer as failure:
-        raise answer_error(failure) from None
-    record.uid, record.hotkey = call.route.uid, call.route.hotkey
-    ndjson = "application/x-ndjson" in request.headers.get("accept", "")
-    return WatchedStreamingResponse(relay_sn1(request, call, key, record, started, ndjson, claim), status_code=200,
-                                    media_type="application/x-ndjson" if ndjson else "text/event-stream",
-                                    headers={**limit_headers, **miner_headers(call.route)})
+            "failed_responses": [a.failure() for a in answers if not a.ok]}, headers=admission.headers))
+    call = await admission.call(routes, CHAT_PATH, payload, stream=True, race=min(body.k, gateway.config.max_race),
+                                timeout_s=timeout_s, steered=steered)
+    admission.served_by(call.route)
+    relay = _SubnetOneStream(call, started, "application/x-ndjson" in admission.request.headers.get("accept", ""))
+    return admission.stream(call, relay.frames(), status=200, media_type=relay.media_type, failure=relay.failed,
+                            answer=relay.answer)
+
+
+def _deltas(events: str) -> list[tuple[str, str | None]]:
+    """(content delta, finish_reason) of each OpenAI chunk in complete SSE events."""
+    out = []
+    for event in events.split("\n\n"):
+        for line in event.splitlines():
+            if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                continue
+            try:
+                chunk = json.loads(line[5:])
+            except ValueError:
+                continue
+            for choice in chunk.get("choices") or []:
+                delta = (choice.get("delta") or {}).get("content") or ""
+                if delta or choice.get("finish_reason"):
+                    out.append((delta, choice.get("finish_reason")))
+    return out
+
+
+class _SubnetOneStream:
+    """A miner's OpenAI SSE re-cut as Subnet 1 chunks, as SSE (``data: ...`` ending in
+    ``data: [DONE]``) or NDJSON; a failure mid-stream is a last chunk with ``finish_reason: "error"``."""
+
+    def __init__(self, call: Call, started: float, ndjson: bool) -> None:
+        self.call, self.started, self.ndjson = call, started, ndjson
+        self.media_type = "application/x-ndjson" if ndjson else "text/event-stream"
+        self.chunks: list[str] = []
+        self.timings: list[float] = []
+        self.sequence = 0
+
+    def answer(self) -> str:
+        return "".join(self.chunks)
+
+    def _chunk(self, delta: str, finish_reason: str | None, **extra: Any) -> str:
+        self.sequence += 1
+        text = json.dumps({"delta": delta, "finish_reason": finish_reason, "accumulated_chunks": list(self.chunks),
+                           "accumulated_chunks_timings": list(self.timings), "timestamp": time.time(),
+                           "sequence_number": self.sequence, "selected_uid": self.call.route.uid, **extra})
+        return text + "\n" if self.ndjson else f"data: {text}\n\n"
+
+    def _cut(self, events: str) -> Iterator[str]:
+        for delta, finish_reason in _deltas(events):
+            if delta:
+                self.chunks.append(delta)
+                self.timings.append(round(time.perf_counter() - self.started, 6))
+            yield self._chunk(delta, finish_reason)
+
+    async def frames(self) -> AsyncIterator[str]:
+        buffer = ""
+        async for piece in self.call.pieces():
+            complete, _, buffer = (buffer + piece).rpartition("\n\n")
+            for frame in self._cut(complete):
+                yield frame
+        for frame in self._cut(buffer):
+            yield frame
+        if not self.ndjson:
+            yield "data: [DONE]\n\n"
+
+    def failed(self, error: ApiError) -> list[str]:
+        return [self._chunk("", "error", **error.body()), *([] if self.ndjson else ["data: [DONE]\n\n"])]

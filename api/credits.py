@@ -1,7 +1,8 @@
 """Credits reserved in memory from leases: the gateway's per-request credit check without a write.
 
-Callers: the API routes (``reserve``/``refund`` on every charged request), ``api.app``
-(``start``/``close``). ``KeyStore.reserve`` takes a credit in one conditional UPDATE, which
+Seam: the gateway's credit part: the admission step reserves a credit for every charged
+request and refunds it when no answer was delivered; ``api.app`` closes the ledger.
+``KeyStore.reserve`` takes a credit in one conditional UPDATE, which
 made every request wait for a SQLite write transaction behind the batched log writes
 (``bench/api.py``: the credit UPDATE was most of the gateway's added latency). Here a
 replica takes a *lease* instead: one atomic ``UPDATE … SET credits = credits - n WHERE
@@ -31,13 +32,14 @@ import contextlib
 import secrets
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from loguru import logger
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
 
 from api.batch import BackgroundWrites
 from api.keys import KeyInfo, KeyStore
-from api.tables import ApiKey, CreditLease
+from store.api_tables import ApiKey, CreditLease
 
 
 @dataclass
@@ -126,8 +128,8 @@ class CreditLedger:
                 if balance < 1:
                     return 0
                 size = min(self.lease_max, max(1, balance // self.lease_share))
-                taken = await session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.credits >= size)
-                                              .values(credits=ApiKey.credits - size, last_used_at=time.time()))
+                taken = cast(CursorResult, await session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.credits >= size)
+                                              .values(credits=ApiKey.credits - size, last_used_at=time.time())))
                 if not taken.rowcount:
                     continue  # another replica took some first: read the balance again
                 row = (await session.scalars(select(CreditLease).where(
@@ -176,9 +178,9 @@ class CreditLedger:
     async def _beat(self, key_id: int, lease: _Lease, now: float) -> None:
         unspent = lease.unspent
         async with self.sessions.begin() as session:
-            result = await session.execute(update(CreditLease).where(
+            result = cast(CursorResult, await session.execute(update(CreditLease).where(
                 CreditLease.key_id == key_id, CreditLease.replica == self.replica).values(
-                credits=unspent, updated_at=time.time()))
+                credits=unspent, updated_at=time.time())))
         if not result.rowcount:  # another replica took the row for stale: start afresh
             logger.warning("credit lease of key {} was given back while held; taking a new one", key_id)
             self._leases.pop(key_id, None)
@@ -189,8 +191,8 @@ class CreditLedger:
         """Hand this replica's lease for ``key_id`` back (the caller holds the key's lock)."""
         lease = self._leases.pop(key_id)
         async with self.sessions.begin() as session:
-            gone = await session.execute(delete(CreditLease).where(
-                CreditLease.key_id == key_id, CreditLease.replica == self.replica))
+            gone = cast(CursorResult, await session.execute(delete(CreditLease).where(
+                CreditLease.key_id == key_id, CreditLease.replica == self.replica)))
             if gone.rowcount and lease.unspent:
                 await session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.credits.is_not(None))
                                       .values(credits=ApiKey.credits + lease.unspent))
@@ -204,8 +206,8 @@ class CreditLedger:
                                           .where(CreditLease.updated_at < cutoff))).all()
         for lease_id, key_id, credits in rows:
             async with self.sessions.begin() as session:
-                gone = await session.execute(delete(CreditLease).where(CreditLease.id == lease_id,
-                                                                       CreditLease.updated_at < cutoff))
+                gone = cast(CursorResult, await session.execute(delete(CreditLease).where(
+                    CreditLease.id == lease_id, CreditLease.updated_at < cutoff)))
                 if gone.rowcount:
                     reclaimed += 1
                     await session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.credits.is_not(None))

@@ -1,11 +1,11 @@
 """The API's view of the miners: who serves which model, how verified, how loaded.
 
-Callers: ``api.app`` (``models`` for ``GET /v1/models``, ``candidates`` for each call),
-``api.upstream`` (``acquire``/``release`` around every miner call), ``neurons/api.py``
-(``start``/``stop``), tests (``refresh``). It reads through the same seams the validator
-uses: the ``Chain`` port (metagraph: uids, axons, incentive), an ``Inventory`` fan-out
-over the dendrite signed with the validator's hotkey (hosted chutes, ready instances,
-concurrency), and the validator's store (``load_scores``, ``latest_verifications``).
+Seam: the gateway's ``Directory`` (``api.gateway``): ``models`` and ``candidates`` for the
+routes, ``acquire``/``release`` around every miner call, a ``refresh`` loop (``start``/
+``stop``). It reads through the same seams the validator uses: the ``Chain`` port
+(metagraph: uids, axons, incentive), an ``Inventory`` fan-out over the dendrite signed
+with the validator's hotkey (hosted chutes, ready instances, concurrency), and the
+validator's store (``load_scores``, ``latest_verifications``).
 
 Strategies (``api.keys.parse_strategy``):
 
@@ -22,13 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from loguru import logger
 
 from chain.base import Chain, Metagraph, Neuron
 from protocol.chutes import HostedChute
 from protocol.graval.synapses import Inventory
+
+if TYPE_CHECKING:
+    from api.gateway import Store
 
 CHAT_PATH, COMPLETIONS_PATH = "/v1/chat/completions", "/v1/completions"
 
@@ -59,7 +62,7 @@ class Route:
 
 
 class MinerDirectory:
-    def __init__(self, chain: Chain, netuid: int, dendrite: Any, store: Any, *, interval_s: float = 5.0,
+    def __init__(self, chain: Chain, netuid: int, dendrite: Any, store: Store, *, interval_s: float = 5.0,
                  inventory_timeout_s: float = 5.0) -> None:
         self.chain, self.netuid, self.dendrite, self.store = chain, netuid, dendrite, store
         self.interval_s, self.inventory_timeout_s = interval_s, inventory_timeout_s
@@ -115,7 +118,7 @@ class MinerDirectory:
 
     # --- queries -------------------------------------------------------------------------
 
-    def models(self, allowed: Any = None) -> list[str]:
+    def models(self, allowed: Callable[[str], bool] | None = None) -> list[str]:
         """The LLM models served by verified miners with a ready instance (``allowed(model)`` filters)."""
         names = {r.chute.model for r in self.routes if r.verified and r.chute.ready_instances > 0}
         return sorted(name for name in names if allowed is None or allowed(name))

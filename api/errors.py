@@ -1,6 +1,7 @@
 """The public API's errors, in OpenAI's envelope: ``{"error": {"message", "type", "param", "code"}}``.
 
-Callers: every API route and the app's exception handlers. ``ApiError`` subclasses carry
+Seam: the gateway's error contract with its clients, raised by the routes and the admission
+step and rendered by the app's exception handlers. ``ApiError`` subclasses carry
 the HTTP status and OpenAI ``type``; ``envelope`` renders one. Before a stream starts an
 error is an ordinary JSON response with its status; after, it is one SSE event carrying
 the same envelope (``sse_error``), followed by ``data: [DONE]``.

@@ -1,8 +1,9 @@
 """``Idempotency-Key``: a retried POST returns the first answer without calling a miner or charging again.
 
-Callers: ``api.openai_routes`` (``claim`` after the body is parsed, then ``Claim.finish`` or
-``Claim.release``), ``neurons/api.py`` (``IdempotencyStore.prune`` with the log retention),
-tests. Records are ``api.tables.IdempotencyRecord`` rows, one per (API key, Idempotency-Key).
+Seam: the gateway's idempotency part. The admission step (``api.admission``) claims the key
+once the body is parsed (``claim_header``) and settles the claim (``Claim.finish`` or
+``Claim.release``); the log retention prunes old records (``IdempotencyStore.prune``).
+Records are ``store.api_tables.IdempotencyRecord`` rows, one per (API key, Idempotency-Key).
 
 How a request with the header goes:
 
@@ -32,17 +33,16 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from fastapi import Request
 from fastapi.responses import Response
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from api.batch import BackgroundWrites
 from api.errors import ApiError, InvalidRequest
-from api.tables import IdempotencyRecord
+from store.api_tables import IdempotencyRecord
 
 HEADER = "idempotency-key"
 REPLAY_HEADER = "x-canopy-idempotent-replay"
@@ -120,6 +120,16 @@ class IdempotencyStore:
         self._writes = BackgroundWrites()
         self.spawn, self.drain = self._writes.spawn, self._writes.drain  # finishing and freeing claims
 
+    async def claim_header(self, value: str | None, key_id: int, path: str, data: Any) -> Claim | None:
+        """The claim of a request whose ``Idempotency-Key`` header is ``value`` (None without one)."""
+        if value is None:
+            return None
+        value = value.strip()
+        if not value or len(value) > 255 or not value.isprintable():
+            raise InvalidRequest("Idempotency-Key must be 1-255 printable characters", param="Idempotency-Key",
+                                 code="invalid_value")
+        return await self.claim(key_id, value, request_hash(path, data))
+
     async def claim(self, key_id: int, idempotency_key: str, digest: str, now: float | None = None) -> Claim:
         """Claim the key (a pending row), or the stored answer to replay; 422/409 as described above."""
         deadline = time.monotonic() + self.wait_s
@@ -170,18 +180,6 @@ class IdempotencyStore:
         """Delete records created before ``before`` (default: older than ``ttl_s``); returns how many."""
         before = time.time() - self.ttl_s if before is None else before
         async with self.sessions.begin() as session:
-            return (await session.execute(delete(IdempotencyRecord)
-                                          .where(IdempotencyRecord.created_at < before))).rowcount or 0
+            pruned = await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < before))
+            return cast(CursorResult, pruned).rowcount or 0
 
-
-async def claim_for(request: Request, key_id: int, path: str, data: Any) -> Claim | None:
-    """The request's claim when it carries ``Idempotency-Key`` (None otherwise)."""
-    value = request.headers.get(HEADER)
-    if value is None:
-        return None
-    value = value.strip()
-    if not value or len(value) > 255 or not value.isprintable():
-        raise InvalidRequest("Idempotency-Key must be 1-255 printable characters", param="Idempotency-Key",
-                             code="invalid_value")
-    store: IdempotencyStore = request.app.state.idempotency
-    return await store.claim(key_id, value, request_hash(path, data))

@@ -1,7 +1,7 @@
 """API keys and credits: creation (shown once), SHA-256 storage, authentication, atomic credits.
 
-Callers: the API's auth dependency (``authenticate``, ``reserve``/``refund``), the
-``canopy keys`` commands and ``/admin/keys``. A key is ``cnp_`` + 43 URL-safe characters
+Seam: the key store behind the gateway's authentication (``authenticate``), the ``canopy
+keys`` commands and ``/admin/keys``. A key is ``cnp_`` + 43 URL-safe characters
 (256 bits), so a plain SHA-256 digest is enough to store it: there is nothing to
 brute-force. Only a hint (``cnp_…`` + its last four characters) is ever listed.
 
@@ -26,8 +26,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from api.tables import ApiKey, CreditLease
-from canopy.config import parse_rate_rule
+from store.api_tables import ApiKey, CreditLease
+from node.config import parse_rate_rule
 
 KEY_PREFIX = "cnp_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -194,7 +194,7 @@ class KeyStore:
         self.unwritten: Any = lambda key_id: 0
 
     async def create_tables(self) -> None:
-        from validator.schema import upgrade  # the store's migrations (validator and API tables share them)
+        from store.schema import upgrade  # the store's migrations (validator and API tables share them)
 
         await upgrade(self.engine)
 

@@ -1,6 +1,7 @@
 """Rate limits: fixed-window counters per key and rule, in-process or shared through Redis.
 
-Callers: the API's admission step (before a miner is called). Each rule ("10/60s",
+Seam: the gateway's ``RateLimiter`` (``api.gateway``), applied by the admission step before
+a miner is called. Each rule ("10/60s",
 "100/1h") has its own counter, so the rules are independent; a request is admitted only
 when every rule has room, and then counts against all of them (a refused request counts
 against none). ``Decision`` carries what the ``x-ratelimit-limit/remaining/reset`` and

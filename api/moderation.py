@@ -1,9 +1,9 @@
 """Moderation: a pluggable check on the user's input before any miner is called.
 
-Callers: ``api.openai_routes`` and ``api.chat_routes`` call ``moderate`` after auth, body
-and rate limits and before a credit is reserved; ``neurons/api.py`` builds the moderator
-from ``--api.moderation_*`` (``from_settings``) and ``api.app.build_app`` puts it on
-``app.state.moderator`` (``None``: no check).
+Seam: the ``Moderator`` protocol (``check(texts) -> Verdict``), the gateway's moderation
+part. The admission step (``api.admission.Admission.moderate``) runs it after auth, body
+and rate limits and before a credit is reserved, on ``input_texts`` of the request;
+``from_settings`` builds one from ``--api.moderation_*`` (``None``: no check).
 
 - ``BlocklistModerator``: case-insensitive whole-word / whole-phrase matches against a
   list (a file, one term per line, ``#`` comments); empty unless a file is given.
@@ -26,7 +26,7 @@ from typing import Any, Iterable, Protocol
 import aiohttp
 from loguru import logger
 
-from api.errors import ContentPolicyViolation, ModerationUnavailable
+from api.errors import ModerationUnavailable
 
 OPENAI_URL = "https://api.openai.com/v1"
 OPENAI_MODEL = "omni-moderation-latest"
@@ -150,15 +150,3 @@ def input_texts(value: Any) -> list[str]:
                              if isinstance(part, dict) and isinstance(part.get("text"), str))
     return [text for text in texts if text]
 
-
-async def moderate(request: Any, value: Any, param: str) -> None:
-    """Raises ``ContentPolicyViolation`` if the app's moderator flags ``value``'s texts."""
-    moderator = getattr(request.app.state, "moderator", None)
-    if moderator is None:
-        return
-    texts = input_texts(value)
-    if not texts:
-        return
-    verdict = await moderator.check(texts)
-    if verdict.flagged:
-        raise ContentPolicyViolation(verdict.reason or "the input was flagged by moderation", param=param)

@@ -1,11 +1,11 @@
 """The request log: one ``RequestLog`` row per API request, written off the hot path.
 
-Callers: ``api.openai_routes`` (``RequestRecord`` per request, ``RequestLogger.write``
-when it ends, including requests refused at auth), ``neurons/api.py`` and tests
-(``drain`` before reading the table). Prompts and answers are kept only when the operator
-opts in (``log_prompts``).
+Seam: the gateway's request-log part. The admission step fills a ``RequestRecord`` per
+request and hands it to ``RequestLogger.write`` when the request ends (refusals at auth
+included); ``drain`` writes what is queued. Prompts and answers are kept only when the
+operator opts in (``log_prompts``).
 
-Reading and retention (``/admin/logs``, ``/admin/stats``, ``canopy logs``, ``neurons/api.py``):
+Reading and retention (``/admin/logs``, ``/admin/stats``, ``canopy logs``, the log retention):
 ``parse_since`` ("1h", "30m", "7d", an ISO time or epoch seconds), ``query_logs`` (newest
 first), ``log_stats`` (requests, errors, tokens, by status over a window), ``prune_logs``
 (delete rows older than a moment) and ``retention_loop`` (prunes every hour).
@@ -18,17 +18,17 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 
 from loguru import logger
-from sqlalchemy import case, delete, func, select
+from sqlalchemy import CursorResult, case, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from api.batch import BatchWriter
 from api.keys import absolute_time
-from api.tables import RequestLog
-from validator.store import bulk_insert
+from store.api_tables import RequestLog
+from store.queries import bulk_insert
 
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _SINCE_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -145,7 +145,8 @@ async def log_stats(engine: AsyncEngine, *, since: float | None = None, until: f
 async def prune_logs(engine: AsyncEngine, before: float) -> int:
     """Delete request-log rows created before ``before`` (epoch seconds); returns how many."""
     async with async_sessionmaker(engine)() as session, session.begin():
-        return (await session.execute(delete(RequestLog).where(RequestLog.created_at < before))).rowcount or 0
+        pruned = await session.execute(delete(RequestLog).where(RequestLog.created_at < before))
+        return cast(CursorResult, pruned).rowcount or 0
 
 
 async def retention_loop(engine: AsyncEngine, retention_days: float, *, idempotency: Any = None,

@@ -1,9 +1,10 @@
 """The most tokens an organic call can have used, counted by the gateway from what it relayed.
 
-Callers: ``api.upstream.Call`` feeds every data piece of a miner's reply to a ``ReplyMeter``
-and, before the call's ``Invocation`` row is written, credits at most ``completion_bound()``
-completion tokens and ``prompt_bound(payload)`` prompt tokens of the ``usage`` the miner
-reported (the reply itself, and the request log, keep the miner's numbers).
+Seam: between the ``usage`` miners report and what scoring credits. ``api.upstream.Call``
+feeds every data piece of a miner's reply to a ``ReplyMeter`` and, before the call's
+``Invocation`` row is written, credits at most ``completion_bound()`` completion tokens
+and ``prompt_bound(payload)`` prompt tokens of the ``usage`` the miner reported (the reply
+itself, and the request log, keep the miner's numbers).
 
 Every tokenizer an LLM chute serves (byte-level BPE, SentencePiece with byte fallback) makes
 a token of at least one byte of text, so an honest count is never above the UTF-8 bytes of

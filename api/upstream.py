@@ -1,7 +1,7 @@
 """Calling miners for the API: race, failover, timeouts, cancellation, organic invocation records.
 
-Callers: ``api.openai_routes`` (``Upstream.open`` for every chat/completions request).
-Below it: ``protocol.dendrite.Dendrite.stream`` (signed ``Invoke`` calls to miner axons,
+Seam: the gateway's ``Caller`` (``api.gateway``): the admission step and ``/chat`` open every
+miner call through ``Upstream.open``. Below it: ``protocol.dendrite.Dendrite.stream`` (signed ``Invoke`` calls to miner axons,
 NDJSON ``InvokeChunk``s back), ``api.directory.MinerDirectory`` (in-flight counts) and the
 validator's store (one ``Invocation`` row, ``source="organic"``, per miner call that ended,
 written in batches by ``api.batch.BatchWriter``; ``drain`` waits for them).
@@ -28,7 +28,7 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 
 from api.batch import BatchWriter
@@ -36,7 +36,10 @@ from api.directory import Route
 from api.tokenbound import ReplyMeter, prompt_bound
 from protocol import errors
 from protocol.chutes import Invoke, InvokeChunk
-from validator.tables import ORGANIC
+from store.tables import ORGANIC
+
+if TYPE_CHECKING:
+    from api.gateway import Directory, Store
 
 CLIENT_ERRORS = frozenset({"invalid_payload", "payload_too_large", "malformed_json"})
 _END = object()
@@ -48,6 +51,10 @@ class NoAnswer(Exception):
     def __init__(self, message: str, tried: list[int], last: errors.ProtocolError | None = None) -> None:
         super().__init__(message)
         self.tried, self.last = tried, last
+
+    @property
+    def detail(self) -> str:
+        return f"{self.last.type}: {self.last.message}" if self.last is not None else "no answer"
 
     @property
     def client_error(self) -> bool:
@@ -214,7 +221,7 @@ class Call:
 
 
 class Upstream:
-    def __init__(self, dendrite: Any, directory: Any, store: Any, *, timeout_s: float = 60.0,
+    def __init__(self, dendrite: Any, directory: Directory, store: Store, *, timeout_s: float = 60.0,
                  idle_timeout_s: float | None = 30.0) -> None:
         self.dendrite, self.directory, self.store = dendrite, directory, store
         self.timeout_s, self.idle_timeout_s = timeout_s, idle_timeout_s
@@ -243,7 +250,7 @@ class Upstream:
         tried are appended to ``tried`` as they start (so a cancelled caller still knows them).
         ``steered=False`` only when the gateway chose ``routes`` itself (strategy ``default``):
         any other call is served and recorded but never scored."""
-        synapse = Invoke(chute_id="-", path=path, payload=payload, stream=stream)
+        synapse = Invoke(chute_id="-", path=path, method="POST", payload=payload, stream=stream)
         timeout = timeout_s or self.timeout_s
         queue, tried = list(routes), ([] if tried is None else tried)
         if race <= 1:
@@ -263,22 +270,13 @@ class Upstream:
                     failure = task.exception()
                     last = await self._judge(attempt, None if failure else task.result(), failure)
                     if last is None:
-                        for other_task, other in list(active.items()):
-                            other_task.cancel()
-                            await other.cancel()
-                        active.clear()
                         return Call(self, attempt, task.result(), tried)
                     if last.type in CLIENT_ERRORS:
-                        for other_task, other in list(active.items()):
-                            other_task.cancel()
-                            await other.cancel()
-                        active.clear()
                         raise NoAnswer(last.message, tried, last)
-        except BaseException:
+        finally:  # the winner, a refusal, a hang-up: the calls still running are stopped
             for task, attempt in active.items():
                 task.cancel()
                 await attempt.cancel()
-            raise
 
     async def _in_turn(self, queue: list[Route], synapse: Invoke, timeout: float, tried: list[int],
                        steered: bool) -> Call:
@@ -295,6 +293,7 @@ class Upstream:
                 raise
             last = await self._judge(attempt, chunk, failure)
             if last is None:
+                assert chunk is not None  # _judge: no error means the first chunk came
                 return Call(self, attempt, chunk, tried)
             if last.type in CLIENT_ERRORS:
                 raise NoAnswer(last.message, tried, last)

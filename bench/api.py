@@ -1,7 +1,7 @@
 """Benchmark of the public API: the same upstream called directly and through the gateway, in one run.
 
 Run from the repo root: ``.venv/bin/python bench/api.py [--concurrency 32] [--seconds 10]``.
-Callers: developers and CI. Three processes, all on uvloop, all on 127.0.0.1:
+Three processes, all on uvloop, all on 127.0.0.1:
 
 - the miner (this script re-run with ``--role miner``): an ``Axon`` with ``ChutesService``
   and ``InstanceManager`` as ``neurons/miner.py`` wires them, hosting ``bench.api_children:fast_chute``

@@ -1,8 +1,8 @@
 """The processes ``bench/api.py`` starts: the fast OpenAI chute, the miner child, the API child.
 
-Callers: ``bench/api.py`` (``--role miner`` / ``--role api`` re-run that script, which calls
-``serve_miner`` / ``serve_api`` here) and the chute instance process, which imports
-``fast_chute`` from here (``CHUTE_REF``).
+``serve_miner`` / ``serve_api`` are what the benchmark's children (``bench/api.py --role
+miner`` / ``--role api``) run; the chute instance process loads ``fast_chute`` by reference
+(``CHUTE_REF``).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _quiet() -> None:
 
 async def serve_miner(config: dict) -> None:
     from bench.protocol import BenchChain, free_ports, wallets
-    from canopy.config import AxonSettings
+    from protocol.options import AxonSettings
     from miner.chutes_service import ChutesService
     from miner.hosting import ChuteEntry, HostingConfig, describe_chute, plan_hosting
     from miner.instances import InstanceManager
@@ -120,8 +120,8 @@ async def serve_api(config: dict) -> None:
     from bench.protocol import NETUID, BenchChain, free_ports, wallets
     from chain.base import AxonInfo, Metagraph, Neuron
     from protocol.dendrite import Dendrite
-    from validator.store import ValidatorStore
-    from validator.tables import DeviceVerification
+    from store.queries import ValidatorStore
+    from store.tables import DeviceVerification
 
     _quiet()
     if config.get("api_src"):
@@ -184,8 +184,8 @@ async def serve_api(config: dict) -> None:
     async with store.sessions() as session:
         from sqlalchemy import func, select
 
-        from api.tables import RequestLog
-        from validator.tables import Invocation
+        from store.api_tables import RequestLog
+        from store.tables import Invocation
 
         logged = (await session.execute(select(func.count()).select_from(RequestLog))).scalar_one()
         invoked = (await session.execute(select(func.count()).select_from(Invocation))).scalar_one()

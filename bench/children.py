@@ -1,8 +1,8 @@
 """Child processes of a benchmark: the same script re-run with ``--role NAME --config FILE``.
 
-Callers: ``bench/validator.py`` and its modules (the simulated miners, the store prefill,
-the verifier-cost measurement run in their own processes so that the measured process
-pays for none of their CPU or memory). A role either runs to the end and prints its
+The validator benchmark's simulated miners, store prefill and verifier-cost measurement
+run this way, each in its own process, so that the measured process pays for none of their
+CPU or memory. A role either runs to the end and prints its
 result as one JSON object on its last stdout line (``run_child``), or serves until its
 stdin closes after announcing itself in a first JSON line (``Child``).
 """

@@ -72,7 +72,7 @@ from protocol.graval.devices import GIB, MAX_WINDOW_HIGH, DeviceRejected, Device
 from protocol.graval.spec import (  # noqa: E402
     DEFAULT_FILL_FRACTION, WORKSPACE_MATRICES, ChallengeSpec, access_order, plan, samples_needed,
 )
-from validator.graval.verifier import leaves_for, pick_samples  # noqa: E402
+from protocol.graval.verifier import leaves_for, pick_samples  # noqa: E402
 
 MAX_TOTAL_S = 480.0
 TARGETS = {"bit_exact": True, "production_fits": True, "honest_verified": True, "honest_in_window": True, "cheats_refused": True,

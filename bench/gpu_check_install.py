@@ -1,6 +1,6 @@
 """Install the GPU check kit's wheels without network: ``python3 bench/gpu_check_install.py WHEELS TARGET``.
 
-Called by ``./run.sh gpu-check`` on a GPU host whose interpreter lacks the few packages of
+``./run.sh gpu-check`` runs it on a GPU host whose interpreter lacks the few packages of
 ``bench/gpu_check_wheels.txt``. Stdlib only (it runs before any of them exists). With pip:
 ``pip install --no-index --find-links WHEELS --target TARGET -r bench/gpu_check_wheels.txt``
 (a target folder put on PYTHONPATH, so the host's own site-packages are left alone and no

@@ -2,7 +2,7 @@
 and the separation of honest and cheating provers by the timing window.
 
 Run from the repo root: ``.venv/bin/python bench/graval.py [--backend auto] [--n 4096] [--m 4]``
-(``./run.sh bench graval``). Callers: developers and CI. Everything runs in this one
+(``./run.sh bench graval``). Everything runs in this one
 process, in about three minutes on two cores:
 
 - ``prove_s`` = ``fill_s`` + ``access_s``: the prover's own phase timings
@@ -91,7 +91,7 @@ from protocol.graval import lattice  # noqa: E402
 from protocol.graval.devices import MAX_WINDOW_HIGH  # noqa: E402
 from protocol.graval.spec import ChallengeSpec, access_order, plan, samples_needed  # noqa: E402
 from protocol.graval.synapses import Openings  # noqa: E402
-from validator.graval.verifier import leaf_checker, leaves_for, pick_samples, verify  # noqa: E402
+from protocol.graval.verifier import leaf_checker, leaves_for, pick_samples, verify  # noqa: E402
 
 REVERIFY_SAMPLES = samples_needed(failure=1e-2)  # validator.graval.session.REVERIFY_FAILURE
 TARGETS = {"prover_efficiency": 0.8, "verify_ratio": 0.01, "prod_verify_cpu_s": 0.25 * 3600 / 2048}

@@ -2,7 +2,7 @@
 
 Run from the repo root: ``./run.sh bench graval_serving`` (or ``.venv/bin/python
 bench/graval_serving.py [--wiring neuron|graval-inventory] [--prover-threads N] [--rate 60]``;
-about 80 s on 2 cores). Callers: developers and CI. Three processes on 127.0.0.1, timed
+about 80 s on 2 cores). Three processes on 127.0.0.1, timed
 with ``time.monotonic()`` (CLOCK_MONOTONIC: one clock for every process on Linux):
 
 - the miner (this script re-invoked with ``--role miner``): one axon with ``GravalService``
@@ -108,7 +108,7 @@ MIB = 1 << 20
 
 def bench_wallets(path: str) -> tuple[Any, Any, Any]:
     """(validator, miner, client): the client (the load, a gateway's place) has its own hotkey."""
-    from canopy.wallets import create_devnet_wallet
+    from node.wallets import create_devnet_wallet
 
     return tuple(create_devnet_wallet(f"serving-{name}", "default", path) for name in ("validator", "miner", "client"))
 
@@ -145,7 +145,7 @@ async def serve_miner(args: argparse.Namespace) -> None:
     from loguru import logger
 
     from bench.protocol import free_ports
-    from canopy.config import AxonSettings
+    from protocol.options import AxonSettings
     from miner.chutes_service import ChutesService
     from miner.graval.service import GravalService
     from miner.hosting import ChuteEntry, HostingConfig, describe_chute, plan_hosting

@@ -1,7 +1,7 @@
 """Benchmark of the miner's chute path: an instance called directly vs through dendrite -> axon.
 
 Run from the repo root: ``.venv/bin/python bench/miner.py [--echo-n 500] [--llm-requests 4]``.
-Callers: developers and CI. The miner (axon + ``InstanceManager`` + ``ChutesService``, as
+The miner (axon + ``InstanceManager`` + ``ChutesService``, as
 ``neurons/miner.py`` wires them, on one CPU pseudo-device) runs in a child process (this
 script re-invoked with ``--role miner``); its instances are its own children; the client
 runs here. Every figure compares the same requests sent straight to the instance
@@ -110,7 +110,7 @@ async def serve_miner(wallet_path: str, refs: list[str]) -> None:
     from loguru import logger
 
     from bench.protocol import BenchChain, free_ports, wallets
-    from canopy.config import AxonSettings
+    from protocol.options import AxonSettings
     from miner.chutes_service import ChutesService
     from miner.hosting import ChuteEntry, HostingConfig, describe_chute, plan_hosting
     from miner.instances import InstanceManager

@@ -1,7 +1,7 @@
 """Benchmark of the wire (protocol/): signed round trips against an unsigned baseline, and fan-out.
 
 Run from the repo root: ``.venv/bin/python bench/protocol.py [--n 2000] [--fanout 256] [--delay 0.5]``.
-Callers: developers and CI. Servers run in child processes (this script re-invoked with
+Servers run in child processes (this script re-invoked with
 ``--role``), the client in this one, both on uvloop, all on 127.0.0.1:
 
 - ``seq_rps``: sequential Echo calls through ``Dendrite.call`` to one ``Axon`` (signing,
@@ -48,8 +48,8 @@ import bittensor as bt  # noqa: E402
 import uvloop  # noqa: E402
 
 from bench.report import print_last_line, print_table, verdict  # noqa: E402
-from canopy.config import AxonSettings  # noqa: E402
-from canopy.wallets import create_devnet_wallet  # noqa: E402
+from protocol.options import AxonSettings  # noqa: E402
+from node.wallets import create_devnet_wallet  # noqa: E402
 from chain.base import Chain, Hyperparameters, Metagraph, Neuron, WeightsSubmission  # noqa: E402
 from protocol.dendrite import Dendrite, Target  # noqa: E402
 from protocol.synapse import Echo, EchoResponse  # noqa: E402

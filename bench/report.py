@@ -1,8 +1,8 @@
 """Shared output of the benchmarks: one rich table of figures with their targets, the last
 JSON line, and the transient progress bars they draw on stderr while measuring.
 
-Callers: every ``bench/*.py`` script, after measuring; each then prints its results as
-one JSON object on the last line (the machine-readable part).
+A benchmark prints its table after measuring (``print_table``, ``verdict``), then its
+results as one JSON object on the last line (``print_last_line``: the machine-readable part).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Benchmark of the validator: full steps against 256 simulated miners, and the CPU of re-verification.
 
 Run from the repo root: ``.venv/bin/python bench/validator.py [--miners 256] [--devices 8] [--steps 3]``
-(``./run.sh bench validator``). Callers: developers and CI. This module is the entry point
+(``./run.sh bench validator``). This module is the entry point
 and the report (seam: flags, roles, targets, the table and the last JSON line); the
 measuring is done by its siblings, each in its own process so that the validator's CPU
 and RSS are its own (this script re-run with ``--role NAME`` for the children):

@@ -1,7 +1,7 @@
 """The validator benchmark's store (seam: what a week of running left in the database, and
 what the public API keeps appending while the validator steps).
 
-Run by ``bench/validator.py`` as a child (``--role prefill --config FILE``): a temporary
+A child of the validator benchmark (``--role prefill --config FILE``): a temporary
 SQLite store filled like a validator that has run a week at the default schedule, in
 time order (ids grow with time, as a validator appends):
 
@@ -54,7 +54,7 @@ class OrganicTraffic:
 
     def rows(self, start: float, seconds: float) -> list[dict[str, Any]]:
         """The rows of ``[start, start + seconds)`` (``Invocation`` columns)."""
-        from validator.store import ORGANIC
+        from store.queries import ORGANIC
 
         self.carry += self.per_second * seconds
         count = int(self.carry)
@@ -73,7 +73,7 @@ class OrganicTraffic:
 
 def synthetic_row(rng: random.Random, hotkey: str, chute_id: str, key: str, at: float) -> dict[str, Any]:
     """One probe's row as ``validator.rounds`` writes it (1% time out)."""
-    from validator.store import SYNTHETIC
+    from store.queries import SYNTHETIC
 
     row = dict(miner_hotkey=hotkey, chute_id=chute_id, source=SYNTHETIC, ok=True, error="", detail="", key=key,
                compute_s=INVOKE_COMPUTE_S, measured_compute_s=INVOKE_COMPUTE_S, prompt_tokens=0, completion_tokens=0,
@@ -89,8 +89,8 @@ async def prefill(config_path: str) -> None:
     """A week of a validator's rows, in time order; prints the row counts as one JSON line."""
     from protocol.graval.spec import samples_needed
     from validator.graval.session import REVERIFY_FAILURE
-    from validator.store import ValidatorStore
-    from validator.tables import DeviceOwner, DeviceVerification, Invocation
+    from store.queries import ValidatorStore
+    from store.tables import DeviceOwner, DeviceVerification, Invocation
 
     config = json.loads(Path(config_path).read_text())
     hotkeys: list[str] = config["hotkeys"]

@@ -1,6 +1,6 @@
 """The validator benchmark's simulated miners (seam: everything the validator talks to on the wire).
 
-Run by ``bench/validator.py`` as a child (``--role sim --config FILE``); the store prefill
+A child of the validator benchmark (``--role sim --config FILE``); the store prefill
 imports what the miners offer (``bench_chute``, ``miner_devices``) so that its rows name
 the same chute and device uuids. ONE aiohttp server on 127.0.0.1 answers for every
 miner, telling them apart by the btauth receiver header (no signature check). Each miner

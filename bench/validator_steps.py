@@ -1,7 +1,7 @@
 """The validator benchmark's measured process (seam: ``validator.loop.Validator`` itself, stepping
 against the simulated miners over the prefilled store; its CPU and RSS are not the miners').
 
-Called by ``bench/validator.py`` (``measure``). A devnet chain in the temp dir (the miners
+A devnet chain in the temp dir (the miners
 registered and served at the simulator's address, the validator with stake above the
 threshold), ``Validator.restore()`` from the store, then steps with ``wait=True`` (the
 GraVal and synthetic rounds a step starts are awaited before scoring). The parts of a
@@ -132,7 +132,7 @@ def register(args: argparse.Namespace, workdir: Path, console: Console) -> tuple
     """The devnet chain: the subnet, the validator with stake, the miners (not yet served)."""
     from bittensor.sp_core import Keypair
 
-    from canopy.wallets import coldkey_ss58, create_devnet_wallet
+    from node.wallets import coldkey_ss58, create_devnet_wallet
     from chain.devnet import DevnetLedger
 
     ledger = DevnetLedger(workdir / "devnet.sqlite", block_time=args.block_time)
@@ -163,7 +163,7 @@ class StoreProbe:
     async def outcome_since(self, at: float) -> dict[str, Any]:
         from sqlalchemy import func, select
 
-        from validator.store import SYNTHETIC, DeviceVerification, Invocation
+        from store.queries import SYNTHETIC, DeviceVerification, Invocation
 
         async with self.store.sessions() as session:
             verified = dict((await session.execute(select(DeviceVerification.ok, func.count()).where(
@@ -185,7 +185,7 @@ class StoreProbe:
         """(rows the incremental read added, rows it subtracted) between two (last id, start) states."""
         from sqlalchemy import func, select
 
-        from validator.store import Invocation
+        from store.queries import Invocation
 
         (old_id, old_start), (new_id, new_start) = before, after
         async with self.store.sessions() as session:
@@ -206,13 +206,13 @@ def check(outcome: dict[str, Any], what: str) -> None:
 async def measure(args: argparse.Namespace, workdir: Path, console: Console, script: Path) -> dict:
     import aiohttp
 
-    from canopy.config import load_settings
+    from node.config import load_settings
     from chain.devnet import DevnetChain
     from protocol.dendrite import Dendrite
     from protocol.graval.devices import load_gpu_table
     from protocol.graval.synapses import Inventory
     from validator.loop import PRUNE_EVERY_STEPS, Validator
-    from validator.store import ValidatorStore
+    from store.queries import ValidatorStore
 
     database = workdir / "validator.sqlite"
     url = f"sqlite+aiosqlite:///{database}"

@@ -1,7 +1,7 @@
 """The validator benchmark's exact verifier-cost measurement (seam: the CPU the validator
 spends re-verifying one production-size device, away from the simulated miners).
 
-Run by ``bench/validator.py``: ``reverify_cost`` (in the parent) starts a fresh process
+A child of the validator benchmark: ``reverify_cost`` (in the parent) starts a fresh process
 (``--role verify-cost --config FILE``, ``verify_cost``) and turns its figures into the
 per-hour cost at the default schedule:
 
@@ -14,7 +14,7 @@ per-hour cost at the default schedule:
   re-verification sample count ``samples_needed(failure=REVERIFY_FAILURE)`` (137 per
   phase at 1e-2); median of ``--verify-repeats`` (``*_min``: the fastest, what a quiet core
   gives; ``verify_loadavg_1m``: the machine's load meanwhile). The verifier's key
-  products (``validator.graval.verifier.leaf_checker``) are built once per sweep hash key
+  products (``protocol.graval.verifier.leaf_checker``) are built once per sweep hash key
   and size, shared by every device of the sweep: warm in the timed part, their own cost
   is ``leaf_checker_cpu_s`` (per sweep, not per device).
 - ``verify_cpu_s_per_hour`` = that x ``devices_reverified_per_hour`` (miners x devices x
@@ -101,7 +101,7 @@ def exact_round(spec: Any, count: int, seed: int) -> tuple[list, bytes, str, str
     from protocol.graval.synapses import (
         AccessCommitment, FillCommitment, LeafOpening, Openings, TreeNodes, encode_digest,
     )
-    from validator.graval.verifier import leaf_checker, leaves_for, pick_samples
+    from protocol.graval.verifier import leaf_checker, leaves_for, pick_samples
 
     rng, noise_rng = random.Random(seed), np.random.default_rng(seed)
     n, b = spec.n, spec.b
@@ -170,7 +170,7 @@ def validator_cpu(spec: Any, count: int, samples: list, access_seed: bytes, fill
     raises if the verdict is not ok."""
     from protocol.graval.spec import access_order
     from protocol.graval.synapses import AccessCommitment, FillCommitment, Open, Openings
-    from validator.graval.verifier import leaf_checker, leaves_for, pick_samples, verify
+    from protocol.graval.verifier import leaf_checker, leaves_for, pick_samples, verify
 
     leaf_checker(spec.hash_seed, spec.n)
     time.sleep(0.02)
@@ -193,7 +193,7 @@ def real_round(spec: Any, prover: Any, count: int) -> tuple[list, bytes, str, st
     """The same from a real proof (``prover`` filled and accessed with ``prover.access_seed``):
     samples picked after both commitments, opened by the prover."""
     from protocol.graval.spec import access_order
-    from validator.graval.verifier import leaves_for, pick_samples
+    from protocol.graval.verifier import leaves_for, pick_samples
 
     samples = pick_samples(spec, count)
     refs = leaves_for(spec, access_order(spec, prover.access_seed), samples)

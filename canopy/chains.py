@@ -14,7 +14,7 @@ goes is decided per call:
 
 A failure comes back as ``RemoteChuteError`` with the remote exception's type, message and
 frames (from the instance's typed 500 body), and its str shows the remote stack trace.
-Callers: chute modules, ``canopy.dev`` (shares ``http_call``), ``canopy.instance`` (dev mode).
+``http_call`` is the one HTTP path to a cord, for chains and for the dev client alike.
 """
 
 from __future__ import annotations
@@ -125,6 +125,8 @@ async def http_call(base_url: str, path: str, payload: Any, *, method: str = "PO
     target = target or base_url
     body = None if payload is None else json.dumps(to_jsonable(payload)).encode()
     attempt = 0
+    session: aiohttp.ClientSession | None
+    response: aiohttp.ClientResponse | None
     while True:
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout,
                                                                        sock_read=timeout))

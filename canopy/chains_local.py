@@ -3,8 +3,8 @@
 Part of ``canopy.chains`` (re-exported there and as ``canopy.run_local``). Dependencies are
 found from the ``depends(...)`` proxies that a chute's cords and hooks refer to (module
 globals and closures named in their code), plus ``chute.uses(...)``-style explicit entries
-(``chute._dependencies``). Callers: chute authors and tests (``run_local``),
-``canopy.instance`` in dev mode (``start_local_dependencies``).
+(``chute._dependencies``). ``run_local`` hosts a graph for a script or a test;
+``start_local_dependencies`` hosts a dev-mode instance's dependencies beside it.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ change::
     @chute.cord(public_api_path="/echo")
     async def echo(self, args: EchoArgs) -> EchoOut: ...
 
-Callers: chute modules (authors), ``canopy.instance`` (serves one), ``canopy.chains``
-(graphs of chutes), the miner (``load_chute``/``describe`` via ``python -m canopy.instance
-describe``), ``canopy.image`` / ``canopy build``.
+``load_chute`` loads one by reference (``module:attr`` or ``path/to/file.py:attr``), and
+``Chute.describe`` gives its ``ChuteInfo`` (cords, schemas, hardware needs), which
+``python -m canopy.instance describe`` prints for a host that never imports chute code.
 """
 
 from __future__ import annotations
@@ -127,6 +127,8 @@ class Chute:
         self._shutdown: list[tuple[int, int, Callable]] = []
         self._hosted = 0
         self._dependencies: list[Any] = []  # explicit ``uses`` entries (canopy.chains)
+        #: The model an LLM chute serves (``ChuteInfo.model``); None for other chutes.
+        self.model_name: str | None = None
 
     # -- declaration -----------------------------------------------------------------
 
@@ -220,7 +222,7 @@ class Chute:
         return ChuteInfo(chute_id=self.chute_id, username=self.username, name=self.name, tagline=self.tagline,
                          readme=self.readme, image=image_reference(self.image), node_selector=self.node_selector,
                          concurrency=self.concurrency, max_instances=self.max_instances,
-                         cords=[c.info() for c in self.cords.values()], model=str(getattr(self, "model_name", "") or ""))
+                         cords=[c.info() for c in self.cords.values()], model=str(self.model_name or ""))
 
     def cord_by_name(self, name: str) -> Cord | None:
         """The cord whose function is called ``name`` (or whose path is ``/name``)."""
@@ -228,6 +230,10 @@ class Chute:
             if cord.name == name:
                 return cord
         return self.cords.get("/" + name.lstrip("/"))
+
+    if TYPE_CHECKING:
+        # Hooks and cords keep their own state on the chute (``self.engine = ...``).
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
     def __getattr__(self, item: str) -> Any:
         # Cords by function name (``self.other_cord(...)`` inside a cord), as in the Chutes SDK.

@@ -1,11 +1,11 @@
 """Cord: one route of a chute (a decorated function), its validation and its schemas.
 
-Created by ``canopy.chute.Chute.cord``; served by ``canopy.instance`` (one FastAPI route
-per cord), described in ``CordInfo`` (the miner's ``Inventory``, the validator's registry),
-and called from Python by ``canopy.dev`` (``CANOPY_DEV_URL``) and ``canopy.chains``
-(``run_local``). The request body is the function's first argument after ``self``,
-validated into its type hint (a pydantic model, or anything pydantic's TypeAdapter
-understands); no hint, ``Any`` or a plain ``dict`` pass the JSON through.
+Made with ``@chute.cord(...)``; an instance serves each as one FastAPI route, ``CordInfo``
+describes it (what a miner's ``Inventory`` lists), and Python code can await it (over
+``CANOPY_DEV_URL`` in dev mode, directly inside ``run_local``). The request body is the
+function's first argument after ``self``, validated into its type hint (a pydantic model, or
+anything pydantic's TypeAdapter understands); no hint, ``Any`` or a plain ``dict`` pass the
+JSON through.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]*$")
 _STREAM_ORIGINS = {"AsyncIterator", "AsyncGenerator", "AsyncIterable", "Iterator", "Generator"}
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _INTERNAL_FILES = {os.path.join(_HERE, name) for name in ("cord.py", "instance.py", "chains.py", "chute.py")}
-_INTERNAL_DIRS = tuple(os.path.dirname(m.__file__) for m in (asyncio,)) + (
+_INTERNAL_DIRS = tuple(os.path.dirname(m.__file__ or "") for m in (asyncio,)) + (
     os.sep + "anyio" + os.sep, os.sep + "concurrent" + os.sep, os.sep + "starlette" + os.sep)
 
 
@@ -166,6 +166,11 @@ async def _in_threads(iterator: typing.Iterator[Any]) -> typing.AsyncIterator[An
 class Cord:
     """One route of a chute. Awaitable-callable: ``await cord(payload)`` (see ``__call__``)."""
 
+    #: The body's type (a pydantic model or any type pydantic validates), None: JSON passed through.
+    input_type: Any
+    #: The reply's model, None for bytes, text or an unannotated reply.
+    output_type: Any
+
     def __init__(self, chute: "Chute", func: Callable, *, path: str | None = None, method: str = "POST",
                  stream: bool = False, passthrough: bool = False, passthrough_path: str | None = None,
                  passthrough_port: int | None = None, public_api_path: str | None = None,
@@ -238,7 +243,7 @@ class Cord:
         self.takes_input = body is not None
         hint = hints.get(body.name, inspect.Parameter.empty) if body is not None else None
         if isinstance(input_schema, type) and issubclass(input_schema, BaseModel):
-            self.input_type: Any = input_schema
+            self.input_type = input_schema
         elif hint in (inspect.Parameter.empty, Any, None) or isinstance(hint, str):
             self.input_type = None  # JSON passes through unvalidated
         else:
@@ -259,7 +264,7 @@ class Cord:
             out = None
         elif isinstance(out, type) and out.__module__.startswith("starlette"):
             out = None
-        self.output_type: Any = out
+        self.output_type = out
 
     def input_schema(self, ref_template: str | None = None) -> dict | None:
         if self._input_schema_override is not None:

@@ -5,9 +5,8 @@ With ``canopy run my_chute:chute --dev --port 8000`` serving the chute, a script
 (or pass the pydantic model): ``canopy.cord.Cord.__call__`` lands here, posts the payload to
 ``CANOPY_DEV_URL`` + the cord's path and returns the parsed JSON, or an async iterator of
 chunks (SSE ``data`` decoded) when the reply streams. Failures raise
-``canopy.chains.RemoteChuteError`` showing the remote stack trace.
-
-Callers: ``canopy.cord.Cord.__call__``; authors may also use ``DevClient`` directly.
+``canopy.chains.RemoteChuteError`` showing the remote stack trace. Authors may also use
+``DevClient`` directly.
 """
 
 from __future__ import annotations

@@ -250,21 +250,23 @@ class Image:
             entrypoint = list(args)
         else:
             raise ValueError("with_entrypoint takes a list of strings, one string or several strings")
+        argv: list[object]
         if isinstance(entrypoint, str):
             try:
-                args = shlex.split(entrypoint)
+                argv = list(shlex.split(entrypoint))
             except ValueError as exc:
                 raise ValueError(f"entrypoint {entrypoint!r} cannot be split: {exc}") from exc
         elif isinstance(entrypoint, (list, tuple)):
-            args = list(entrypoint)
+            argv = list(entrypoint)
         else:
             raise ValueError(f"entrypoint must be a list of strings or a string, got {type(entrypoint).__name__}")
-        if not args or not all(isinstance(a, str) for a in args) or not args[0].strip():
+        words = [a for a in argv if isinstance(a, str)]
+        if not argv or len(words) != len(argv) or not words[0].strip():
             raise ValueError("entrypoint must be a non-empty list of strings (e.g. ['python', '-m', 'app'])")
-        if any("\n" in a or "\x00" in a for a in args):
+        if any("\n" in a or "\x00" in a for a in words):
             raise ValueError("entrypoint arguments must be single lines")
         self.directives = [d for d in self.directives if not d.startswith("ENTRYPOINT ")]
-        self.directives.append("ENTRYPOINT " + json.dumps(args))
+        self.directives.append("ENTRYPOINT " + json.dumps(words))
         return self
 
     # -- output ------------------------------------------------------------------------------

@@ -33,9 +33,9 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
@@ -48,7 +48,10 @@ from canopy import __version__
 from canopy.chute import Chute, ChuteLoadError, load_chute
 from canopy.cord import (Cord, encode_chunk, is_async_iterator, remote_error, to_jsonable, validation_detail,
                          validation_message)
-from protocol.asgi import WatchedStreamingResponse
+from canopy.streaming import WatchedStreamingResponse
+
+if TYPE_CHECKING:
+    from canopy.chains_local import LocalGraph
 
 COMPUTE_HEADER = "X-Canopy-Compute-S"
 STARTUP_FAILED_EXIT = 3
@@ -84,6 +87,7 @@ class InstanceState:
         self.started_at = time.monotonic()
         self.ready_after_s: float | None = None
         self.session: Any = None  # aiohttp.ClientSession for passthrough cords
+        self.local_graph: LocalGraph | None = None  # dependencies run in-process (``canopy run --dev``)
 
     def health(self) -> tuple[int, dict]:
         body: dict[str, Any] = {"status": self.status, "chute_id": self.chute.chute_id,
@@ -99,8 +103,9 @@ class InstanceState:
 class _Stream(WatchedStreamingResponse):
     """A streaming response that always runs ``on_close`` (client gone, error, or done)."""
 
-    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Any], **kwargs: Any) -> None:
+    def __init__(self, content: AsyncGenerator[bytes, None], on_close: Callable[[], Any], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
+        self._content = content
         self._on_close = on_close
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -108,12 +113,12 @@ class _Stream(WatchedStreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             with contextlib.suppress(Exception):
-                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+                await self._content.aclose()
             await self._on_close()
 
 
-def _stream_body(first: Any, rest: AsyncIterator[Any], cord: Cord) -> AsyncIterator[bytes]:
-    async def body() -> AsyncIterator[bytes]:
+def _stream_body(first: Any, rest: AsyncIterator[Any], cord: Cord) -> AsyncGenerator[bytes, None]:
+    async def body() -> AsyncGenerator[bytes, None]:
         try:
             yield encode_chunk(first)
             async for chunk in rest:
@@ -214,7 +219,7 @@ async def _passthrough(cord: Cord, state: InstanceState, body: bytes, payload: A
         return error_response(502, "upstream_unavailable", f"passthrough upstream {url} is unavailable: {exc}")
     media_type = upstream.headers.get("Content-Type", "application/octet-stream")
     if stream and upstream.status < 400:
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncGenerator[bytes, None]:
             try:
                 async for chunk in upstream.content.iter_any():
                     yield chunk
@@ -311,7 +316,7 @@ def create_app(chute: Chute, dev: bool = False, *, concurrency: int | None = Non
                 logger.info("stopping chute {}/{}: running shutdown hooks", chute.username, chute.name)
                 with contextlib.suppress(Exception):
                     await chute.run_shutdown()
-            graph = getattr(state, "local_graph", None)
+            graph = state.local_graph
             if graph is not None:
                 with contextlib.suppress(Exception):
                     await graph.stop()
@@ -345,7 +350,7 @@ def create_app(chute: Chute, dev: bool = False, *, concurrency: int | None = Non
     for cord in chute.cords.values():
         app.add_api_route(cord.path, _make_handler(cord, state), methods=[cord.method], name=cord.name,
                           summary=cord.name, description=(cord.func.__doc__ or "").strip() or None)
-    app.openapi = _openapi(app, chute)  # type: ignore[method-assign]
+    app.openapi = _openapi(app, chute)  # type: ignore[method-assign]  # FastAPI's documented way to replace the schema
     return app
 
 
@@ -354,7 +359,7 @@ def create_app(chute: Chute, dev: bool = False, *, concurrency: int | None = Non
 
 def _setup_logging(role: str) -> None:
     try:
-        from canopy.config import LoggingSettings
+        from canopy.logging import LoggingSettings
         from canopy.logging import setup_logging
 
         setup_logging(LoggingSettings(debug=bool(os.environ.get("CANOPY_DEBUG"))), role=role)
@@ -384,7 +389,8 @@ def serve(ref: str | Chute, host: str = "127.0.0.1", port: int = 8000, *, concur
 
     app = create_app(chute, dev=dev, concurrency=concurrency, on_startup_failed=startup_failed)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=dev, lifespan="on",
-                            timeout_graceful_shutdown=graceful_timeout_s, timeout_keep_alive=30)
+                            timeout_graceful_shutdown=graceful_timeout_s,  # type: ignore[arg-type]  # uvicorn annotates int; a float works
+                            timeout_keep_alive=30)
     server = uvicorn.Server(config)
     logger.info("serving chute {}/{} ({}) on http://{}:{} (concurrency {})", chute.username, chute.name,
                 chute.chute_id, host, port, concurrency or chute.concurrency)

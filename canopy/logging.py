@@ -1,8 +1,8 @@
 """Logging seam: loguru for every process, with secrets redacted before any sink sees them.
 
-Callers: each neuron's start-up (``setup_logging``), the demo. bittensor and uvicorn log
-through the standard library; their records are routed into loguru here so one
-format, one level and one redaction rule apply to everything.
+A process calls ``setup_logging`` once at start-up. bittensor and uvicorn log through the
+standard library; their records are routed into loguru here so one format, one level and one
+redaction rule apply to everything.
 """
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ import logging
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
+from pydantic import BaseModel, Field
 
-from canopy.config import LoggingSettings
+if TYPE_CHECKING:
+    from loguru import Record
 
 #: Things that must never reach a log: bearer tokens, Canopy API keys, hex seeds and
 #: private keys, btauth signatures, and 12/24-word mnemonics after "mnemonic".
@@ -27,6 +30,13 @@ _SECRET_PATTERNS = (
     (re.compile(r"(?i)(mnemonic\W{0,3})((?:[a-z]+\s+){11,23}[a-z]+)"), r"\1[redacted]"),
 )
 
+
+class LoggingSettings(BaseModel):
+    debug: bool = Field(False, description="Log debug lines.")
+    trace: bool = Field(False, description="Log trace lines (very verbose).")
+    logging_dir: str | None = Field(None, description="Also write rotating log files here.")
+
+
 FORMAT = "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | <cyan>{extra[role]}</cyan> | {message}"
 
 
@@ -37,7 +47,7 @@ def redact(text: str) -> str:
     return text
 
 
-def _redacting_patcher(record: dict) -> None:
+def _redacting_patcher(record: Record) -> None:
     record["message"] = redact(record["message"])
 
 

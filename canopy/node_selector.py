@@ -1,10 +1,8 @@
-"""NodeSelector: what hardware a chute needs, and whether a set of devices provides it.
+"""NodeSelector: what hardware a chute needs (the author's side; the miner's matching of
+devices against it is ``miner.placement``).
 
 Seam between chute authors and the miner. Authors put a ``NodeSelector`` on their
-``canopy.Chute`` (``node_selector=NodeSelector(gpu_count=1, min_vram_gb_per_gpu=24)``);
-the miner (``miner.instances`` / ``miner.hosting``) calls ``matches(devices)`` with its
-free ``protocol.graval.devices.DeviceSpec`` list to pick the devices for an instance, and
-``explain(devices)`` to say why a chute cannot be hosted.
+``canopy.Chute`` (``node_selector=NodeSelector(gpu_count=1, min_vram_gb_per_gpu=24)``).
 
 ``include`` / ``exclude`` hold GPU-table ids (``h100``, ``a100_80gb``, ``rtx4090``,
 ``cpu`` ..., the rows of ``protocol/graval/gpus.toml``) or, for anything else,
@@ -19,28 +17,10 @@ sets ``min_vram_gb_per_gpu=0`` (and usually ``include=["cpu"]``).
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Sequence
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from protocol.graval.devices import DeviceSpec, GpuModel, load_gpu_table
 
 VRAM_SLACK = 0.92
 MAX_GPUS = 8
-
-
-@lru_cache(maxsize=1)
-def _gpu_table() -> dict[str, GpuModel]:
-    return {model.id: model for model in load_gpu_table()}
-
-
-def device_matches_token(device: DeviceSpec, token: str) -> bool:
-    """True when ``device`` is the GPU-table model ``token`` or its name contains ``token``."""
-    model = _gpu_table().get(token.lower())
-    if model is not None:
-        return model.devnet_only == (device.kind == "cpu") and model.matches_name(device.name)
-    return token.lower() in device.name.lower()
 
 
 class NodeSelector(BaseModel):
@@ -78,41 +58,6 @@ class NodeSelector(BaseModel):
             if both:
                 raise ValueError(f"{sorted(both)} are both included and excluded")
         return self
-
-    # -- matching -----------------------------------------------------------------
-
-    def device_problem(self, device: DeviceSpec) -> str:
-        """Why ``device`` cannot serve this selector ("" when it can)."""
-        if self.include and not any(device_matches_token(device, t) for t in self.include):
-            return f"not one of include={self.include}"
-        if self.exclude:
-            hit = next((t for t in self.exclude if device_matches_token(device, t)), None)
-            if hit is not None:
-                return f"excluded by {hit!r}"
-        if device.memory_gib < self.min_vram_gb_per_gpu * VRAM_SLACK:
-            return f"{device.memory_gib:.1f} GiB < {self.min_vram_gb_per_gpu} GB"
-        return ""
-
-    def matches(self, devices: Sequence[DeviceSpec]) -> list[DeviceSpec]:
-        """The devices to use (the first ``gpu_count`` that qualify, in order), [] if too few do."""
-        chosen = [d for d in devices if not self.device_problem(d)]
-        return chosen[: self.gpu_count] if len(chosen) >= self.gpu_count else []
-
-    def explain(self, devices: Sequence[DeviceSpec]) -> str:
-        """Why ``devices`` cannot satisfy this selector ("" when they can)."""
-        if self.matches(devices):
-            return ""
-        need = f"needs {self.gpu_count} GPU(s) with >= {self.min_vram_gb_per_gpu} GB each"
-        if self.include:
-            need += f", include={self.include}"
-        if self.exclude:
-            need += f", exclude={self.exclude}"
-        if not devices:
-            return f"{need}; no devices are available"
-        problems = [f"#{d.index} {d.name!r}: {p}" for d in devices if (p := self.device_problem(d))]
-        good = len(devices) - len(problems)
-        text = f"{need}; {good} of {len(devices)} device(s) qualify"
-        return text + ("; " + "; ".join(problems) if problems else "")
 
     def describe(self) -> str:
         """A one-line human summary, e.g. '1 x GPU >= 24 GB (include h100)'."""

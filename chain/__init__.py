@@ -1,10 +1,14 @@
 """The Chain port and its adapters; ``connect`` picks the adapter for a ``--network``.
 
-Callers: every neuron and the CLI. Code above this package imports ``chain.base`` types
-and calls ``connect(settings)``; it never talks to bittensor's chain API directly.
+Code above this package imports ``chain.base`` types and calls ``connect(network,
+devnet)``; it never talks to bittensor's chain API directly.
 """
 
 from __future__ import annotations
+
+from canopy.extras import require_node_extra
+
+require_node_extra(__name__)
 
 from typing import TYPE_CHECKING
 
@@ -24,18 +28,21 @@ from chain.base import (
 )
 
 if TYPE_CHECKING:
-    from canopy.config import NeuronSettings
+    from chain.options import DevnetSettings
 
 
-def connect(settings: "NeuronSettings") -> Chain:
-    """The Chain for ``settings.network``: the devnet file, or a real chain through bittensor."""
-    if settings.is_devnet:
+def connect(network: str, devnet: "DevnetSettings") -> Chain:
+    """The Chain for ``network``: the devnet file (``network == "devnet"``), or a real chain through bittensor."""
+    if network == "devnet":
         from chain.devnet import DevnetChain
 
-        return DevnetChain(settings.devnet.path, block_time=settings.devnet.block_time)
+        from canopy.paths import canopy_home
+
+        path = devnet.path if devnet.path is not None else canopy_home() / "devnet.sqlite"  # node.config's default
+        return DevnetChain(path, block_time=devnet.block_time)
     from chain.subtensor import SubtensorChain
 
-    return SubtensorChain(settings.network)
+    return SubtensorChain(network)
 
 
 __all__ = [

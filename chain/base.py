@@ -1,7 +1,7 @@
 """The Chain port: the one interface every neuron uses to read and write the chain.
 
-Callers: the miner (serve_axon, metagraph), the validator (metagraph, hyperparameters,
-set_weights), the API (metagraph), the devnet CLI and the demo. Two adapters implement
+The seam between the neurons and the chain they run on: reads (block, metagraph,
+hyperparameters) and writes (weights, axon records, registration). Two adapters implement
 it: ``chain.subtensor.SubtensorChain`` (a real chain through ``bittensor.Client``) and
 ``chain.devnet.DevnetChain`` (an embedded chain in one SQLite file).
 

@@ -1,9 +1,8 @@
 """The real-chain adapter of the Chain port: ``SubtensorChain`` over ``bittensor.Client``.
 
-Callers: the miner, the validator and the API through the ``Chain`` port whenever
-``--network`` names a real chain (finney, test, local, archive, latent-lite or a
-ws:// / wss:// URL); tests inject an in-memory ``bittensor.Substrate`` through
-``client=bittensor.Client(substrate=...)``.
+``chain.connect`` picks it whenever ``--network`` names a real chain (finney, test,
+local, archive, latent-lite or a ws:// / wss:// URL). The client can be given
+(``client=bittensor.Client(substrate=...)``, e.g. over an in-memory ``bittensor.Substrate``).
 
 Reads go through bittensor's typed reads (``client.subnets.metagraph``, the
 ``subnet_hyperparameters`` read) pinned to one block; writes go through its intents
@@ -302,7 +301,7 @@ def _refusal(error: bt.ChainError, action: str, invalid: type[ChainError]) -> Ch
     """A chain (or intent preflight) refusal as the port's error, by bittensor's ErrorCode."""
     name = f" ({error.name})" if error.name else ""
     message = f"{action} refused by the chain{name}: {error.message}; {error.remediation}"
-    kind = {
+    kind: type[ChainError] = {
         bt.ErrorCode.RATE_LIMITED: RateLimited,
         bt.ErrorCode.NOT_REGISTERED: NotRegistered,
         bt.ErrorCode.SUBNET_NOT_EXISTS: SubnetNotFound,
@@ -390,7 +389,8 @@ def _inclusion_block(result: bt.ExtrinsicResult) -> int | None:
 
 
 def _hotkey(wallet: bt.Wallet) -> str:
-    return bt.public_view(wallet, "hotkey").ss58_address
+    address: str = bt.public_view(wallet, "hotkey").ss58_address
+    return address
 
 
 @contextlib.contextmanager

@@ -31,5 +31,5 @@ RUN pip install --no-deps -e . \
 EXPOSE 8091
 VOLUME ["/var/lib/canopy"]
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["python", "neurons/miner.py"]
+ENTRYPOINT ["canopy-miner"]
 CMD ["--help"]

@@ -1,12 +1,12 @@
 # The Canopy validator and public API (no GPU): Python 3.11 slim, the pinned requirements
-# with torch's CPU build. One image, two roles: the first argument is the neuron.
+# with torch's CPU build. One image, two roles: the first argument is the neuron's console script.
 #
 #   docker build -f docker/node.Dockerfile -t canopy-node .
 #   docker run --network host -v ~/.bittensor/wallets:/root/.bittensor/wallets -v canopy:/var/lib/canopy \
-#     canopy-node neurons/validator.py --netuid <NETUID> --network test --wallet.name validator \
+#     canopy-node canopy-validator --netuid <NETUID> --network test --wallet.name validator \
 #     --wallet.hotkey default --validator.metrics_port 9100
 #   docker run --network host -v ~/.bittensor/wallets:/root/.bittensor/wallets -v canopy:/var/lib/canopy \
-#     canopy-node neurons/api.py --netuid <NETUID> --network test --wallet.name validator \
+#     canopy-node canopy-api --netuid <NETUID> --network test --wallet.name validator \
 #     --wallet.hotkey default --axon.port 8000
 #
 # Both share the store in the canopy volume (SQLite), or pass --database_url postgresql+asyncpg://...
@@ -22,5 +22,4 @@ RUN pip install --no-deps -e . && pip install --no-deps -r requirements-models.t
 EXPOSE 8000 9100
 VOLUME ["/var/lib/canopy"]
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["python"]
-CMD ["neurons/validator.py", "--help"]
+CMD ["canopy-validator", "--help"]

@@ -1,0 +1,8 @@
+"""The miner role: devices (``miner.inventory``), GraVal proving (``miner.graval``), chute
+hosting (``miner.hosting``, ``miner.placement``, ``miner.instances``, ``miner.chutes_service``).
+"""
+
+from canopy.extras import require_node_extra
+
+require_node_extra(__name__, ("numpy",))  # the GraVal modules run in the GPU check kit too
+

@@ -1,9 +1,10 @@
 """The miner's chute handlers on its axon: Invoke (routed to an instance) and Inventory.
 
-Called by ``neurons/miner.py``: ``ChutesService(manager, hosted, refused=..., devices=...,
-loads=graval.loads).attach(axon)``, attached after ``GravalService`` so that its Inventory
-reply (devices, what the instances hold on each, and the hosted chutes with their cords,
-schemas, capacity and load) replaces the devices-only one. The validator and the API read ``ledger`` (compute seconds and tokens per chute).
+Attached as ``ChutesService(manager, hosted, refused=..., devices=...,
+loads=graval.loads).attach(axon)``, after ``GravalService`` so that its Inventory reply
+(devices, what the instances hold on each, and the hosted chutes with their cords, schemas,
+capacity and load) replaces the devices-only one. The validator and the API read ``ledger``
+(compute seconds and tokens per chute).
 
 An Invoke is checked here (chute and cord known, payload within ``max_payload_bytes``),
 takes the ready instance with free capacity and the fewest requests in flight

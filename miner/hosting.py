@@ -1,6 +1,6 @@
 """What the miner hosts: the hosting config file, chute descriptions, and device placement.
 
-Callers: ``neurons/miner.py`` (``load_hosting_config`` then ``plan_hosting``), tests.
+The miner reads its config with ``load_hosting_config`` then plans with ``plan_hosting``.
 The result, a ``HostingPlan``, feeds ``miner.instances.InstanceManager`` (one
 ``InstanceSpec`` per instance) and the Inventory reply (``refused``).
 
@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from canopy.chute import ChuteInfo
 from miner.instances import InstanceSpec
+from miner.placement import explain, matching_devices
 from protocol.chutes import HostedChute, HostedCord, RefusedChute
 from protocol.graval.devices import DeviceSpec
 
@@ -213,7 +214,7 @@ async def plan_hosting(config: HostingConfig, devices: Sequence[DeviceSpec], *,
         seen[info.chute_id] = entry.ref
         placed = _place(entry, info, devices, taken)
         if not placed.devices:
-            why = info.node_selector.explain(devices)
+            why = explain(info.node_selector, devices)
             reason = why or "every device it could use is taken by the chutes listed before it"
             logger.error("chute {} ({}) refused: {}", info.name, entry.ref, reason)
             plan.refused.append(RefusedChute(ref=entry.ref, reason=reason, chute_id=info.chute_id))
@@ -230,7 +231,7 @@ def _place(entry: ChuteEntry, info: ChuteInfo, devices: Sequence[DeviceSpec], ta
     placed = HostedPlan(entry=entry, info=info)
     for _ in range(entry.instances):
         free = [device for device in devices if shareable(device) or device.uuid not in taken]
-        chosen = info.node_selector.matches(free)
+        chosen = matching_devices(info.node_selector, free)
         if not chosen:
             break
         taken.update(device.uuid for device in chosen if not shareable(device))

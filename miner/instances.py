@@ -1,9 +1,8 @@
 """InstanceManager: the chute instance processes of a miner, and which one takes a request.
 
-Callers: ``neurons/miner.py`` (builds it from ``miner.hosting.HostingPlan``, starts and
-stops it), ``miner.chutes_service`` (``acquire``/``release`` around each Invoke, the shared
-aiohttp ``session``, ``report_failure`` when an instance drops a request), tests and
-``bench/miner.py``.
+Built from ``miner.hosting.HostingPlan`` (one ``InstanceSpec`` per instance), started and
+stopped with the miner; a request takes an instance with ``acquire``/``release`` and goes
+over the shared aiohttp ``session``; ``report_failure`` tells it an instance dropped one.
 
 Each instance is its own process, in its own process group::
 

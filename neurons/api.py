@@ -1,4 +1,4 @@
-"""pm2 entry point of the public API: ``python neurons/api.py --netuid N --wallet.name ...``.
+"""pm2 entry point of the public API: ``canopy-api --netuid N --wallet.name ...``.
 
 The API is run by a validator operator and signs its miner calls with the validator's
 hotkey, so it boots like the validator (wallet, registration, ``run_neuron``). It opens
@@ -17,25 +17,23 @@ deleted hourly, 0 keeps them), ``--api.idempotency_ttl_s`` (86400); ``--help`` l
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import uvicorn  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
+import uvicorn
+from fastapi import FastAPI
 
-from api.app import ApiConfig, build_app as build_gateway, close_gateway  # noqa: E402
-from api.moderation import from_settings as moderator_from_settings  # noqa: E402
-from api.directory import MinerDirectory  # noqa: E402
-from api.keys import KeyStore, RateRule  # noqa: E402
-from api.limits import MemoryRateLimiter, RedisRateLimiter  # noqa: E402
-from api.requestlog import retention_loop  # noqa: E402
-from api.upstream import Upstream  # noqa: E402
-from canopy.config import ApiSettings  # noqa: E402
-from canopy.neuron import NeuronContext, run_neuron  # noqa: E402
-from protocol.dendrite import Dendrite  # noqa: E402
-from validator.store import ValidatorStore  # noqa: E402
+from api.app import ApiConfig, build_app as build_gateway, close_gateway
+from api.moderation import from_settings as moderator_from_settings
+from api.directory import MinerDirectory
+from api.keys import KeyStore, RateRule
+from api.limits import MemoryRateLimiter, RedisRateLimiter
+from api.requestlog import retention_loop
+from api.upstream import Upstream
+from node.config import ApiSettings
+from node.runtime import NeuronContext, run_neuron
+from protocol.asgi import EmbeddedServer
+from protocol.dendrite import Dendrite
+from store.queries import ValidatorStore
 
 #: Authenticated keys stay in memory this long: one SELECT less per request; edits made
 #: elsewhere (canopy keys, another replica) take effect within it.
@@ -66,7 +64,7 @@ def build_app(ctx: NeuronContext, store: ValidatorStore, dendrite: Dendrite, dir
                          moderator=moderator_from_settings(ctx.settings.api))
 
 
-async def main(ctx: NeuronContext) -> None:
+async def serve(ctx: NeuronContext) -> None:
     config = gateway_config(ctx.settings.api)
     store = await ValidatorStore.open(ctx.settings.store_url())
     await KeyStore(store.engine).create_tables()
@@ -78,9 +76,8 @@ async def main(ctx: NeuronContext) -> None:
     directory.start()
     retention = asyncio.create_task(retention_loop(store.engine, ctx.settings.api.log_retention_days,
                                                    idempotency=app.state.idempotency))
-    server = uvicorn.Server(uvicorn.Config(app, host=ctx.settings.axon.ip, port=ctx.settings.axon.port,
-                                           log_level="warning", lifespan="off"))
-    server.install_signal_handlers = lambda: None  # run_neuron owns SIGINT/SIGTERM
+    server = EmbeddedServer(uvicorn.Config(app, host=ctx.settings.axon.ip, port=ctx.settings.axon.port,
+                                           log_level="warning", lifespan="off"))  # run_neuron owns SIGINT/SIGTERM
     serving = asyncio.create_task(server.serve())
     try:
         await ctx.stop.wait()
@@ -96,5 +93,10 @@ async def main(ctx: NeuronContext) -> None:
         await store.close()
 
 
+def main() -> None:
+    """The ``canopy-api`` console script (also ``python -m neurons.api``)."""
+    run_neuron("api", serve)
+
+
 if __name__ == "__main__":
-    run_neuron("api", main)
+    main()

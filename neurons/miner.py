@@ -1,4 +1,4 @@
-"""pm2 entry point of the miner: ``python neurons/miner.py --netuid N --wallet.name ...``.
+"""pm2 entry point of the miner: ``canopy-miner --netuid N --wallet.name ...``.
 
 Starts the miner's axon (btauth/1-verified, validators only), publishes its ip:port on
 chain, and serves until SIGINT/SIGTERM. It answers ``Ping``, the GraVal synapses
@@ -13,24 +13,20 @@ On shutdown the axon stops first, then every instance gets SIGTERM (SIGKILL afte
 from __future__ import annotations
 
 import os
-import sys
 
 from loguru import logger
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# CUDA numbers devices fastest-first by default; NVML (miner.inventory) in PCI bus order.
-os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-
-from canopy.neuron import NeuronContext, StartupError, run_neuron  # noqa: E402
-from canopy.config import ChutesSettings, canopy_home  # noqa: E402
-from miner.chutes_service import ChutesService  # noqa: E402
-from miner.graval.service import GravalService  # noqa: E402
-from miner.hosting import HostingConfigError, HostingPlan, load_hosting_config, plan_hosting  # noqa: E402
-from miner.instances import InstanceManager  # noqa: E402
-from miner.inventory import cpu_device, discover_devices  # noqa: E402
-from protocol.axon import Axon  # noqa: E402
-from protocol.graval.devices import DeviceSpec  # noqa: E402
-from protocol.nonces import RedisNonceStore  # noqa: E402
+from node.runtime import NeuronContext, StartupError, run_neuron
+from canopy.paths import canopy_home
+from node.config import ChutesSettings
+from miner.chutes_service import ChutesService
+from miner.graval.service import GravalService, ProverFactory
+from miner.hosting import HostingConfigError, HostingPlan, load_hosting_config, plan_hosting
+from miner.instances import InstanceManager
+from miner.inventory import cpu_device, discover_devices
+from protocol.axon import Axon
+from protocol.graval.devices import DeviceSpec
+from protocol.nonces import RedisNonceStore
 
 
 async def hosting_plan(settings: ChutesSettings, devices: list[DeviceSpec]) -> HostingPlan:
@@ -58,7 +54,9 @@ def instance_manager(settings: ChutesSettings, plan: HostingPlan) -> InstanceMan
         health_interval_s=settings.health_interval_s, grace_s=settings.shutdown_grace_s)
 
 
-async def main(ctx: NeuronContext) -> None:
+async def serve(ctx: NeuronContext, *, prover_factory: ProverFactory | None = None) -> None:
+    """The miner until ``ctx.stop``: axon, GraVal service (``prover_factory``: the demo's cheater
+    swaps in a dishonest prover), chute instances."""
     # With --redis_url, replicas of one hotkey share replay protection; otherwise in-process.
     nonce_store = RedisNonceStore(ctx.settings.redis_url) if ctx.settings.redis_url else None
     axon = Axon(ctx.wallet, ctx.chain, ctx.settings.netuid, ctx.settings.axon,
@@ -72,7 +70,8 @@ async def main(ctx: NeuronContext) -> None:
         logger.warning("no GPU found: this miner offers no device (on the devnet, --graval.cpu_devices 1 adds a CPU pseudo-device)")
     for device in devices:
         logger.info("device {}: {} ({} MiB) {}", device.index, device.name, device.memory_bytes >> 20, device.uuid)
-    verification = GravalService(devices, backend=graval.backend, session_ttl_s=graval.session_ttl_s).attach(axon)
+    verification = GravalService(devices, backend=graval.backend, session_ttl_s=graval.session_ttl_s,
+                                 prover_factory=prover_factory).attach(axon)
 
     chutes = ctx.settings.chutes
     plan = await hosting_plan(chutes, devices)
@@ -88,5 +87,12 @@ async def main(ctx: NeuronContext) -> None:
         await manager.stop()
 
 
+def main() -> None:
+    """The ``canopy-miner`` console script (also ``python -m neurons.miner``)."""
+    # CUDA numbers devices fastest-first by default; NVML (miner.inventory) in PCI bus order.
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    run_neuron("miner", serve)
+
+
 if __name__ == "__main__":
-    run_neuron("miner", main)
+    main()

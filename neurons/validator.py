@@ -1,6 +1,6 @@
-"""pm2 entry point of the validator: ``python neurons/validator.py --netuid N --wallet.name ...``.
+"""pm2 entry point of the validator: ``canopy-validator --netuid N --wallet.name ...``.
 
-Boots like every neuron (``canopy.neuron``: flags, wallet, registration), opens the store
+Boots like every neuron (``node.runtime``: flags, wallet, registration), opens the store
 (``--database_url``; default a SQLite WAL file in ``$CANOPY_HOME``), restores the scores,
 verification schedule and last weights from it, then runs a ``validator.loop.Validator``
 step every ``--validator.step_s`` until SIGINT/SIGTERM. Prometheus ``/metrics`` is served
@@ -11,24 +11,21 @@ run (``--wandb.mode offline`` by default).
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loguru import logger  # noqa: E402
+from loguru import logger
 
-from canopy import __spec_version__  # noqa: E402
-from canopy.neuron import NeuronContext, run_neuron  # noqa: E402
-from protocol.dendrite import Dendrite  # noqa: E402
-from protocol.graval.devices import load_gpu_table  # noqa: E402
-from validator.loop import Validator  # noqa: E402
-from validator.metrics import ScoreTracker, ValidatorMetrics  # noqa: E402
-from validator.store import ValidatorStore  # noqa: E402
+from canopy import __spec_version__
+from node.runtime import NeuronContext, run_neuron
+from protocol.dendrite import Dendrite
+from protocol.graval.devices import load_gpu_table
+from validator.loop import Validator
+from validator.metrics import ScoreTracker, ValidatorMetrics
+from store.queries import ValidatorStore
 
 
-async def main(ctx: NeuronContext) -> None:
+async def serve(ctx: NeuronContext) -> None:
     settings = ctx.settings
     store = await ValidatorStore.open(settings.store_url())
     metrics = ValidatorMetrics()
@@ -62,5 +59,10 @@ async def main(ctx: NeuronContext) -> None:
         await store.close()
 
 
+def main() -> None:
+    """The ``canopy-validator`` console script (also ``python -m neurons.validator``)."""
+    run_neuron("validator", serve)
+
+
 if __name__ == "__main__":
-    run_neuron("validator", main)
+    main()

@@ -1,7 +1,7 @@
 """Stake-priority admission: how an axon decides who is served when it is saturated.
 
-Callers: ``protocol.axon.Axon`` (one gate per axon, sized by ``AxonSettings.max_concurrency``)
-and its tests. The gate never queues without bound:
+The axon's load-shedding step: one ``PriorityGate`` per axon, sized by
+``AxonSettings.max_concurrency``. The gate never queues without bound:
 
 - below ``capacity`` requests in flight, a request is admitted at once;
 - at capacity it waits in a queue of at most ``queue_size`` entries; when the queue is

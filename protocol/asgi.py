@@ -1,35 +1,27 @@
 """ASGI and socket plumbing under the axon: raw replies, body reading, NDJSON, uvicorn.
 
-Callers: ``protocol.axon``; ``WatchedStreamingResponse`` also serves the API's and the
-chute instance's streams. The axon answers synapse requests at the ASGI level
-(no router, middleware or Request objects on the hot path) with these helpers, and runs
-uvicorn inside the caller's event loop with ``EmbeddedServer`` on a socket from
-``bind_socket``.
+The transport under the axon's request pipeline. The axon answers synapse requests at
+the ASGI level (no router, middleware or Request objects on the hot path) with these
+helpers, streams with ``NdjsonResponse`` (``canopy.streaming``'s disconnect-watched
+response), and runs uvicorn inside the caller's event loop with ``EmbeddedServer`` (which
+leaves signals to the process that embeds it) on a socket from ``bind_socket``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncGenerator, AsyncIterator, Iterator
 
 import uvicorn
-from starlette.responses import StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from canopy.streaming import ClientGone, WatchedStreamingResponse
 from protocol import errors
 from protocol.admission import PriorityGate
 
 JSON = b"application/json"
 NDJSON = "application/x-ndjson"
-Send = Callable[[dict[str, Any]], Any]
-Receive = Callable[[], Any]
-T = TypeVar("T")
-
-
-class ClientGone(Exception):
-    """The client disconnected: before its request body arrived, or while its answer was
-    being made (``until_disconnect``)."""
 
 
 async def send_body(send: Send, status: int, body: bytes, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -70,80 +62,31 @@ async def read_body(receive: Receive, declared: bytes | None, limit: int) -> byt
     return b"".join(chunks)
 
 
-async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
-    """``await work`` in this task; if the client disconnects first, ``work`` is cancelled at
-    its current ``await`` (miner calls, a stream's generator) and ``ClientGone`` is raised.
-
-    One watcher task cancels this one, where Starlette's ``StreamingResponse`` opens an anyio
-    task group per response (measured with py-spy: ~10% of a miner's CPU per ``Invoke``) and
-    the API used to run the work in a second task. uvicorn drops the writes to a closed
-    connection silently, so without a watcher a stream whose client left would run to its end."""
-    task = asyncio.current_task()
-    assert task is not None
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        with contextlib.suppress(Exception):
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            task.cancel()
-
-    watcher = asyncio.get_running_loop().create_task(watch())
-    try:
-        result = await work
-    except asyncio.CancelledError:
-        if not gone or task.uncancel() > 0:  # a cancel from elsewhere (shutdown) still propagates
-            raise
-        raise ClientGone() from None
-    finally:
-        watcher.cancel()
-    if gone:  # the work caught the cancel and ended on its own
-        task.uncancel()
-        raise ClientGone()
-    return result
-
-
-class WatchedStreamingResponse(StreamingResponse):
-    """``StreamingResponse`` whose client-disconnect watch is ``until_disconnect``: the body
-    iterator is cancelled at its current ``await`` when the client leaves, as Starlette does."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await super().__call__(scope, receive, send)
-            return
-        with contextlib.suppress(ClientGone):
-            await until_disconnect(self.stream_response(send), receive)
-        if self.background is not None:
-            await self.background()
-
-
 class NdjsonResponse(WatchedStreamingResponse):
     """A streamed reply that frees its admission slot and closes the handler's generator
     however the response ends: finished, failed, or cut off by a client disconnect."""
 
     media_type = NDJSON
 
-    def __init__(self, lines: AsyncIterator[bytes], chunks: AsyncIterator[Any], gate: PriorityGate) -> None:
+    def __init__(self, lines: AsyncIterator[bytes], chunks: AsyncGenerator[Any, None], gate: PriorityGate) -> None:
         super().__init__(lines, media_type=NDJSON)
         self._chunks = chunks
         self._gate = gate
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             self._gate.release()
             with contextlib.suppress(Exception):
-                await self._chunks.aclose()  # type: ignore[attr-defined]
+                await self._chunks.aclose()
 
 
 class EmbeddedServer(uvicorn.Server):
     """uvicorn without signal capture: the process that embeds the axon owns its signals."""
 
     @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[override]
+    def capture_signals(self) -> Iterator[None]:
         yield
 
 
@@ -165,7 +108,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def server_config(app: Any) -> uvicorn.Config:
+def server_config(app: ASGIApp) -> uvicorn.Config:
     """uvicorn settings for an axon: httptools, no access log, no proxy-header rewriting
     (the axon faces the internet directly), long keep-alive for the dendrite's pool."""
     return uvicorn.Config(

@@ -1,7 +1,9 @@
 """The axon: the miner-side HTTP server that authenticates, filters and serves synapses.
 
-Callers: the miner neuron (builds one ``Axon``, attaches its synapse handlers, starts it),
-tests and ``bench/protocol.py``. Peers reach it through ``protocol.dendrite.Dendrite``.
+The server half of the wire (the client half is ``protocol.dendrite.Dendrite``): a neuron
+builds one ``Axon``, attaches a handler per synapse and starts it. Replay protection is
+the ``protocol.nonces.NonceStore`` it is given (in-process by default, Redis to share it
+between workers of one hotkey).
 
 One ``POST /synapse/<Name>`` route per attached synapse, plus an unauthenticated
 ``GET /health``. Synapse routes are answered at the ASGI level, ahead of the FastAPI
@@ -36,7 +38,7 @@ import asyncio
 import contextlib
 import inspect
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Union
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, cast
 
 import bittensor as bt
 from bittensor import http_auth
@@ -46,12 +48,14 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
-from canopy.config import AxonSettings
+from protocol.options import AxonSettings
 from chain.base import Chain, Metagraph, Neuron
+from canopy.streaming import ClientGone, until_disconnect
 from protocol import asgi, errors
 from protocol.admission import PriorityGate
-from protocol.nonces import ACCEPT_ALL, check_nonce
+from protocol.nonces import ACCEPT_ALL, NonceStore, as_nonce_store
 from protocol.synapse import PROTOCOL_HEADER, PROTOCOL_VERSION, Ping, Pong, Synapse, major_of
 
 _AUTH_ERRORS: dict[type[http_auth.AuthError], type[errors.ProtocolError]] = {
@@ -100,7 +104,9 @@ class Caller:
         return self.neuron.stake
 
 
-Handler = Callable[[Any, Caller], Union[Awaitable[Any], AsyncIterator[Any]]]
+#: A synapse handler: a coroutine function returning the response (model or dict of its
+#: fields), or an async generator function of chunks (``Axon.attach`` checks which).
+Handler = Callable[[Any, Caller], Awaitable[Any] | AsyncIterator[Any]]
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,7 @@ class Axon:
         netuid: int,
         settings: AxonSettings | None = None,
         *,
-        nonce_store: http_auth.NonceStore | None = None,
+        nonce_store: NonceStore | http_auth.NonceStore | None = None,
         metagraph_refresh_s: float = 60.0,
         max_age: float = http_auth.DEFAULT_MAX_AGE,
         allowed_skew: float = http_auth.DEFAULT_ALLOWED_SKEW,
@@ -134,8 +140,8 @@ class Axon:
         self.netuid = netuid
         self.settings = settings or AxonSettings()
         self.hotkey: str = wallet.hotkey.ss58_address
-        self.nonce_store = nonce_store if nonce_store is not None else http_auth.InMemoryNonceStore()
-        retention = getattr(self.nonce_store, "retention", None)
+        self.nonce_store = as_nonce_store(nonce_store)
+        retention = self.nonce_store.retention
         if retention is not None and retention < max_age + allowed_skew:
             raise ValueError(f"nonce store retention {retention:g}s is shorter than the {max_age + allowed_skew:g}s window")
         self.metagraph_refresh_s = metagraph_refresh_s
@@ -182,7 +188,8 @@ class Axon:
             return JSONResponse({"status": "ok", "hotkey": self.hotkey, "protocol": PROTOCOL_VERSION, "metagraph_block": block})
 
         async def http_error(request: Request, exc: Exception) -> Response:
-            kind = {404: errors.NotFound, 405: errors.MethodNotAllowed}.get(getattr(exc, "status_code", 500))
+            status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
+            kind = {404: errors.NotFound, 405: errors.MethodNotAllowed}.get(status)
             error = kind(f"no such route: {request.method} {request.url.path}") if kind else errors.HandlerError("internal error")
             return Response(error.to_json(), error.status, media_type="application/json")
 
@@ -198,7 +205,7 @@ class Axon:
 
     # --- the request path --------------------------------------------------------------
 
-    async def __call__(self, scope: dict[str, Any], receive: asgi.Receive, send: asgi.Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point uvicorn runs: synapse POSTs here, everything else to ``app``."""
         route = self._routes.get(scope.get("path", "")) if scope["type"] == "http" else None
         if route is None:
@@ -208,7 +215,7 @@ class Axon:
         else:
             try:
                 await self._handle(scope, receive, send, route)
-            except asgi.ClientGone:
+            except ClientGone:
                 pass
             except Exception:  # a bug in the pipeline itself: answer if still possible, never leak
                 logger.exception("axon: unexpected error on {}", scope["path"])
@@ -230,13 +237,13 @@ class Axon:
         return neuron
 
     @staticmethod
-    def _path(scope: dict[str, Any]) -> str:
-        path = scope["path"]
+    def _path(scope: Scope) -> str:
+        path: str = scope["path"]
         if scope.get("query_string"):
             path += "?" + scope["query_string"].decode("latin-1")
         return path
 
-    def _verify(self, scope: dict[str, Any], auth_headers: dict[str, str], body: bytes) -> http_auth.Caller:
+    def _verify(self, scope: Scope, auth_headers: dict[str, str], body: bytes) -> http_auth.Caller:
         path = self._path(scope)
         try:
             return http_auth.verify(
@@ -260,12 +267,12 @@ class Axon:
 
     async def _record_nonce(self, auth: http_auth.Caller) -> bool:
         try:
-            return await check_nonce(self.nonce_store, auth.hotkey_ss58, auth.nonce_ns)
+            return await self.nonce_store.acheck_and_store(auth.hotkey_ss58, auth.nonce_ns)
         except Exception as error:  # e.g. Redis unreachable: refuse rather than serve unprotected
             logger.warning("axon: nonce store failed: {}", error)
             raise errors.Unavailable("replay protection is unavailable; retry shortly") from None
 
-    async def _handle(self, scope: dict[str, Any], receive: asgi.Receive, send: asgi.Send, route: _Route) -> None:
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, route: _Route) -> None:
         auth_headers: dict[str, str] = {}
         version = length = None
         for name, value in scope["headers"]:
@@ -300,13 +307,13 @@ class Axon:
             await self._stream(route, synapse, caller, scope, receive, send)
             return
         try:
-            work = route.handler(synapse, caller)
+            work = cast("Awaitable[Any]", route.handler(synapse, caller))  # not streaming: a coroutine (attach checks)
             if route.long_running:
-                result = await asgi.until_disconnect(work, receive)  # type: ignore[arg-type]
+                result = await until_disconnect(work, receive)
                 reply = await asyncio.to_thread(self._encode, route, result)
             else:
-                reply = self._encode(route, await work)  # type: ignore[misc]
-        except asgi.ClientGone:
+                reply = self._encode(route, await work)
+        except ClientGone:
             return  # nobody to answer
         except errors.ProtocolError as refusal:  # a handler refusing with a typed error (404, 422, 429...)
             await asgi.send_error(send, refusal)
@@ -324,10 +331,11 @@ class Axon:
         model = route.synapse.response_model
         if not isinstance(result, model):
             result = model.model_validate(result)
-        return result.__pydantic_serializer__.to_json(result)
+        encoded: bytes = result.__pydantic_serializer__.to_json(result)
+        return encoded
 
-    async def _stream(self, route: _Route, synapse: Synapse, caller: Caller, scope: Any, receive: Any, send: Any) -> None:
-        chunks: AsyncIterator[Any] = route.handler(synapse, caller)  # type: ignore[assignment]
+    async def _stream(self, route: _Route, synapse: Synapse, caller: Caller, scope: Scope, receive: Receive, send: Send) -> None:
+        chunks = cast("AsyncGenerator[Any, None]", route.handler(synapse, caller))  # streaming: an async generator (attach checks)
         try:
             first: Any = await anext(chunks)
         except StopAsyncIteration:
@@ -343,7 +351,7 @@ class Axon:
             await asgi.send_error(send, errors.HandlerError(f"the {route.synapse.__name__} handler failed"))
             return
 
-        async def lines() -> AsyncIterator[bytes]:
+        async def lines() -> AsyncGenerator[bytes, None]:
             try:
                 if first is _NOTHING:
                     return
@@ -369,7 +377,8 @@ class Axon:
             try:
                 await self.refresh_metagraph()
             except Exception as error:  # keep serving on the last good snapshot
-                logger.warning("axon: metagraph refresh failed, keeping block {}: {}", getattr(self.metagraph, "block", None), error)
+                kept = self.metagraph.block if self.metagraph is not None else None
+                logger.warning("axon: metagraph refresh failed, keeping block {}: {}", kept, error)
 
     @property
     def port(self) -> int:
@@ -401,9 +410,7 @@ class Axon:
         if self._serve_task is not None:
             raise RuntimeError("the axon is already started")
         await self.refresh_metagraph()
-        ping = getattr(self.nonce_store, "ping", None)
-        if ping is not None:
-            await ping()
+        await self.nonce_store.ping()  # a shared store that is unreachable fails the start here
         sock = asgi.bind_socket(self.settings.ip, self.settings.port)
         self._port = sock.getsockname()[1]
         self._server = asgi.EmbeddedServer(asgi.server_config(self))

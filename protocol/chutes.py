@@ -1,8 +1,8 @@
 """Chute synapses: invoking a cord of a chute hosted on a miner, and what the miner hosts.
 
-Callers: the miner's handlers (``miner.chutes_service``), the validator and the public
-API (``Dendrite.stream(miner, Invoke(...))``), ``protocol.graval.synapses`` (the
-``Inventory`` reply lists ``HostedChute`` and ``RefusedChute``), ``bench/miner.py``.
+The seam between whoever invokes a chute on a miner (``Dendrite.stream(miner,
+Invoke(...))``) and the miner that hosts it (``miner.chutes_service``). ``HostedChute``
+and ``RefusedChute`` also travel in GraVal's ``Inventory`` reply.
 
 ``Invoke`` is a streaming synapse: the reply is NDJSON, one ``InvokeChunk`` per line.
 

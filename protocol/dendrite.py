@@ -1,8 +1,8 @@
 """The dendrite: the validator-side client that signs synapses and calls miner axons.
 
-Callers: the validator loop (GraVal challenges, synthetic work, inventory), the public
-API (invocations, streaming chat), tests and ``bench/protocol.py``. The server side is
-``protocol.axon.Axon``.
+The client half of the wire (the server half is ``protocol.axon.Axon``).
+``SynapseCaller`` is the part of it a GraVal verifier relies on, so a wrapper that edits
+answers can stand in for a ``Dendrite``; a target is anything ``TargetLike``.
 
 One ``aiohttp.ClientSession`` per dendrite: keep-alive connections (closed by the client
 before the axon's own keep-alive expires), TCP_NODELAY (aiohttp sets it on every
@@ -19,7 +19,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Sequence
+from typing import AsyncGenerator, Protocol, Sequence, TypeAlias
 
 import aiohttp
 import bittensor as bt
@@ -28,6 +28,7 @@ from bittensor.signing import resolve_signer
 from bittensor.wallets import CRYPTO_TYPE_NAMES
 from pydantic import ValidationError
 
+from chain.base import Neuron
 from protocol import errors
 from protocol.synapse import PROTOCOL_HEADER, Synapse, SynapseResponse
 
@@ -43,15 +44,29 @@ class Target:
     url: str
 
 
-def as_target(target: Any) -> Target:
+class Addressed(Protocol):
+    """Anything that names its hotkey and base URL (an ``Axon``)."""
+
+    @property
+    def hotkey(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+
+#: What ``call``, ``query`` and ``stream`` accept as a target.
+TargetLike: TypeAlias = Target | Neuron | tuple[str, str] | Addressed
+
+
+def as_target(target: TargetLike) -> Target:
     """A ``Target`` from a Neuron (chain/base.py), a Target, an Axon, or a (hotkey, url) pair.
     A neuron that serves no axon gets an empty ``url`` (its calls fail as connection errors)."""
     if isinstance(target, Target):
         return target
-    if isinstance(target, tuple) and len(target) == 2:
+    if isinstance(target, tuple):
         return Target(str(target[0]), str(target[1]).rstrip("/"))
-    if hasattr(target, "validator_permit") and hasattr(target, "axon"):  # a chain Neuron
-        return Target(target.hotkey, target.axon.url if target.is_serving else "")
+    if isinstance(target, Neuron):
+        return Target(target.hotkey, target.axon.url if target.axon is not None and target.is_serving else "")
     return Target(target.hotkey, str(target.url).rstrip("/"))
 
 
@@ -73,6 +88,17 @@ class Result:
     @property
     def hotkey(self) -> str:
         return self.target.hotkey
+
+
+class SynapseCaller(Protocol):
+    """One signed call to one axon under a hotkey: what a GraVal verifier needs from a dendrite.
+    ``Dendrite`` is one; so is a wrapper that edits answers (``validator.identity.ClaimFilter``)."""
+
+    @property
+    def hotkey(self) -> str: ...
+
+    async def call(self, target: TargetLike, synapse: Synapse, timeout: float | None = None, *, retries: int = 0) -> Result:
+        ...
 
 
 class Dendrite:
@@ -165,7 +191,7 @@ class Dendrite:
 
     # --- one call ------------------------------------------------------------------------
 
-    async def call(self, target: Any, synapse: Synapse, timeout: float | None = None, *, retries: int = 0) -> Result:
+    async def call(self, target: TargetLike, synapse: Synapse, timeout: float | None = None, *, retries: int = 0) -> Result:
         """Send ``synapse`` to one axon and wait for its response (or failure) up to ``timeout`` s.
         Connection failures are retried ``retries`` times, each with a fresh signature."""
         return await self._call(as_target(target), type(synapse), synapse.to_json(), timeout, retries)
@@ -188,8 +214,8 @@ class Dendrite:
             except errors.DecodeError as error:
                 return Result(target, DECODE_ERROR, status, time.perf_counter() - started, error)
             except TimeoutError:
-                failure = errors.RequestTimeout(f"no response within {client_timeout.total:g}s")
-                return Result(target, TIMEOUT, 0, time.perf_counter() - started, failure)
+                timed_out = errors.RequestTimeout(f"no response within {client_timeout.total:g}s")
+                return Result(target, TIMEOUT, 0, time.perf_counter() - started, timed_out)
             except (aiohttp.ClientError, OSError, ValueError) as error:  # ValueError: an unusable URL
                 if attempt < retries:
                     continue
@@ -206,7 +232,7 @@ class Dendrite:
             return Result(target, DECODE_ERROR, status, latency, problem)
 
     async def query(
-        self, targets: Sequence[Any], synapse: Synapse, timeout: float | None = None, *, retries: int = 0
+        self, targets: Sequence[TargetLike], synapse: Synapse, timeout: float | None = None, *, retries: int = 0
     ) -> list[Result]:
         """Send ``synapse`` to every target concurrently; one ``Result`` per target, in order."""
         body = synapse.to_json()
@@ -216,8 +242,8 @@ class Dendrite:
     # --- streaming -----------------------------------------------------------------------
 
     async def stream(
-        self, target: Any, synapse: Synapse, timeout: float | None = None, *, idle_timeout: float | None = None
-    ) -> AsyncIterator[SynapseResponse]:
+        self, target: TargetLike, synapse: Synapse, timeout: float | None = None, *, idle_timeout: float | None = None
+    ) -> AsyncGenerator[SynapseResponse, None]:
         """Yield the chunks of a streaming synapse (NDJSON lines) as they arrive.
 
         ``timeout`` bounds the whole stream, ``idle_timeout`` the gap between reads.

@@ -1,9 +1,10 @@
 """The wire's error vocabulary: one exception class per failure kind, one JSON body shape.
 
-Callers: the axon (raises these and renders them as ``{"error": {"type", "message"}}``
-with the class's HTTP status), the dendrite (rebuilds the same class from a received
-body, and uses the client-side kinds for timeouts, refused connections and undecodable
-replies), and miner / validator code that wants to branch on ``error.type``.
+The failure half of the wire's contract: the axon raises these and renders them as
+``{"error": {"type", "message"}}`` with the class's HTTP status; the dendrite rebuilds the
+same class from a received body (``error_from_body``) and uses the client-side kinds for
+timeouts, refused connections and undecodable replies, so code on either side branches on
+``error.type``.
 
 The ``type`` strings are part of the protocol: never rename one; add new kinds instead.
 """
@@ -52,8 +53,8 @@ class RemoteError(ProtocolError):
         self.remote_type = type_
         self.remote_status = status
 
-    @property  # type: ignore[override]
-    def type(self) -> str:  # noqa: A003 - mirrors ProtocolError.type
+    @property
+    def type(self) -> str:  # type: ignore[override]  # the class-wide kind, read per instance: the one the remote sent
         return self.remote_type
 
 

@@ -1,35 +1,55 @@
-"""Replay protection shared by several axon workers: nonce stores for btauth/1.
+"""Replay protection for btauth/1: the nonce-store seam of the axon and its two stores.
 
-Callers: the axon (checks every authenticated request's ``(hotkey, nonce)`` once the
-signature and payload are known good), neurons that run several axon workers for one
-hotkey (they pass a ``RedisNonceStore`` built from ``--redis_url``), tests.
+``NonceStore`` is the contract the axon takes: record a ``(hotkey, nonce)`` once, without
+blocking the event loop (``acheck_and_store``), say how long records are kept
+(``retention``, checked against the verifier's freshness window) and answer a start-up
+``ping`` (a shared store fails fast there when it is unreachable). Two stores meet it:
 
-Two stores satisfy bittensor's ``http_auth.NonceStore`` protocol
-(``check_and_store(hotkey, nonce) -> bool`` plus a ``retention`` attribute):
-``bittensor.http_auth.InMemoryNonceStore`` (the per-process default) and
-``RedisNonceStore`` below.
+- ``LocalNonceStore``: the per-process default, any synchronous bittensor
+  ``http_auth.NonceStore`` (``InMemoryNonceStore`` unless given another) behind the
+  async contract;
+- ``RedisNonceStore``: one store shared by several axon workers of one hotkey (the miner
+  builds it from ``--redis_url``), so a request replayed to another worker is refused.
 
 Why the axon does not let ``http_auth.verify`` consult the store: ``verify`` is
 synchronous, so a Redis-backed store called from inside it would block the event loop
 for a network round trip on every request. The axon instead calls ``verify`` with
 ``ACCEPT_ALL`` (signature, receiver and freshness are still checked), then parses the
-payload, and only then records the nonce with ``await check_nonce(store, ...)``, which
-uses the store's ``acheck_and_store`` coroutine when it has one. Recording last also
-means a request that fails any check leaves nothing behind. The synchronous
-``check_and_store`` stays available for code that calls ``http_auth.verify`` directly.
+payload, and only then records the nonce with ``await store.acheck_and_store(...)``.
+Recording last also means a request that fails any check leaves nothing behind. The
+synchronous ``check_and_store`` of both stores stays available for code that calls
+``http_auth.verify`` directly.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from typing import Any
+from typing import Protocol, runtime_checkable
 
 import redis
 import redis.asyncio as aioredis
-from bittensor.http_auth import NonceStore
+from bittensor import http_auth
 
 DEFAULT_RETENTION = 60.0
+
+
+@runtime_checkable
+class NonceStore(Protocol):
+    """What the axon needs from a replay-protection store."""
+
+    @property
+    def retention(self) -> float | None:
+        """Seconds a record is kept (None: unknown, not checked); must cover ``max_age + allowed_skew``."""
+        ...
+
+    async def acheck_and_store(self, hotkey_ss58: str, nonce_ns: int) -> bool:
+        """Record the pair: True when it was new, False when it was already seen (a replay).
+        Raises when the store cannot answer (the axon then refuses the request)."""
+        ...
+
+    async def ping(self) -> bool:
+        """True when the store answers; raises when it is unreachable."""
+        ...
 
 
 class AcceptAllNonces:
@@ -42,6 +62,36 @@ class AcceptAllNonces:
 
 
 ACCEPT_ALL = AcceptAllNonces()
+
+
+class LocalNonceStore:
+    """This process's nonces: a synchronous bittensor store (default ``InMemoryNonceStore``)
+    behind ``NonceStore``. Each check is an in-memory dict lookup, run on the event loop."""
+
+    def __init__(self, store: http_auth.NonceStore | None = None, *, retention: float = DEFAULT_RETENTION) -> None:
+        self.store: http_auth.NonceStore = store if store is not None else http_auth.InMemoryNonceStore(retention)
+
+    @property
+    def retention(self) -> float | None:
+        """The wrapped store's retention when it declares one (bittensor's in-memory store does)."""
+        return self.store.retention if isinstance(self.store, http_auth.InMemoryNonceStore) else None
+
+    def check_and_store(self, hotkey_ss58: str, nonce_ns: int) -> bool:
+        return self.store.check_and_store(hotkey_ss58, nonce_ns)
+
+    async def acheck_and_store(self, hotkey_ss58: str, nonce_ns: int) -> bool:
+        return bool(self.store.check_and_store(hotkey_ss58, nonce_ns))
+
+    async def ping(self) -> bool:
+        return True
+
+
+def as_nonce_store(store: NonceStore | http_auth.NonceStore | None) -> NonceStore:
+    """The store the axon uses: ``store`` itself when it meets ``NonceStore``; a synchronous
+    bittensor store (or None, for a fresh in-memory one) wrapped in ``LocalNonceStore``."""
+    if isinstance(store, NonceStore):
+        return store
+    return LocalNonceStore(store)
 
 
 class RedisNonceStore:
@@ -74,6 +124,11 @@ class RedisNonceStore:
     def _key(self, hotkey_ss58: str, nonce_ns: int) -> str:
         return f"{self.prefix}{hotkey_ss58}:{nonce_ns}"
 
+    def _client(self) -> aioredis.Redis:
+        if self._async is None:
+            self._async = aioredis.Redis.from_url(self.url, socket_timeout=self._socket_timeout)
+        return self._async
+
     def check_and_store(self, hotkey_ss58: str, nonce_ns: int) -> bool:
         """Blocking variant, for ``http_auth.verify(nonce_store=...)`` callers."""
         if self._sync is None:
@@ -82,15 +137,11 @@ class RedisNonceStore:
 
     async def acheck_and_store(self, hotkey_ss58: str, nonce_ns: int) -> bool:
         """Non-blocking variant, used by the axon."""
-        if self._async is None:
-            self._async = aioredis.Redis.from_url(self.url, socket_timeout=self._socket_timeout)
-        return bool(await self._async.set(self._key(hotkey_ss58, nonce_ns), b"1", nx=True, px=self._expire_ms))
+        return bool(await self._client().set(self._key(hotkey_ss58, nonce_ns), b"1", nx=True, px=self._expire_ms))
 
     async def ping(self) -> bool:
         """True when Redis answers; axons call this at start-up to fail fast."""
-        if self._async is None:
-            self._async = aioredis.Redis.from_url(self.url, socket_timeout=self._socket_timeout)
-        return bool(await self._async.ping())
+        return bool(await self._client().ping())
 
     async def aclose(self) -> None:
         """Close both connection pools; safe to call twice."""
@@ -100,14 +151,3 @@ class RedisNonceStore:
         if self._sync is not None:
             self._sync.close()
             self._sync = None
-
-
-async def check_nonce(store: NonceStore | Any, hotkey_ss58: str, nonce_ns: int) -> bool:
-    """Record a nonce in any store: awaits ``acheck_and_store`` when the store has one."""
-    check = getattr(store, "acheck_and_store", None)
-    if check is not None:
-        return bool(await check(hotkey_ss58, nonce_ns))
-    result = store.check_and_store(hotkey_ss58, nonce_ns)
-    if inspect.isawaitable(result):
-        result = await result
-    return bool(result)

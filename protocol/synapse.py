@@ -1,9 +1,8 @@
 """Synapse models: the typed requests and responses that travel between dendrite and axon.
 
-Callers: the axon (routes one POST per synapse class, validates bodies into it, checks
-the protocol version header), the dendrite (serialises a synapse, parses the declared
-response model), and the miner / validator code that defines new synapses by
-subclassing ``Synapse``::
+The request/response contract of the wire: the axon routes one POST per synapse class,
+validates bodies into it and checks the protocol version header; the dendrite serialises
+a synapse and parses the declared response model. A new synapse subclasses ``Synapse``::
 
     class InventoryResponse(SynapseResponse):
         gpus: list[Gpu]

@@ -4,16 +4,17 @@ and no registry for the CUDA base image.)"""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
 
 import pytest
 
-from canopy.config import load_settings
+from node.config import load_settings
+from tests.support import ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
+DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
 
 
 def _instructions(path: Path) -> list[tuple[str, str]]:
@@ -35,12 +36,17 @@ def _run_lines(path: Path) -> list[list[str]]:
     return runs
 
 
+def console_scripts() -> set[str]:
+    """The console scripts setup.py installs (``canopy``, ``canopy-miner``, ...)."""
+    return set(re.findall(r'"(canopy[a-z-]*)=', (ROOT / "setup.py").read_text()))
+
+
 def test_the_miner_image_has_cuda_and_the_gpu_packages_and_the_node_image_none():
     assert [path.name for path in DOCKERFILES] == ["miner.Dockerfile", "node.Dockerfile"]
-    miner, node = (REPO / "docker" / "miner.Dockerfile").read_text(), (REPO / "docker" / "node.Dockerfile").read_text()
-    assert "nvidia/cuda" in _instructions(REPO / "docker" / "miner.Dockerfile")[0][1]
+    miner, node = (ROOT / "docker" / "miner.Dockerfile").read_text(), (ROOT / "docker" / "node.Dockerfile").read_text()
+    assert "nvidia/cuda" in _instructions(ROOT / "docker" / "miner.Dockerfile")[0][1]
     assert "vllm" in miner and "cupy-cuda12x" in miner and "nvidia-ml-py" in miner
-    assert "python:3.11" in _instructions(REPO / "docker" / "node.Dockerfile")[0][1]
+    assert "python:3.11" in _instructions(ROOT / "docker" / "node.Dockerfile")[0][1]
     assert "download.pytorch.org/whl/cpu" in node and "vllm" not in node and "cupy" not in node
 
 
@@ -50,14 +56,15 @@ def test_copied_files_and_entry_points_exist(path):
     for kind, argument in instructions:
         if kind == "COPY":
             for source in argument.split()[:-1]:
-                assert source == "." or (REPO / source).exists(), f"{path.name} copies a missing {source}"
-    entry = next(argument for kind, argument in instructions if kind == "ENTRYPOINT")
-    command = next(argument for kind, argument in instructions if kind == "CMD")
-    for word in [*eval(entry), *eval(command)]:  # noqa: S307 - JSON-form lists from our own file
-        if word.endswith(".py"):
-            assert (REPO / word).is_file(), f"{path.name} runs a missing {word}"
+                assert source == "." or (ROOT / source).exists(), f"{path.name} copies a missing {source}"
+    scripts = console_scripts()
+    for kind, argument in instructions:
+        if kind in ("ENTRYPOINT", "CMD"):
+            for word in json.loads(argument):
+                if word.startswith("canopy"):
+                    assert word in scripts, f"{path.name} runs {word}, which setup.py does not install"
     extras = re.findall(r'"([A-Za-z0-9_.-]+[<>=]=?[0-9.]+)"', path.read_text())  # pip install "pkg>=x" ...
-    setup = (REPO / "setup.py").read_text()
+    setup = (ROOT / "setup.py").read_text()
     for requirement in extras:  # the same specs as setup.py's extras, so the image and `pip install .[gpu]` agree
         assert f'"{requirement}"' in setup, f"{path.name} installs {requirement}, which setup.py's extras do not list"
 
@@ -67,8 +74,8 @@ def test_the_documented_docker_run_lines_are_valid_neuron_flags(path):
     runs = _run_lines(path)
     assert runs, f"{path.name} documents how to run it"
     for arguments in runs:
-        if arguments[0].endswith(".py"):  # the node image: the neuron is the first argument
-            assert (REPO / arguments[0]).is_file()
+        if arguments[0].startswith("canopy-"):  # the node image: the neuron's console script comes first
+            assert arguments[0] in console_scripts()
             arguments = arguments[1:]
         settings = load_settings(arguments)
         assert settings.netuid == 7 and settings.network == "test"

@@ -4,12 +4,12 @@ Every fenced ``bash`` block of README.md's "API reference" section that calls ``
 with the real ``curl`` (``bash -c BLOCK``, ``CANOPY_KEY`` and ``CANOPY_ADMIN_KEY`` in the
 environment holding real keys), and the ``python`` block that uses the ``openai`` client is
 run in a fresh interpreter with ``CANOPY_KEY`` bound to the key. The gateway is
-``tests/api/conftest.py``'s (real miner axons with the fake LLM chute, the app on uvicorn),
+``tests.support.gateway``'s (real miner axons with the fake LLM chute, the app on uvicorn),
 also served on 127.0.0.1:8000, the address the README uses.
 
 Two substitutions, both in the text before it runs:
 
-- the model: the fixture's chute serves ``fake-model`` (``tests.api.conftest.MODEL``), not the
+- the model: the fixture's chute serves ``fake-model`` (``tests.support.gateway.MODEL``), not the
   README's ``HuggingFaceTB/SmolLM2-135M-Instruct`` (a real LLM would make this a minutes-long
   test); every occurrence of the README's model name is replaced by the fixture's;
 - the address, only when port 8000 is taken on this machine: ``127.0.0.1:8000`` becomes the
@@ -32,16 +32,15 @@ import pytest
 import pytest_asyncio
 import uvicorn
 
-from tests.api import conftest as api_conftest
-from tests.api.conftest import MODEL
-from tests.api.test_gateway import new_key
+from tests.support import ROOT
+from tests.support import gateway as shared
+from tests.support.gateway import MODEL, new_key
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
 README_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 README_ADDRESS = "127.0.0.1:8000"
-gateway = api_conftest.gateway  # the API tests' fixture, used here too
+gateway = shared.gateway  # the API tests' fixture, used here too
 
 
 def api_reference() -> str:

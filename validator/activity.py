@@ -1,20 +1,20 @@
 """The scoring window's invocation sums, kept up to date step by step instead of re-read.
 
-Called by the validator loop once per step (``ActivityWindow.current``). Re-aggregating a
-week of invocations every 12 s costs seconds at a million rows (bench/validator.py), so
-the window keeps per-(miner, chute) sums in memory and, each step, adds the rows written
-since the last step (``id`` above the last one seen, inside the window) and subtracts the
-rows that left the window (``created_at`` between the old and the new start, already
-counted). Both reads use indexes and touch only what changed. A full re-read at start-up
-and every ``full_refresh_s`` (an hour) corrects what an incremental read can miss: a
-writer (the API on Postgres) committing an id lower than one already seen.
+Read once per validator step (``ActivityWindow.current``). Re-aggregating a week of
+invocations every 12 s costs seconds at a million rows (bench/validator.py), so the window
+keeps per-(miner, chute) sums in memory and, each step, adds the rows written since the last
+step (``id`` above the last one seen, inside the window) and subtracts the rows that left
+the window (``created_at`` between the old and the new start, already counted). Both reads
+use indexes and touch only what changed. A full re-read at start-up and every
+``full_refresh_s`` (an hour) corrects what an incremental read can miss: a writer (the API
+on Postgres) committing an id lower than one already seen.
 """
 
 from __future__ import annotations
 
 import time
 
-from validator.store import ChuteSums, MinerActivity, ValidatorStore, activity_from_sums
+from store.queries import ChuteSums, MinerActivity, ValidatorStore, activity_from_sums
 
 
 class ActivityWindow:

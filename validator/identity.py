@@ -7,12 +7,12 @@ the result, so of two rounds passing one uuid at once the first to commit wins) 
 hotkey deregisters (``ValidatorStore.release_departed``, every metagraph sync), unless the
 operator pinned it; ``canopy devices`` lists, reassigns, pins and releases owners.
 
-Called by the validator loop: its ``GravalVerifier`` talks through ``ClaimFilter``, which
-takes the uuids another hotkey owns out of a miner's ``Inventory`` answer before the verifier
-sees it, so such a claim is never challenged (no prover time, no validator CPU); the round
-then records it as a ``uuid_taken`` failure of the claiming hotkey (``taken_results``),
-never touching the owner's rows. The store's check stays the rule (a verifier without the
-filter, or an owner that changed mid-round, still ends as ``uuid_taken``).
+The validator's ``GravalVerifier`` talks through ``ClaimFilter``, which takes the uuids
+another hotkey owns out of a miner's ``Inventory`` answer before the verifier sees it, so
+such a claim is never challenged (no prover time, no validator CPU); the round then records
+it as a ``uuid_taken`` failure of the claiming hotkey (``taken_results``), never touching
+the owner's rows. The store's check stays the rule (a verifier without the filter, or an
+owner that changed mid-round, still ends as ``uuid_taken``).
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-from protocol.dendrite import Result, as_target
+from protocol.dendrite import Result, SynapseCaller, TargetLike, as_target
 from protocol.graval.devices import DeviceSpec
 from protocol.graval.synapses import Inventory, InventoryResponse
+from protocol.synapse import Synapse
 from validator.graval.session import DeviceResult
-from validator.store import UUID_TAKEN
+from store.queries import UUID_TAKEN
 
 __all__ = ["ClaimFilter", "UUID_TAKEN", "taken_results", "refuse_taken"]
 
@@ -34,12 +35,16 @@ class ClaimFilter:
     loses the devices whose uuid another hotkey owns (``owners``: uuid -> hotkey, set by the
     loop every step), kept for ``refused``."""
 
-    def __init__(self, dendrite: Any) -> None:
+    def __init__(self, dendrite: SynapseCaller) -> None:
         self.dendrite = dendrite
         self.owners: Mapping[str, str] = {}
         self._refused: dict[str, list[DeviceSpec]] = {}
 
-    async def call(self, target: Any, synapse: Any, timeout: float | None = None, **options: Any) -> Result:
+    @property
+    def hotkey(self) -> str:
+        return self.dendrite.hotkey
+
+    async def call(self, target: TargetLike, synapse: Synapse, timeout: float | None = None, **options: Any) -> Result:
         answer = await self.dendrite.call(target, synapse, timeout, **options)
         if not isinstance(synapse, Inventory) or not answer.ok or not isinstance(answer.response, InventoryResponse):
             return answer

@@ -1,7 +1,6 @@
 """The validator's step: discover, verify, measure, score, set weights. One class, one cadence.
 
-Called by ``neurons/validator.py`` (a step every ``--validator.step_s``), the devnet tests
-and ``bench/validator.py``. A step:
+The validator runs a step every ``--validator.step_s``. A step:
 
 1. reads the chain block and, every ``--validator.sync_blocks`` blocks, the metagraph
    (serving miners: axon published, no validator permit, not ourselves);
@@ -31,13 +30,13 @@ import random
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 import bittensor as bt
 from loguru import logger
 
 from canopy import __spec_version__
-from canopy.config import NeuronSettings
+from node.config import NeuronSettings
 from chain import Chain, Metagraph, Neuron
 from protocol.chutes import HostedChute
 from protocol.dendrite import Dendrite
@@ -50,7 +49,7 @@ from validator.graval.session import GravalVerifier
 from validator.identity import ClaimFilter
 from validator.metrics import ScoreTracker, ValidatorMetrics
 from validator.scoring import dedupe_coldkeys, device_multiplier, raw_scores, smooth
-from validator.store import ValidatorStore
+from store.queries import ValidatorStore
 from validator.weights import WeightSetter, WeightsOutcome
 from validator.windows import build_windows
 
@@ -69,6 +68,11 @@ class StepReport:
     raw: dict[str, float]
     weights: WeightsOutcome | None
     duration_s: float
+
+
+def _axon_url(neuron: Neuron) -> str:
+    """Where a serving miner's axon is (``Validator.miners`` keeps serving ones only)."""
+    return neuron.axon.url if neuron.axon is not None else ""
 
 
 @dataclass
@@ -116,7 +120,7 @@ class Validator:
         # hotkey -> device uuids challenged for it; a key means its first GraVal round finished
         self.attempted: dict[str, set[str]] = {}
         self._verify_gate = asyncio.Semaphore(self.settings.max_concurrent_verifications)
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
 
     # --- restart ---------------------------------------------------------------------------
 
@@ -143,7 +147,7 @@ class Validator:
             self.graph = await self.chain.metagraph(self.netuid)
             self.synced_block = block
             now = time.time()
-            await self.store.upsert_miners([dict(hotkey=n.hotkey, uid=n.uid, coldkey=n.coldkey, axon=n.axon.url,
+            await self.store.upsert_miners([dict(hotkey=n.hotkey, uid=n.uid, coldkey=n.coldkey, axon=_axon_url(n),
                                                  first_seen_at=now, last_seen_at=now) for n in self.miners()])
             registered = {n.hotkey for n in self.graph.neurons}
             if registered:  # an empty metagraph is a bad read, not everyone deregistering
@@ -174,12 +178,12 @@ class Validator:
                 views[miner.hotkey] = MinerView(miner, list(answer.response.devices), list(answer.response.chutes))
         now = time.time()
         await self.store.upsert_miners([dict(hotkey=v.neuron.hotkey, uid=v.neuron.uid, coldkey=v.neuron.coldkey,
-                                             axon=v.neuron.axon.url, first_seen_at=now, last_seen_at=now,
+                                             axon=_axon_url(v.neuron), first_seen_at=now, last_seen_at=now,
                                              last_reachable_at=now, devices_claimed=len(v.devices),
                                              chutes_hosted=len(v.chutes)) for v in views.values()])
         return views
 
-    def _start(self, name: str, job: Callable[[], Awaitable[Any]]) -> bool:
+    def _start(self, name: str, job: Callable[[], Coroutine[Any, Any, Any]]) -> bool:
         if name in self._tasks:
             return False
         task = asyncio.create_task(job(), name=name)
@@ -226,7 +230,7 @@ class Validator:
         """
         now = time.time()
         owners = self.owners()
-        known = {hotkey: set() for hotkey in views}
+        known: dict[str, set[str]] = {hotkey: set() for hotkey in views}
         for (hotkey, uuid), row in latest.items():
             if row.ok and hotkey in known and owners.get(uuid) == hotkey:
                 known[hotkey].add(uuid)
@@ -346,7 +350,8 @@ class Validator:
             latest = await self.read_verifications()
         hyper = await self.chain.hyperparameters(self.netuid)
         pending = self.warming_up(views, block, hyper.tempo)
-        outcome, scores, raw = None, self.scores, {}
+        outcome, scores = None, self.scores
+        raw: dict[str, float] = {}
         if pending:
             logger.info("scoring waits for the first GraVal round of {} miner(s)", len(pending))
         else:

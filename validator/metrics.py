@@ -1,9 +1,8 @@
 """What the validator shows the operator: Prometheus ``/metrics`` and a wandb run of scores.
 
-Called by the validator loop (``validator.loop``) at each step, GraVal round, synthetic
-call and weights submission; started by ``neurons/validator.py``. ``ValidatorMetrics``
-owns its own registry (so tests and several validators in one process stay apart) and
-serves it on ``--validator.metrics_port`` when that is set. ``ScoreTracker`` logs the
+Counted at each step, GraVal round, synthetic call and weights submission.
+``ValidatorMetrics`` owns its own registry (so tests and several validators in one process
+stay apart) and serves it on ``--validator.metrics_port`` when that is set. ``ScoreTracker`` logs the
 scores and weights of every step to a wandb run, ``offline`` by default (files under
 ``$CANOPY_HOME/wandb``, uploaded later with ``wandb sync``), ``online`` once the operator
 has run ``wandb login``, or ``disabled``.
@@ -18,7 +17,8 @@ from typing import Any, Mapping
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
-from canopy.config import WandbSettings, canopy_home
+from canopy.paths import canopy_home
+from node.config import WandbSettings
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 

@@ -1,8 +1,8 @@
 """The validator's two kinds of background work on miners: GraVal rounds and synthetic rounds.
 
-Called by ``validator.loop``, which decides when each is due and runs them as tasks so
-that a long GPU proof never holds up the step. Each round writes its results to the store
-(``validator.store``) in one transaction and counts them in the metrics.
+The loop decides when each is due and runs them as tasks, so that a long GPU proof never
+holds up the step. Each round writes its results to the store (``store.queries``) in one
+transaction and counts them in the metrics.
 
 - ``verify_round``: one miner's devices through ``GravalVerifier`` (inventory, live
   readings, concurrent prove/open); claims of a uuid another hotkey owns are refused as
@@ -38,8 +38,8 @@ from validator.graval.schedule import ReverifySchedule
 from validator.graval.session import DeviceResult, GravalVerifier
 from validator.identity import ClaimFilter, refuse_taken, taken_results
 from validator.metrics import ValidatorMetrics
-from validator.store import SYNTHETIC, ValidatorStore
-from validator.synthetic import ProbeResult, flag_disagreements, probes_for, run_probe
+from store.queries import SYNTHETIC, ValidatorStore
+from validator.synthetic import Probe, ProbeResult, flag_disagreements, probes_for, run_probe
 
 
 def count_challenges(metrics: ValidatorMetrics | None, results: Sequence[DeviceResult]) -> None:
@@ -172,8 +172,8 @@ async def synthetic_round(dendrite: Dendrite, store: ValidatorStore, miners: Seq
     """Probe every ready chute of every miner once; returns the results (already stored)."""
     seed = random.SystemRandom().getrandbits(32) if seed is None else seed
     gate = asyncio.Semaphore(concurrency)
-    plans: dict[str, list] = {}
-    jobs = []
+    plans: dict[str, list[Probe]] = {}
+    jobs: list[tuple[Any, Probe]] = []
     for miner in miners:
         for chute in hosted.get(miner.hotkey, ()):
             if chute.ready_instances <= 0:

@@ -1,9 +1,8 @@
 """Schema sampling: a JSON value that fits a cord's input schema, and a one-line schema check.
 
-Called by ``validator.synthetic`` (the payload of a synthetic call to a non-LLM cord is
-``sample(cord.input_schema, rng)``; the reply is judged with ``check(output, cord.output_schema)``)
-and by tests. Nothing here does I/O; the randomness is the caller's ``random.Random``, so
-one seed gives one value.
+The payload of a synthetic call to a non-LLM cord is ``sample(cord.input_schema, rng)``; the
+reply is judged with ``check(output, cord.output_schema)``. Nothing here does I/O; the
+randomness is the caller's ``random.Random``, so one seed gives one value.
 
 It covers the JSON Schema pydantic v2 emits: ``$defs``/``$ref`` (recursive ones too: past a
 few hops optional parts are left out so the value ends), ``anyOf``/``oneOf``, ``allOf`` of
@@ -68,8 +67,8 @@ def check(instance: Any, schema: dict) -> str | None:
     """None when ``instance`` validates against ``schema``, else one line naming the failing path."""
     try:
         validator = _compiled(_key(schema))
-    except js_errors.SchemaError as error:
-        return f"#: the schema itself is invalid: {_one_line(error.message)}"
+    except js_errors.SchemaError as invalid:
+        return f"#: the schema itself is invalid: {_one_line(invalid.message)}"
     error = js_errors.best_match(validator.iter_errors(instance))
     return None if error is None else _one_line(f"{error.json_path}: {error.message}")
 

@@ -1,8 +1,8 @@
 """The validator's scoring core: pure functions from per-miner window aggregates to weights.
 
-Called by the validator loop once per step. The loop aggregates, per miner, what the
-store holds for the rolling window (``ScoringSettings.window_s``, default 7 days) into a
-``MinerWindow`` and then runs::
+Run once per validator step. The loop aggregates, per miner, what the store holds for the
+rolling window (``ScoringSettings.window_s``, default 7 days) into a ``MinerWindow`` and
+then runs::
 
     raw      = raw_scores(windows, settings)                  # this step, in [0, 1]
     raw      = dedupe_coldkeys(raw, coldkeys)                 # hotkey splitting earns nothing
@@ -48,13 +48,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Callable, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from canopy.config import COMPONENTS, ScoringSettings
-from protocol.graval.devices import GpuModel, uncalibrated_multiplier
+from node.config import COMPONENTS, ScoringSettings
+from protocol.graval.devices import GpuModel, device_multiplier
 
 __all__ = ["COMPONENTS", "ScoringSettings", "DeviceEntry", "MinerWindow", "Totals", "device_multiplier",
            "devices_from_results", "totals", "raw_score", "raw_scores", "dedupe_coldkeys", "smooth", "to_weights"]
@@ -130,35 +129,6 @@ class Totals:
     compute: float = 0.0
     invocations: float = 0.0
     chutes: float = 0.0
-
-
-def proven_bytes(row: Any) -> int:
-    """The memory a verification proved: ``proven_bytes`` where the result has it, else the
-    device's ``memory_bytes`` (the proof fills ~95% of the memory the device claims)."""
-    return int(getattr(row, "proven_bytes", None) or row.memory_bytes or 0)
-
-
-def device_multiplier(table: Iterable[GpuModel]) -> Callable[[Any], float]:
-    """The scoring multiplier of a verification (``DeviceResult`` or store row: ``model_id``,
-    ``memory_bytes``): ``uncalibrated_multiplier`` of its table row for the memory proven,
-    so an uncalibrated row earns no more than the cheapest model that could hold that
-    memory. A model id missing from the table gets 0 (the device then does not count)."""
-    rows = list(table)
-    models = {model.id: model for model in rows}
-
-    @lru_cache(maxsize=4096)
-    def of(model_id: str, proven: int) -> float:
-        model = models.get(model_id)
-        return 0.0 if model is None else uncalibrated_multiplier(model, proven, rows)
-
-    return lambda row: of(row.model_id, proven_bytes(row)) * proven_fraction(row)
-
-
-def proven_fraction(row: Any) -> float:
-    """The share of the device a verification proved: below 1 for a device re-verified beside
-    its instances (README, GraVal: serving), whose capacity counts only that share."""
-    fraction = getattr(row, "proven_fraction", None)
-    return float(fraction) if fraction else 1.0
 
 
 def devices_from_results(results: Iterable[Any], table: Iterable[GpuModel]) -> list[DeviceEntry]:

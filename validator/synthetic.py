@@ -1,18 +1,19 @@
 """Synthetic work: the invocations a validator sends to judge a miner's hosted chutes.
 
-Called by the validator loop each round: for every chute a miner lists in its Inventory,
-``probes_for(chute, round_seed=...)`` gives the probes (the same for every miner hosting
-that chute in the round), ``run_probe`` sends one over the dendrite and judges the reply,
-and ``flag_disagreements`` compares the LLM results of one round across miners. The loop
-stores the ``ProbeResult`` rows; ``validator.scoring`` reads them (availability, latency,
-flags).
+The seam between a round of the validator and a miner's chutes: for every chute a miner
+lists in its Inventory, ``probes_for(chute, round_seed=...)`` gives the probes (the same for
+every miner hosting that chute in the round), ``run_probe`` sends one over the dendrite and
+judges the reply, and ``flag_disagreements`` compares the LLM results of one round across
+miners. The ``ProbeResult`` rows feed the scoring (availability, latency, flags).
 
 - LLM chutes (a cord at ``LLM_PATH``) get chat prompts from a fixed pool with greedy decoding
   and a fixed seed, streamed with usage. A result is ok when every SSE event is a
-  ``chat.completion.chunk`` with ``choices[0].delta``, a ``finish_reason`` arrives, the usage
-  event has ``prompt_tokens > 0``, ``0 < completion_tokens <= max_tokens``, a matching total and
-  agrees with the miner's done chunk, and the text is non-empty and not longer than the
-  counted tokens could make. Greedy outputs of one key are then compared across miners.
+  ``chat.completion.chunk`` (parsed with the SDK's OpenAI model,
+  ``canopy.templates.openai_schema.ChatCompletionChunk``: text deltas, a known
+  ``finish_reason``, integer token counts), a ``finish_reason`` arrives, the usage event has
+  ``prompt_tokens > 0``, ``0 < completion_tokens <= max_tokens``, a matching total and agrees
+  with the miner's done chunk, and the text is non-empty and not longer than the counted
+  tokens could make. Greedy outputs of one key are then compared across miners.
 - Other chutes get one cord per round (not passthrough, not streaming), called with a value
   sampled from its input schema (``validator.schema_sample``); ok when the instance answers
   2xx and, for a JSON reply to a cord with an output schema, the body fits that schema.
@@ -37,6 +38,7 @@ from loguru import logger
 from pydantic import ValidationError
 
 from canopy.chains import SSEDecoder
+from canopy.templates.openai_schema import ChatCompletionChunk
 from protocol import errors
 from protocol.chutes import HostedChute, HostedCord, Invoke, InvokeChunk
 from protocol.dendrite import Dendrite
@@ -165,6 +167,7 @@ async def run_probe(dendrite: Dendrite, target: Any, miner_hotkey: str, probe: P
         chunks = dendrite.stream(target, synapse, timeout=timeout, idle_timeout=timeout)
         async with asyncio.timeout(timeout + 1.0), contextlib.aclosing(chunks):  # backstop: the dendrite's comes first
             async for chunk in chunks:
+                assert isinstance(chunk, InvokeChunk)  # an Invoke stream yields InvokeChunk lines
                 reply.add(chunk, time.perf_counter() - started)
                 if chunk.done:
                     break
@@ -193,7 +196,7 @@ class _Reply:
         self.done: InvokeChunk | None = None
         self.last_s: float | None = None
         self.decoder = SSEDecoder() if probe.kind == "llm" else None
-        self.events: list[Any] = []
+        self.chunks: list[ChatCompletionChunk | str] = []  # each SSE event parsed, or why it is not a chunk
         self.token_times: list[float] = []
 
     def add(self, chunk: InvokeChunk, at: float) -> None:
@@ -208,8 +211,8 @@ class _Reply:
         self.pieces.append(piece)
         if self.decoder is not None:
             for event in self.decoder.feed(piece.decode("utf-8", "replace")):
-                self.events.append(event)
-                if _content(event):
+                self.chunks.append(chunk_of(event))
+                if _content(self.chunks[-1]):
                     self.token_times.append(at)
 
     def judge(self, result: ProbeResult) -> tuple[str, str]:
@@ -246,35 +249,24 @@ class _Reply:
 
     def _judge_llm(self, result: ProbeResult) -> tuple[str, str]:
         if self.decoder is not None:
-            self.events.extend(self.decoder.flush())
+            self.chunks.extend(chunk_of(event) for event in self.decoder.flush())
         if not self.content_type.startswith("text/event-stream"):
             return "bad_response", f"expected an SSE stream, got {self.content_type or 'no content type'}"
         text, finish, usage = [], None, None
-        for index, event in enumerate(self.events):
-            if not isinstance(event, dict) or event.get("object") != "chat.completion.chunk":
-                return "bad_response", f"event {index} is not a chat.completion.chunk"
-            choices = event.get("choices")
-            if not isinstance(choices, list):
-                return "bad_response", f"event {index} has no choices list"
-            if choices:
-                choice = choices[0]
-                if not isinstance(choice, dict) or not isinstance(choice.get("delta"), dict):
-                    return "bad_response", f"event {index} has no choices[0].delta"
-                content = choice["delta"].get("content")
-                if content is not None and not isinstance(content, str):
-                    return "bad_response", f"event {index} has a non-text delta"
-                text.append(content or "")
-                finish = choice.get("finish_reason") or finish
-            if isinstance(event.get("usage"), dict):
-                usage = event["usage"]
+        for index, chunk in enumerate(self.chunks):
+            if isinstance(chunk, str):
+                return "bad_response", f"event {index} is not a chat.completion.chunk ({chunk})"
+            if chunk.choices:
+                text.append(chunk.choices[0].delta.content or "")
+                finish = chunk.choices[0].finish_reason or finish
+            usage = chunk.usage or usage
         output = "".join(text)
         result.output = output[:OUTPUT_LIMIT]
         if finish is None:
             return "bad_response", "no finish_reason"
-        counts = [usage.get(k) if usage else None for k in ("prompt_tokens", "completion_tokens", "total_tokens")]
-        if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
-            return "bad_response", "no usage event with integer token counts"
-        prompt, completion, total = counts
+        if usage is None:
+            return "bad_response", "no usage event"
+        prompt, completion, total = usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
         result.prompt_tokens, result.completion_tokens = prompt, completion
         max_tokens = self.probe.payload.get("max_tokens") if isinstance(self.probe.payload, dict) else None
         done_usage = self.done.usage if self.done is not None else None
@@ -296,12 +288,19 @@ class _Reply:
         return "", ""
 
 
-def _content(event: Any) -> bool:
-    """Whether an SSE event carries a non-empty content delta."""
+def chunk_of(event: Any) -> ChatCompletionChunk | str:
+    """An SSE event as the OpenAI ``chat.completion.chunk`` it must be, or why it is not one."""
     try:
-        return bool(event["choices"][0]["delta"]["content"])
-    except (KeyError, IndexError, TypeError):
-        return False
+        chunk = ChatCompletionChunk.model_validate(event)
+    except ValidationError as error:
+        first = error.errors()[0]
+        return f"{'.'.join(str(part) for part in first['loc']) or 'the event'}: {first['msg']}"
+    return chunk if "object" in chunk.model_fields_set else "object: Field required"
+
+
+def _content(chunk: ChatCompletionChunk | str) -> bool:
+    """Whether a parsed event carries a non-empty content delta."""
+    return not isinstance(chunk, str) and bool(chunk.choices) and bool(chunk.choices[0].delta.content)
 
 
 #: Two greedy outputs agree when their common prefix covers this share of the shorter one.

@@ -1,14 +1,13 @@
 """Setting weights on chain: once per tempo, inside the rate limit, with retries and a record.
 
-Called by the validator loop after each step's scoring. ``WeightSetter.maybe_set`` decides
-whether this block is the time (a tempo since the last successful submission, and at least
-``weights_rate_limit`` blocks since the chain last saw our weights), turns the smoothed
-scores into a normalised vector (``validator.scoring.to_weights`` after the coldkey
-dedupe), and submits it through the Chain port with ``version_key`` (the Chain's
-``SetWeights`` commits instead where the subnet runs commit-reveal). A refusal is recorded
-and retried with exponential backoff in blocks (capped at the tempo); a rate-limit refusal
-waits the blocks the chain names. Every attempt, ok or not, lands in the store, and a
-successful one is logged with the top miners.
+Run after each step's scoring. ``WeightSetter.maybe_set`` decides whether this block is the
+time (a tempo since the last successful submission, and at least ``weights_rate_limit``
+blocks since the chain last saw our weights), turns the smoothed scores into a normalised
+vector (``validator.scoring.to_weights`` after the coldkey dedupe), and submits it through
+the Chain port with ``version_key`` (the Chain's ``SetWeights`` commits instead where the
+subnet runs commit-reveal). A refusal is recorded and retried with exponential backoff in
+blocks (capped at the tempo); a rate-limit refusal waits the blocks the chain names. Every
+attempt, ok or not, lands in the store, and a successful one is logged with the top miners.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from loguru import logger
 
 from chain import Chain, ChainError, Hyperparameters, InvalidWeights, Metagraph, NoValidatorPermit, RateLimited
 from validator.scoring import dedupe_coldkeys, to_weights
-from validator.store import ValidatorStore
+from store.queries import ValidatorStore
 
 
 @dataclass
@@ -111,7 +110,8 @@ class WeightSetter:
 
     def _log(self, outcome: WeightsOutcome, scores: Mapping[str, float], graph: Metagraph) -> None:
         top = sorted(zip(outcome.uids, outcome.weights), key=lambda pair: -pair[1])[: self.top_n]
-        names = ", ".join(f"uid {uid} {weight:.3f} ({(graph.by_uid(uid).hotkey[:8] if graph.by_uid(uid) else '?')})"
+        neurons = {uid: graph.by_uid(uid) for uid, _ in top}
+        names = ", ".join(f"uid {uid} {weight:.3f} ({neuron.hotkey[:8] if (neuron := neurons[uid]) else '?'})"
                           for uid, weight in top)
         how = "committed (commit-reveal)" if outcome.commit_reveal else "set"
         logger.info("weights {} at block {} for {} miners (version {}); top: {}", how, outcome.block, len(outcome.uids),

@@ -1,7 +1,7 @@
 """From the store's rows to the scoring core's inputs: one ``MinerWindow`` per serving miner.
 
-Called by the validator loop once per step, between reading the store and
-``validator.scoring``. Pure: no I/O, no clock.
+Once per validator step, between reading the store and ``validator.scoring``. Pure: no I/O,
+no clock.
 
 - Devices: a miner's devices are the uuids its latest Inventory claims; each counts with
   its latest GraVal verification *by this miner* (rows are keyed (hotkey, uuid), so another
@@ -21,7 +21,7 @@ import statistics
 from typing import Any, Callable, Iterable, Mapping
 
 from validator.scoring import DeviceEntry, MinerWindow
-from validator.store import MinerActivity
+from store.queries import MinerActivity
 
 
 def latency_quality(activity: Mapping[str, MinerActivity]) -> dict[str, float]:

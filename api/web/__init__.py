@@ -1,6 +1,6 @@
 """The web UI's seam: static HTML/JS/CSS under ``static/``, served by the gateway at ``/ui/``.
 
-Callers: ``api.app.build_app`` (``mount_ui``). The pages (keys, logs, stats, miners, chat)
+``api.app.build_app`` mounts it (``mount_ui``). The pages (keys, logs, stats, miners, chat)
 call the gateway's own REST endpoints from the browser with a key the user pastes once
 (kept in ``sessionStorage``, sent as ``Authorization: Bearer``); nothing here reads the
 app's state, and nothing is fetched from outside the gateway. The mount is not part of

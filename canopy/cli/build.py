@@ -19,7 +19,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from canopy.config import canopy_home
+from canopy.paths import canopy_home
 from canopy.image import Image, validate_tag
 
 console = Console()

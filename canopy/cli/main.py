@@ -1,43 +1,52 @@
 """The ``canopy`` console script: the root Typer app, whose command groups load only when run.
 
-The seam between the shell and every command group (``canopy.cli.*``). A group's module
-(and what it imports: the validator's store, bittensor, torch...) is imported only when
-that command runs or its own ``--help`` is asked for, so ``canopy --help`` and
-``canopy run`` start without the operator stack. Each entry names its module, the Typer
+The seam between the shell and every command group: the SDK's (``canopy.cli.*``) and the
+node's (``neurons.cli.*``, which need the ``node`` extra). A group's module (and what it
+imports: the validator's store, bittensor, torch...) is imported only when that command
+runs or its own ``--help`` is asked for, so ``canopy --help`` and ``canopy run`` start
+without the operator stack, and a node command where only the SDK is installed ends with
+one line naming ``pip install "canopy[node]"``. Each entry names its module, the Typer
 app or function it holds, and the one-line help ``canopy --help`` lists.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
 import typer
 import typer.main
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
+
+if TYPE_CHECKING:  # typer's own click (vendored as typer._click): the types its classes declare
+    from typer._click import Command, Context, HelpFormatter
 
 from canopy import __version__
+from canopy.extras import MissingExtra
 
 #: name -> (module, attribute, one-line help). The attribute is a Typer app (a group) or a
 #: function (a single command).
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "build": ("canopy.cli.build", "build", "Render a chute's Image and build it with Docker."),
-    "devices": ("canopy.cli.devices", "app", "GPU ownership in the validator's store: list, reassign or pin, release."),
-    "devnet": ("canopy.cli.devnet", "app", "The embedded devnet: a local chain in one SQLite file."),
-    "graval": ("canopy.cli.graval", "app", "GraVal, the open GPU verification: calibration of local devices."),
-    "keys": ("canopy.cli.keys", "app", "API keys of the public gateway: create, list, edit, disable/enable, delete."),
-    "logs": ("canopy.cli.logs", "logs", "Show the API's request log, newest first (UTC times)."),
+    "devices": ("neurons.cli.devices", "app", "GPU ownership in the validator's store: list, reassign or pin, release."),
+    "devnet": ("neurons.cli.devnet", "app", "The embedded devnet: a local chain in one SQLite file."),
+    "graval": ("neurons.cli.graval", "app", "GraVal, the open GPU verification: calibration of local devices."),
+    "keys": ("neurons.cli.keys", "app", "API keys of the public gateway: create, list, edit, disable/enable, delete."),
+    "logs": ("neurons.cli.logs", "logs", "Show the API's request log, newest first (UTC times)."),
     "run": ("canopy.cli.run", "run", "Serve a chute over HTTP (Ctrl-C stops it; shutdown hooks run)."),
 }
 
 
-def load_command(name: str) -> click.Command:
+def load_command(name: str) -> Command:
     """The click command of one entry of COMMANDS (imports its module)."""
     module, attribute, _ = COMMANDS[name]
-    target: Any = getattr(importlib.import_module(module), attribute)
+    try:
+        target: Any = getattr(importlib.import_module(module), attribute)
+    except MissingExtra as missing:  # a node command where only the SDK is installed
+        typer.echo(f"Error: {missing}", err=True)
+        raise typer.Exit(1) from None
     if isinstance(target, typer.Typer):  # a group even with one command: `canopy graval calibrate`
-        command: click.Command = typer.main.get_group(target)
+        command: Command = typer.main.get_group(target)
     else:
         single = typer.Typer()
         single.command(name)(target)
@@ -52,18 +61,18 @@ class LazyGroup(TyperGroup):
 
     _listing = False
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Context) -> list[str]:
         return sorted({*COMMANDS, *super().list_commands(ctx)})
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+    def get_command(self, ctx: Context, name: str) -> Command | None:
         if name not in COMMANDS:
             return super().get_command(ctx, name)
         if self._listing:
             help_ = COMMANDS[name][2]
-            return click.Command(name, help=help_, short_help=help_)
+            return TyperCommand(name, help=help_, short_help=help_)
         return load_command(name)
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
         self._listing = True
         try:
             super().format_help(ctx, formatter)

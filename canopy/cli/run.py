@@ -1,6 +1,6 @@
 """``canopy run MODULE:chute --dev --port 8000``: serve a chute locally for development.
 
-Mounted as the ``run`` command by ``canopy.cli.main``. It serves the chute in this process
+It serves the chute in this process
 with ``canopy.instance.serve`` (no auth, CORS open in dev mode, dependencies without a URL in
 CANOPY_CHUTE_URLS run in-process); call its cords from a script with
 ``CANOPY_DEV_URL=http://127.0.0.1:PORT python my_chute.py`` (``canopy.dev``) or open
@@ -26,9 +26,8 @@ def run(
     debug: bool = typer.Option(False, "--debug", help="Log debug lines."),
 ) -> None:
     """Serve a chute over HTTP (Ctrl-C stops it; shutdown hooks run)."""
-    from canopy.config import LoggingSettings
     from canopy.instance import serve
-    from canopy.logging import setup_logging
+    from canopy.logging import LoggingSettings, setup_logging
 
     try:
         chute = load_chute(ref)

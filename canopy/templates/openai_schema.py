@@ -1,17 +1,24 @@
-"""OpenAI-compatible request/response models and SSE formatting for the LLM chute.
+"""The OpenAI wire shapes, one set for every side: the LLM chute, the gateway and the validator.
 
-Seam: canopy/templates/llm.py (``build_llm_chute``, the integrator's) uses these models as
-its cords' input/output schemas and these helpers to turn engine output
-(canopy/templates/cpu_llm.py) into replies; tests and clients check the shapes. The wire
-format is the OpenAI API's (as vLLM's OpenAI server also speaks it), so the ``openai`` client
-parses it: ``chat.completion`` / ``chat.completion.chunk`` / ``text_completion`` objects,
-``usage``, streams of ``data: {json}\\n\\n`` lines ending in ``data: [DONE]\\n\\n`` (a final
-chunk with empty ``choices`` and the usage first when ``stream_options.include_usage``).
+Seam: the OpenAI API between Canopy's parts. ``canopy.templates.llm`` (``build_llm_chute``)
+uses the request models as its cords' input schemas and the builders and stream formatters
+below to turn engine output (``canopy.templates.cpu_llm``) into replies; the gateway
+(``api``) admits its OpenAI routes' bodies with ``ChatCompletionIn`` / ``CompletionIn`` and
+answers ``GET /v1/models`` with ``ModelList``; the validator's synthetic checks
+(``validator.synthetic``) parse the chunks a miner streams with ``ChatCompletionChunk``. The
+wire format is the OpenAI API's (as vLLM's OpenAI server also speaks it), so the ``openai``
+client parses it: ``chat.completion`` / ``chat.completion.chunk`` / ``text_completion``
+objects, ``usage``, streams of ``data: {json}\\n\\n`` lines ending in ``data: [DONE]\\n\\n``
+(a final chunk with empty ``choices`` and the usage first when ``stream_options.include_usage``).
 /v1/models and vLLM's /tokenize and /detokenize bodies are here too.
 
-Requests tolerate unknown fields (the client sends many); what this engine cannot honour
-fails validation (-> 422): ``n`` != 1, logprobs, ``echo``/``suffix``/``best_of`` on
-completions, several prompts in one completion request, non-text content parts.
+Two views of one request share ``Sampling``: the chute's (``ChatCompletionRequest``,
+``CompletionRequest``) tolerates unknown fields (the client sends many) and refuses what
+its engine cannot honour (-> 422): ``n`` != 1, logprobs, ``echo``/``suffix``/``best_of`` on
+completions, several prompts in one completion request, non-text content parts, ``top_p``
+0. The gateway's (``ChatCompletionIn``, ``CompletionIn``) checks the types only and relays
+the rest to the chute, plus Canopy's routing fields (``strategy``, ``race``). Token counts
+in ``Usage`` are strict integers: a reader refuses ``"5"``, ``5.0`` or ``true``.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ import time
 import uuid
 from typing import Any, AsyncIterable, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
 FinishReason = Literal["stop", "length"]
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
 def new_id(prefix: str) -> str:
@@ -42,9 +50,16 @@ class TextPart(BaseModel):
     text: str
 
 
-class ChatMessage(BaseModel):
+class _Message(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    role: Role
+
+
+class ChatMessageIn(_Message):  # as the gateway admits it: content parts of any type (the chute judges them)
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatMessage(_Message):  # as the CPU engine reads it: text content parts only
     content: str | list[TextPart] | None = None
     name: str | None = None
 
@@ -60,19 +75,25 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = False
 
 
-class _Sampling(BaseModel):
-    """Fields shared by chat and completion requests."""
+class Sampling(BaseModel):
+    """The sampling fields of every generation request, in OpenAI's ranges."""
 
-    model_config = ConfigDict(extra="allow")
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+
+
+class _Sampling(Sampling):
+    """The chute's generation request: what its engine honours."""
+
+    model_config = ConfigDict(extra="allow")
     top_p: float | None = Field(None, gt=0, le=1)
     n: int | None = 1
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
 
     @field_validator("n")
     @classmethod
@@ -194,13 +215,33 @@ class DetokenizeRequest(BaseModel):
     tokens: list[int]
 
 
+class _Relayed(Sampling):
+    """A generation request as the gateway admits it before relaying it to a miner's chute."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(..., min_length=1, max_length=256)
+    stream: StrictBool = False
+    n: int | None = Field(None, ge=1, le=1)
+    strategy: str | None = Field(None, description="Canopy: default, top_n:N or uids:1,2 (else the key's default)")
+    race: int | None = Field(None, ge=1, le=8, description="Canopy: race up to k miners, relay the first")
+
+
+class ChatCompletionIn(_Relayed):  # the gateway's POST /v1/chat/completions
+    messages: list[ChatMessageIn] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionIn(_Relayed):  # the gateway's POST /v1/completions
+    prompt: str | list[str] = Field(...)
+
+
 # -- responses ---------------------------------------------------------------------------------
 
 
 class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+    prompt_tokens: StrictInt
+    completion_tokens: StrictInt
+    total_tokens: StrictInt
 
     @classmethod
     def of(cls, usage: "Usage | dict[str, int]") -> "Usage":

@@ -1,8 +1,8 @@
 """DevnetChain: the Chain port over the embedded devnet ledger.
 
-Callers: neurons and tests that run with ``--network devnet`` (via ``chain.connect``).
-Each call runs the ledger's short SQLite transaction in a worker thread, so a writer
-waiting on another process's lock never blocks the event loop.
+``chain.connect`` picks it for ``--network devnet``. Each call runs the ledger's short
+SQLite transaction in a worker thread, so a writer waiting on another process's lock never
+blocks the event loop.
 """
 
 from __future__ import annotations

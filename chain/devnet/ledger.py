@@ -1,9 +1,10 @@
 """The devnet's state machine: an embedded chain in one SQLite file that processes share.
 
-Callers: ``chain.devnet.chain.DevnetChain`` (the async Chain adapter the neurons use), the
-``canopy devnet`` CLI, the demo and tests. Several processes on one machine open the same
-file: every write is one ``BEGIN IMMEDIATE`` transaction in WAL mode, so writers
-serialise on the file lock and readers never see half a write.
+The synchronous core under ``chain.devnet.chain.DevnetChain`` (the async Chain adapter
+the neurons use); the ``canopy devnet`` CLI also opens it directly to create subnets,
+register and stake. Several processes on one machine open the same file: every write is
+one ``BEGIN IMMEDIATE`` transaction in WAL mode, so writers serialise on the file lock and
+readers never see half a write.
 
 What it models: subnets with hyperparameters, hotkey registration (uid assignment,
 replacement of the lowest-emission uid outside its immunity period when the subnet is
@@ -268,9 +269,9 @@ class DevnetLedger:
                 raise ChainError(f"hotkey {hotkey} belongs to another coldkey ({owner[0]})")
             existing = db.execute("SELECT uid FROM neurons WHERE netuid = ? AND hotkey = ?", (netuid, hotkey)).fetchone()
             if existing:
-                return existing[0]
+                return int(existing[0])
             db.execute("INSERT OR IGNORE INTO hotkey_owners VALUES (?, ?)", (hotkey, coldkey))
-            count = db.execute("SELECT COUNT(*) FROM neurons WHERE netuid = ?", (netuid,)).fetchone()[0]
+            count: int = db.execute("SELECT COUNT(*) FROM neurons WHERE netuid = ?", (netuid,)).fetchone()[0]
             if count < subnet["max_allowed_uids"]:
                 uid = count
             else:
@@ -363,7 +364,7 @@ class DevnetLedger:
 
     @staticmethod
     def _subnet_row(db: sqlite3.Connection, netuid: int) -> sqlite3.Row:
-        row = db.execute("SELECT * FROM subnets WHERE netuid = ?", (netuid,)).fetchone()
+        row: sqlite3.Row | None = db.execute("SELECT * FROM subnets WHERE netuid = ?", (netuid,)).fetchone()
         if row is None:
             raise SubnetNotFound(f"subnet {netuid} does not exist on the devnet: create it with `canopy devnet init --netuid {netuid}`")
         return row
@@ -373,7 +374,7 @@ class DevnetLedger:
         row = db.execute("SELECT uid FROM neurons WHERE netuid = ? AND hotkey = ?", (netuid, hotkey)).fetchone()
         if row is None:
             raise NotRegistered(f"hotkey {hotkey} is not registered on netuid {netuid}: run `canopy devnet register --netuid {netuid}`")
-        return row[0]
+        return int(row[0])
 
     def _change_stake(self, netuid: int, hotkey: str, delta: float) -> float:
         with self._chain_at_head() as (db, _):
@@ -395,8 +396,8 @@ class DevnetLedger:
         ).fetchall()
         for uid, _, registered_at in rows:
             if block - registered_at >= immunity_period:
-                return uid
-        return rows[0][0]
+                return int(uid)
+        return int(rows[0][0])
 
     @staticmethod
     def _refresh_permits(db: sqlite3.Connection, subnet: sqlite3.Row) -> None:

@@ -1,6 +1,6 @@
 """Yuma-style consensus for the devnet: weights and stake in, incentive/dividends/emission out.
 
-Callers: ``chain.devnet.ledger`` at each epoch; tests with hand-computed examples. Pure
+The devnet ledger's epoch step (``chain.devnet.ledger`` runs it at each epoch). Pure
 numpy, no I/O. The steps follow subtensor's Yuma consensus, simplified where the devnet
 does not need the full machinery (bonds are instantaneous, not an EMA):
 

@@ -1,11 +1,10 @@
 """Dishonest GraVal provers, one per attack the verifier must refuse.
 
-The seam between the honest prover and everything that must show an attack refused: the
-attack tests (``tests/validator/graval``), ``bench/graval.py``'s separation table and the
-GPU check kit (``./run.sh gpu-check``). Each subclasses the honest ``Prover`` through its
+The seam between the honest prover and everything that must show an attack refused (the
+attack tests, the separation table of ``miner.graval.separation``). Each subclasses the honest ``Prover`` through its
 seams, so what differs from the honest run is exactly the attack, and each does the
 attack for real (it computes what an attacker would compute). No miner runs them but
-the demo's cheater (``canopy.demo_cheater`` runs ``RandomRoots``).
+the demo's cheater (``neurons.demo_cheater`` runs ``RandomRoots``).
 """
 
 from __future__ import annotations
@@ -14,11 +13,12 @@ import base64
 from abc import ABC, abstractmethod
 import bisect
 import os
-from typing import Any
+from typing import Callable, Iterator
 
 import numpy as np
 
 from miner.graval.prover import Prover
+from protocol.graval.field import DeviceArray
 from protocol.graval.spec import ChallengeSpec, access_order
 from protocol.graval.lattice import K, Q
 from protocol.graval.synapses import AccessCommitment, FillCommitment, LeafRef, Openings, encode_digest
@@ -44,10 +44,10 @@ class PartialRows(Prover):
 
     fraction = 0.1
 
-    def _fill_output(self, i: int, matrix: Any) -> Any:
+    def _fill_output(self, i: int, matrix: DeviceArray) -> DeviceArray:
         return _zero_rows(matrix, np.random.default_rng(i).random(matrix.shape[0]) < self.fraction)
 
-    def _access_output(self, t: int, state: Any) -> Any:
+    def _access_output(self, t: int, state: DeviceArray) -> DeviceArray:
         return _zero_rows(state, np.random.default_rng(10_000 + t).random(state.shape[0]) < self.fraction)
 
 
@@ -58,11 +58,11 @@ class ZeroRows(Prover):
 
     fraction = 0.09
 
-    def _fill_output(self, i: int, matrix: Any) -> Any:
+    def _fill_output(self, i: int, matrix: DeviceArray) -> DeviceArray:
         return _zero_rows(matrix, np.random.default_rng(i).random(matrix.shape[0]) < self.fraction)
 
 
-def _zero_rows(array: Any, rows: np.ndarray) -> Any:
+def _zero_rows(array: DeviceArray, rows: np.ndarray) -> DeviceArray:
     array = array.copy()
     array[rows] = 0
     return array
@@ -74,10 +74,10 @@ class SkippedStep(Prover):
     skipped_step = 2
 
     def access(self, access_seed: bytes) -> AccessCommitment:
-        self._previous_state: Any = None
+        self._previous_state: DeviceArray | None = None
         return super().access(access_seed)
 
-    def _access_output(self, t: int, state: Any) -> Any:
+    def _access_output(self, t: int, state: DeviceArray) -> DeviceArray:
         if t == self.skipped_step and self._previous_state is not None:
             state = self._previous_state
         self._previous_state = state
@@ -91,7 +91,7 @@ class _KeepsSome(Prover, ABC):
     def keeps(self, i: int) -> bool:
         """Whether matrix ``i`` stays resident."""
 
-    def _keep_matrix(self, i: int, matrix: Any) -> None:
+    def _keep_matrix(self, i: int, matrix: DeviceArray) -> None:
         self.matrices.append(matrix if self.keeps(i) else None)
 
 
@@ -102,13 +102,13 @@ class Guessing(_KeepsSome):
     def keeps(self, i: int) -> bool:
         return i % 2 == 0
 
-    def _substitute(self, j: int) -> Any:
+    def _substitute(self, j: int) -> DeviceArray:
         return self.matrices[j - 1 if j % 2 else j]
 
-    def _matrix_for_step(self, j: int) -> Any:
+    def _matrix_for_step(self, j: int) -> DeviceArray:
         return self._substitute(j)
 
-    def _matrix_for_open(self, i: int) -> Any:
+    def _matrix_for_open(self, i: int) -> DeviceArray:
         return self._substitute(i)
 
 
@@ -129,7 +129,7 @@ class Grinding(Guessing):
         self._seed, self.rerolled, self.ground = access_seed, 0, 0
         return super().access(access_seed)
 
-    def _access_output(self, t: int, state: Any) -> Any:
+    def _access_output(self, t: int, state: DeviceArray) -> DeviceArray:
         if t < self.spec.steps and not self.keeps(self.order[t]):
             self.ground += 1
             for attempt in range(self.tries):
@@ -141,7 +141,7 @@ class Grinding(Guessing):
                     return tampered
         return state
 
-    def _substitute(self, j: int) -> Any:
+    def _substitute(self, j: int) -> DeviceArray:
         return self.matrices[j - j % self.keep_every]
 
 
@@ -152,6 +152,7 @@ class Rebuilding(_KeepsSome):
     matrix needed furthest in the future. Every answer is right; only the clock can tell."""
 
     capacity_fraction = 0.5
+    rebuilt = 0  # matrices rebuilt so far (from the access phase on)
 
     def keeps(self, i: int) -> bool:
         return i < self.capacity
@@ -167,11 +168,11 @@ class Rebuilding(_KeepsSome):
         self._next_use = _next_uses(order)
         return super().access(access_seed)
 
-    def _states(self) -> Any:
+    def _states(self) -> Iterator[tuple[int, DeviceArray]]:
         self._position = 0  # the access phase, and again the replay that opens states
         yield from super()._states()
 
-    def _matrix_for_step(self, j: int) -> Any:
+    def _matrix_for_step(self, j: int) -> DeviceArray:
         position = self._position
         self._position += 1
         if self.matrices[j] is None:
@@ -182,7 +183,7 @@ class Rebuilding(_KeepsSome):
                 self.matrices[victim] = None
         return self.matrices[j]
 
-    def _rebuild(self, j: int) -> Any:
+    def _rebuild(self, j: int) -> DeviceArray:
         spec, backend = self.spec, self.backend
         g = backend.generate(spec.key("G"), spec.n, spec.n)
         start = max((i for i in range(j) if self.matrices[i] is not None), default=-1)
@@ -193,11 +194,11 @@ class Rebuilding(_KeepsSome):
                                        backend.vector(spec.key(f"v{i}"), spec.n))
         return matrix
 
-    def _matrix_for_open(self, i: int) -> Any:
+    def _matrix_for_open(self, i: int) -> DeviceArray:
         return self.matrices[i] if self.matrices[i] is not None else self._rebuild(i)
 
 
-def _next_uses(order: list[int]) -> Any:
+def _next_uses(order: list[int]) -> Callable[[int, int], int]:
     positions: dict[int, list[int]] = {}
     for position, j in enumerate(order):
         positions.setdefault(j, []).append(position)
@@ -213,10 +214,10 @@ def _next_uses(order: list[int]) -> Any:
 class _Zeros(Prover):
     """The run an adaptive prover commits to: every matrix and state all zeros."""
 
-    def _fill_output(self, i: int, matrix: Any) -> Any:
+    def _fill_output(self, i: int, matrix: DeviceArray) -> DeviceArray:
         return matrix * 0
 
-    def _access_output(self, t: int, state: Any) -> Any:
+    def _access_output(self, t: int, state: DeviceArray) -> DeviceArray:
         return state * 0
 
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from protocol.graval.field import HALF, P, SBOX_CENTRED, hash_residues
+from protocol.graval.field import HALF, P, SBOX_CENTRED, DeviceArray, Key, hash_residues
 from protocol.graval.lattice import HostOps
 
 #: Row blocks of the element-wise passes hold at most this many int64 temporaries
@@ -35,59 +35,74 @@ BLOCK_ELEMENTS = 1 << 25
 
 
 class ArrayBackend(ABC):
-    """The generic proof steps; subclasses supply the array primitives."""
+    """One array library on one device: what the prover (``miner.graval.prover``) runs a proof on.
 
-    name = "abstract"
-    threads = 1
+    Subclasses supply the primitives (abstract below; they include everything the tree code
+    needs, ``protocol.graval.lattice.ArrayOps``); the generic steps (``generate``, ``vector``,
+    ``finish``, ``fill_step``, ``access_step``) are written once on them. Optional
+    capabilities have a default that is right on the CPU: ``synchronize`` (wait for queued
+    device work, before a timer stops) and ``release_cached_memory`` (hand an allocator's
+    cached device memory back to the driver).
+    """
+
+    #: Reported with each proof and picked by ``pick_backend``: one of BACKEND_NAMES.
+    name: str = "abstract"
+    #: Threads the element-wise passes run on.
+    threads: int = 1
+    _sbox_cache: DeviceArray | None = None
 
     # --- primitives (per library) ------------------------------------------------------
 
     @abstractmethod
-    def empty(self, rows: int, cols: int) -> Any:
+    def empty(self, rows: int, cols: int) -> DeviceArray:
         ...
 
     @abstractmethod
-    def arange(self, start: int, stop: int) -> Any:
+    def arange(self, start: int, stop: int) -> DeviceArray:
         ...
 
     @abstractmethod
-    def from_host(self, array: np.ndarray) -> Any:
+    def from_host(self, array: np.ndarray) -> DeviceArray:
         ...
 
     @abstractmethod
-    def to_int64(self, x: Any) -> Any:
+    def to_int64(self, x: DeviceArray) -> DeviceArray:
         ...
 
     @abstractmethod
-    def to_storage(self, x: Any) -> Any:
+    def to_storage(self, x: DeviceArray) -> DeviceArray:
         ...
 
     @abstractmethod
-    def to_node_storage(self, x: Any) -> Any:
+    def to_node_storage(self, x: DeviceArray) -> DeviceArray:
         """Inputs of a tree node's hash: int8 on a GPU; float32 on a CPU, exact because a
         node product stays below 2^24 (768 x 128 x 128)."""
         ...
 
     @abstractmethod
-    def cat(self, arrays: list[Any], axis: int) -> Any:
+    def cat(self, arrays: list[DeviceArray], axis: int) -> DeviceArray:
         ...
 
     @abstractmethod
-    def host(self, x: Any) -> np.ndarray:
+    def host(self, x: DeviceArray) -> np.ndarray:
         ...
 
     @abstractmethod
-    def matmul_exact(self, a: Any, b: Any) -> Any:
+    def matmul_exact(self, a: DeviceArray, b: DeviceArray) -> DeviceArray:
         """The exact integer product of two storage arrays (float64 or int32)."""
         ...
 
     @abstractmethod
-    def transpose(self, x: Any) -> Any:
+    def transpose(self, x: DeviceArray) -> DeviceArray:
         """A contiguous transpose."""
         ...
 
     def synchronize(self) -> None:
-        pass
+        """Wait until the work queued on the device is done (a no-op where work runs synchronously)."""
+
+    def release_cached_memory(self) -> None:
+        """Hand the device memory this library's allocator keeps cached back to the driver, so that
+        another backend or process can fill the device (a no-op where nothing is cached)."""
 
     # --- generic steps -------------------------------------------------------------------
 
@@ -103,7 +118,7 @@ class ArrayBackend(ABC):
         else:
             list(_pool(self.threads).map(lambda pair: work(*pair), bounds))
 
-    def generate(self, key: tuple[int, int], rows: int, cols: int) -> Any:
+    def generate(self, key: Key, rows: int, cols: int) -> DeviceArray:
         """The keyed hash matrix H (rows x cols) as centred entries in storage dtype."""
         out = self.empty(rows, cols)
 
@@ -114,10 +129,10 @@ class ArrayBackend(ABC):
         self._blocks(rows, cols, work)
         return out
 
-    def vector(self, key: tuple[int, int], length: int) -> Any:
+    def vector(self, key: Key, length: int) -> DeviceArray:
         return hash_residues(self.arange(0, length), key)
 
-    def finish(self, product: Any, u: Any, v: Any) -> Any:
+    def finish(self, product: DeviceArray, u: DeviceArray, v: DeviceArray) -> DeviceArray:
         """S((product + u 1^T + 1 v^T) mod p), centred, as a new storage array."""
         out = self.empty(*product.shape)
         sbox = self._sbox
@@ -133,26 +148,26 @@ class ArrayBackend(ABC):
         return out
 
     @property
-    def _sbox(self) -> Any:
-        if not hasattr(self, "_sbox_cache"):
+    def _sbox(self) -> DeviceArray:
+        if self._sbox_cache is None:
             self._sbox_cache = self.to_storage(self.from_host(SBOX_CENTRED))
         return self._sbox_cache
 
-    def fill_step(self, previous: Any, g: Any, u: Any, v: Any) -> Any:
+    def fill_step(self, previous: DeviceArray, g: DeviceArray, u: DeviceArray, v: DeviceArray) -> DeviceArray:
         return self.finish(self.matmul_exact(previous, g), u, v)
 
-    def access_step(self, matrix: Any, state: Any, u: Any, v: Any) -> Any:
+    def access_step(self, matrix: DeviceArray, state: DeviceArray, u: DeviceArray, v: DeviceArray) -> DeviceArray:
         return self.finish(self.matmul_exact(matrix, state), u, v)
 
-    def plain_matmul(self, a: Any, b: Any) -> Any:
+    def plain_matmul(self, a: DeviceArray, b: DeviceArray) -> DeviceArray:
         """The benchmark's baseline: the same GEMM without reduction, S-box or hashing."""
         return self.matmul_exact(a, b)
 
-    def host_int8(self, x: Any) -> np.ndarray:
+    def host_int8(self, x: DeviceArray) -> np.ndarray:
         return np.ascontiguousarray(self.host(x), dtype=np.int8)
 
 
-class NumpyBackend(HostOps, ArrayBackend):  # type: ignore[misc] - HostOps supplies the primitives
+class NumpyBackend(HostOps, ArrayBackend):  # HostOps supplies the primitives
     """float64 storage and BLAS GEMM (``HostOps``); the element-wise passes run on row blocks
     in a thread pool (numpy releases the GIL in its loops, so they use every core as the GEMM does)."""
 
@@ -161,10 +176,10 @@ class NumpyBackend(HostOps, ArrayBackend):  # type: ignore[misc] - HostOps suppl
     def __init__(self) -> None:
         self.threads = os.cpu_count() or 1
 
-    def empty(self, rows: int, cols: int) -> Any:
+    def empty(self, rows: int, cols: int) -> DeviceArray:
         return np.empty((rows, cols), dtype=np.float64)
 
-    def arange(self, start: int, stop: int) -> Any:
+    def arange(self, start: int, stop: int) -> DeviceArray:
         return np.arange(start, stop, dtype=np.int64)
 
 
@@ -189,31 +204,31 @@ class TorchBackend(ArrayBackend):
         self.name = f"torch-{self.device.type}"
         self.dtype = torch.int8 if self.cuda else torch.float64
 
-    def empty(self, rows: int, cols: int) -> Any:
+    def empty(self, rows: int, cols: int) -> DeviceArray:
         return self.torch.empty((rows, cols), dtype=self.dtype, device=self.device)
 
-    def arange(self, start: int, stop: int) -> Any:
+    def arange(self, start: int, stop: int) -> DeviceArray:
         return self.torch.arange(start, stop, dtype=self.torch.int64, device=self.device)
 
-    def from_host(self, array: np.ndarray) -> Any:
+    def from_host(self, array: np.ndarray) -> DeviceArray:
         return self.torch.as_tensor(np.ascontiguousarray(array), device=self.device)
 
-    def to_int64(self, x: Any) -> Any:
+    def to_int64(self, x: DeviceArray) -> DeviceArray:
         return x.to(self.torch.int64)
 
-    def to_storage(self, x: Any) -> Any:
+    def to_storage(self, x: DeviceArray) -> DeviceArray:
         return x.to(self.dtype)
 
-    def to_node_storage(self, x: Any) -> Any:
+    def to_node_storage(self, x: DeviceArray) -> DeviceArray:
         return x.to(self.torch.int8 if self.cuda else self.torch.float32)
 
-    def cat(self, arrays: list[Any], axis: int) -> Any:
+    def cat(self, arrays: list[DeviceArray], axis: int) -> DeviceArray:
         return self.torch.cat(arrays, dim=axis)
 
-    def host(self, x: Any) -> np.ndarray:
+    def host(self, x: DeviceArray) -> np.ndarray:
         return x.cpu().numpy()
 
-    def matmul_exact(self, a: Any, b: Any) -> Any:
+    def matmul_exact(self, a: DeviceArray, b: DeviceArray) -> DeviceArray:
         if not self.cuda:
             return a @ b  # float64 (or float32 for node hashes): exact
         a, b = a.contiguous(), b.contiguous()
@@ -221,12 +236,16 @@ class TorchBackend(ArrayBackend):
             return (a.to(self.torch.float64) @ b.to(self.torch.float64)).to(self.torch.int32)
         return self.torch._int_mm(a, b)
 
-    def transpose(self, x: Any) -> Any:
+    def transpose(self, x: DeviceArray) -> DeviceArray:
         return x.T.contiguous()
 
     def synchronize(self) -> None:
         if self.cuda:
             self.torch.cuda.synchronize(self.device)
+
+    def release_cached_memory(self) -> None:
+        if self.cuda:
+            self.torch.cuda.empty_cache()
 
 
 class CupyBackend(ArrayBackend):
@@ -239,31 +258,31 @@ class CupyBackend(ArrayBackend):
 
         self.cp = cupy
 
-    def empty(self, rows: int, cols: int) -> Any:
+    def empty(self, rows: int, cols: int) -> DeviceArray:
         return self.cp.empty((rows, cols), dtype=self.cp.int8)
 
-    def arange(self, start: int, stop: int) -> Any:
+    def arange(self, start: int, stop: int) -> DeviceArray:
         return self.cp.arange(start, stop, dtype=self.cp.int64)
 
-    def from_host(self, array: np.ndarray) -> Any:
+    def from_host(self, array: np.ndarray) -> DeviceArray:
         return self.cp.asarray(array)
 
-    def to_int64(self, x: Any) -> Any:
+    def to_int64(self, x: DeviceArray) -> DeviceArray:
         return x.astype(self.cp.int64)
 
-    def to_storage(self, x: Any) -> Any:
+    def to_storage(self, x: DeviceArray) -> DeviceArray:
         return x.astype(self.cp.int8)
 
-    def to_node_storage(self, x: Any) -> Any:
+    def to_node_storage(self, x: DeviceArray) -> DeviceArray:
         return x.astype(self.cp.int8)
 
-    def cat(self, arrays: list[Any], axis: int) -> Any:
+    def cat(self, arrays: list[DeviceArray], axis: int) -> DeviceArray:
         return self.cp.concatenate(arrays, axis=axis)
 
-    def host(self, x: Any) -> np.ndarray:
+    def host(self, x: DeviceArray) -> np.ndarray:
         return self.cp.asnumpy(x)
 
-    def matmul_exact(self, a: Any, b: Any) -> Any:
+    def matmul_exact(self, a: DeviceArray, b: DeviceArray) -> DeviceArray:
         cp = self.cp
         rows, inner = a.shape
         cols = b.shape[1]
@@ -283,11 +302,15 @@ class CupyBackend(ArrayBackend):
                       cublas.CUBLAS_COMPUTE_32I, cublas.CUBLAS_GEMM_DEFAULT)
         return out
 
-    def transpose(self, x: Any) -> Any:
+    def transpose(self, x: DeviceArray) -> DeviceArray:
         return self.cp.ascontiguousarray(x.T)
 
     def synchronize(self) -> None:
         self.cp.cuda.Stream.null.synchronize()
+
+    def release_cached_memory(self) -> None:
+        self.cp.get_default_memory_pool().free_all_blocks()
+        self.cp.get_default_pinned_memory_pool().free_all_blocks()
 
 
 BACKEND_NAMES = ("numpy", "torch-cpu", "torch-cuda", "cupy")

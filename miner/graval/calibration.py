@@ -2,10 +2,9 @@
 (the separation table that shows what that window refuses is ``miner.graval.separation``).
 
 The seam between the prover (``miner.graval.prover``, ``miner.graval.adversaries``) and
-whatever writes or checks a ``gpus.toml`` row: ``canopy graval calibrate``, the GPU check
-kit (``bench/gpu_check.py``, ``./run.sh gpu-check``) and ``bench/graval.py``. It needs
-numpy and the pydantic models only (no rich, no typer): the kit runs it on a GPU host
-that has nothing else.
+whatever writes or checks a ``gpus.toml`` row. It needs numpy and the pydantic models only
+(no rich, no typer), so that it runs on a GPU host that has nothing else (the GPU check
+kit, ``./run.sh gpu-check``).
 
 Rates. A run is one honest ``fill()`` then ``access(seed)`` on the backend, timed by the
 prover (``prover.timings``: everything the phase does on the device, hashing included,
@@ -58,7 +57,7 @@ from miner.graval.backends import ArrayBackend
 from miner.graval.prover import Prover
 from protocol.graval.devices import GIB, MAX_WINDOW_HIGH, GpuModel
 from protocol.graval.spec import ChallengeSpec, access_order, samples_needed
-from validator.graval.verifier import leaves_for, pick_samples, verify
+from protocol.graval.verifier import leaves_for, pick_samples, verify
 
 if TYPE_CHECKING:
     from protocol.graval.devices import DeviceSpec
@@ -358,5 +357,5 @@ def _validate(text: str) -> GpuModel:
     try:
         import tomllib  # noqa: PLC0415
     except ModuleNotFoundError:  # Python 3.10 on a GPU host: the kit provides tomli
-        import tomli as tomllib  # type: ignore[no-redef]  # noqa: PLC0415
+        import tomli as tomllib  # type: ignore[no-redef]  # noqa: PLC0415 - tomllib's API, under its PyPI name
     return GpuModel.model_validate(tomllib.loads(text)["gpu"][0])

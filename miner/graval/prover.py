@@ -19,12 +19,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 
 from miner.graval.backends import ArrayBackend, NumpyBackend
 from protocol.graval import lattice
+from protocol.graval.field import DeviceArray
 from protocol.graval.spec import ChallengeSpec, access_depth, access_order, fill_depth, leaf_position
 from protocol.graval.synapses import (
     AccessCommitment, FillCommitment, LeafOpening, LeafRef, Openings, TreeNodes, encode_digest,
@@ -54,7 +55,7 @@ class Prover:
     backend: ArrayBackend = field(default_factory=NumpyBackend)
     progress: Progress | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
-    matrices: list[Any] = field(default_factory=list, init=False)
+    matrices: list[DeviceArray] = field(default_factory=list, init=False)
     timings: ProveTimings = field(default_factory=ProveTimings, init=False)
     order: list[int] = field(default_factory=list, init=False)
 
@@ -93,12 +94,12 @@ class Prover:
         return FillCommitment(challenge_id=spec.challenge_id, fill_root=encode_digest(self._fill_top[-1][0]),
                               prover_seconds=self.timings.fill_s, backend=backend.name)
 
-    def matrix_root(self, matrix: Any) -> Any:
+    def matrix_root(self, matrix: DeviceArray) -> DeviceArray:
         """The root (1 x K) of the lattice tree over the rows of one matrix."""
         return lattice.tree_levels(self.backend, self.keys, lattice.leaf_digests(self.backend, self.keys, matrix),
                                    keep=False)[-1]
 
-    def _top_levels(self, roots: list[Any], count: int) -> list[np.ndarray]:
+    def _top_levels(self, roots: list[DeviceArray], count: int) -> list[np.ndarray]:
         """Host copies of every level of the tree over ``roots`` (padded with zero digests)."""
         backend = self.backend
         stacked = lattice.pad_rows(backend, backend.cat(roots, 0), lattice.next_power_of_two(count))
@@ -112,8 +113,8 @@ class Prover:
             raise RuntimeError("access() needs a completed fill()")
         started = time.perf_counter()
         self.order = access_order(spec, access_seed)
-        roots: list[Any] = []
-        pending: list[Any] = []  # leaf digests of the steps whose trees are not built yet
+        roots: list[DeviceArray] = []
+        pending: list[DeviceArray] = []  # leaf digests of the steps whose trees are not built yet
         for t, state in self._states():
             pending.append(lattice.leaf_digests(self.backend, self.keys, self.backend.transpose(state)))
             if len(pending) == STATE_TREE_BATCH or t == spec.steps:
@@ -126,7 +127,7 @@ class Prover:
         return AccessCommitment(challenge_id=spec.challenge_id, access_root=encode_digest(self._access_top[-1][0]),
                                 prover_seconds=self.timings.access_s)
 
-    def _states(self) -> Any:
+    def _states(self) -> Iterator[tuple[int, DeviceArray]]:
         """(t, X_t) for t = 1..steps, computed on the device in the drawn order."""
         spec, backend = self.spec, self.backend
         state = backend.generate(spec.key("x0"), spec.n, spec.b)
@@ -137,12 +138,12 @@ class Prover:
             state = self._access_output(t, backend.access_step(self._matrix_for_step(self.order[t - 1]), state, u, v))
             yield t, state
 
-    def state_root(self, state: Any) -> Any:
+    def state_root(self, state: DeviceArray) -> DeviceArray:
         """The root (1 x K) of the lattice tree over the columns of one state."""
         columns = self.backend.transpose(state)
         return self._subtree_roots([lattice.leaf_digests(self.backend, self.keys, columns)])
 
-    def _subtree_roots(self, leaf_digests: list[Any]) -> Any:
+    def _subtree_roots(self, leaf_digests: list[DeviceArray]) -> DeviceArray:
         """The roots of several states' trees at once: the first log2(b) levels of a tree over
         their stacked leaves are exactly those trees (aligned blocks of b), so one pass of
         node hashes per level serves a whole batch of steps instead of one per step."""
@@ -153,19 +154,19 @@ class Prover:
 
     # --- seams for dishonest provers (tests) -----------------------------------------------
 
-    def _fill_output(self, i: int, matrix: Any) -> Any:
+    def _fill_output(self, i: int, matrix: DeviceArray) -> DeviceArray:
         return matrix
 
-    def _keep_matrix(self, i: int, matrix: Any) -> None:
+    def _keep_matrix(self, i: int, matrix: DeviceArray) -> None:
         self.matrices.append(matrix)
 
-    def _access_output(self, t: int, state: Any) -> Any:
+    def _access_output(self, t: int, state: DeviceArray) -> DeviceArray:
         return state
 
-    def _matrix_for_step(self, j: int) -> Any:
+    def _matrix_for_step(self, j: int) -> DeviceArray:
         return self.matrices[j]
 
-    def _matrix_for_open(self, i: int) -> Any:
+    def _matrix_for_open(self, i: int) -> DeviceArray:
         return self.matrices[i]
 
     # --- opening -------------------------------------------------------------------------
@@ -176,14 +177,15 @@ class Prover:
         spec = self.spec
         leaves: list[LeafOpening] = []
         nodes: list[TreeNodes] = []
-        for kind, depth, low, top in (("M", fill_depth(spec), spec.n, self._fill_top),
-                                      ("X", access_depth(spec), spec.b, self._access_top)):
+        phases: tuple[tuple[Literal["M", "X"], int, int, list[np.ndarray]], ...] = (
+            ("M", fill_depth(spec), spec.n, self._fill_top), ("X", access_depth(spec), spec.b, self._access_top))
+        for kind, depth, low, top in phases:
             wanted = [ref for ref in refs if ref.kind == kind]
             if not wanted:
                 continue
             levels_out: list[int] = []
             positions_out: list[int] = []
-            digests_out: list[Any] = []
+            digests_out: list[np.ndarray] = []  # host copies
             low_levels = low.bit_length() - 1
             per_tree: dict[int, dict[int, set[int]]] = {}  # tree -> level -> local positions
             for level, position in lattice.multiproof_nodes({leaf_position(spec, ref) for ref in wanted}, depth):
@@ -216,12 +218,12 @@ class Prover:
         self.timings.open_s = time.perf_counter() - started
         return Openings(challenge_id=spec.challenge_id, leaves=leaves, nodes=nodes)
 
-    def _gather(self, array: Any, indices: list[int], as_int8: bool = False) -> np.ndarray:
+    def _gather(self, array: DeviceArray, indices: list[int], as_int8: bool = False) -> np.ndarray:
         """Host copies of some rows of a device array (one transfer)."""
         picked = array[self.backend.from_host(np.asarray(indices, dtype=np.int64))]
         return self.backend.host_int8(picked) if as_int8 else self.backend.host(picked)
 
-    def _subtree_rows(self, kind: str, trees: list[int]) -> Any:
+    def _subtree_rows(self, kind: Literal["M", "X"], trees: list[int]) -> Iterator[tuple[int, DeviceArray]]:
         """(tree, its leaves' rows on the device) for each wanted subtree: matrices are
         resident; states are recomputed by replaying the chain (nothing kept between phases)."""
         if kind == "M":

@@ -1,8 +1,7 @@
 """The GraVal separation table: what a timing window refuses, measured on a backend.
 
 The seam between the dishonest provers (``miner.graval.adversaries``) and whatever judges a
-``gpus.toml`` window: ``canopy graval calibrate``, the GPU check kit and
-``bench/graval.py``. Each row times a cheat's phases against the honest median of the same
+``gpus.toml`` window. Each row times a cheat's phases against the honest median of the same
 shape on the same device: half the matrices (Belady rebuilds), 90% of them, and two claims
 answered by one device (two threads, and two processes that share no interpreter lock).
 """
@@ -154,11 +153,7 @@ def release_cached_memory(backend: ArrayBackend) -> None:
     import gc  # noqa: PLC0415
 
     gc.collect()
-    if backend.name == "torch-cuda":
-        backend.torch.cuda.empty_cache()  # type: ignore[attr-defined]
-    elif backend.name == "cupy":
-        backend.cp.get_default_memory_pool().free_all_blocks()  # type: ignore[attr-defined]
-        backend.cp.get_default_pinned_memory_pool().free_all_blocks()  # type: ignore[attr-defined]
+    backend.release_cached_memory()
 
 
 def two_claims_processes(backend: ArrayBackend, make_spec: SpecFactory, device_index: int = 0) -> list[tuple[float, float]]:
@@ -182,7 +177,7 @@ def two_claims_processes(backend: ArrayBackend, make_spec: SpecFactory, device_i
     failed = [answer for answer in answers if isinstance(answer, str)]
     if failed:
         raise RuntimeError(f"a claim's process failed: {failed[0]}")
-    return [tuple(answer) for answer in answers]  # type: ignore[misc]
+    return [(float(fill_s), float(access_s)) for fill_s, access_s in answers]
 
 
 def separation_table(backend: ArrayBackend, make_spec: SpecFactory, window: Window, *, honest: list[Run] | None = None,
@@ -218,7 +213,7 @@ def separation_table(backend: ArrayBackend, make_spec: SpecFactory, window: Wind
         prover.capacity_fraction = capacity
         fill_ratio, access_ratio, stopped = cheat_run(prover, fill_median, access_median, cap)
         rows.append(_judge(case, fill_ratio, access_ratio, window, stopped=stopped,
-                           detail=f"keeps {prover.capacity} of {spec.m} matrices, rebuilt {getattr(prover, 'rebuilt', 0)}"
+                           detail=f"keeps {prover.capacity} of {spec.m} matrices, rebuilt {prover.rebuilt}"
                                   + (f" before the stop at {cap:g}x" if stopped else "")))
     if "two claims" in cases:
         for name, (fill_s, access_s) in zip("ab", two_claims(backend, make_spec, progress)):

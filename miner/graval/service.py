@@ -1,13 +1,13 @@
 """The miner's GraVal handlers on its axon: Inventory, DeviceInfo, Prove, Access and Open.
 
-The seam between the axon (``neurons/miner.py``: ``GravalService(devices, ...).attach(axon)``)
-and the prover. A challenge occupies its device from ``Prove`` until its validator's
-``Open`` (or until it expires ``session_ttl_s`` after its last phase): its matrices are
-resident all that time, so a second challenge cannot share the device. Another
-validator's ``Prove`` meanwhile gets ``DeviceBusy`` carrying the occupying challenge's
-request as its validator signed it (the evidence that lets it retry instead of failing
-the device) and a ``Retry-After``; the occupying session is never dropped for it. The
-same validator proving again replaces its own session.
+The seam between the miner's axon (``GravalService(devices, ...).attach(axon)``) and the
+prover. A challenge occupies its device from ``Prove`` until its validator's ``Open`` (or
+until it expires ``session_ttl_s`` after its last phase): its matrices are resident all that
+time, so a second challenge cannot share the device. Another validator's ``Prove`` meanwhile
+gets ``DeviceBusy`` carrying the occupying challenge's request as its validator signed it
+(the evidence that lets it retry instead of failing the device) and a ``Retry-After``; the
+occupying session is never dropped for it. The same validator proving again replaces its own
+session.
 
 Each phase runs in a worker thread (the axon stays responsive). When the validator hangs
 up (its timeout), the handler is cancelled, the prover stops at its next step and the

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import re
 import tomllib
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Callable, Iterable, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -287,3 +288,32 @@ def uncalibrated_multiplier(model: GpuModel, proven_bytes: int, table: list[GpuM
     able = [row.compute_multiplier for row in table
             if row.devnet_only == model.devnet_only and row.memory_gb_max * GIB >= proven_bytes]
     return min([model.compute_multiplier, *able])
+
+
+def proven_bytes(row: Any) -> int:
+    """The memory a verification proved: ``proven_bytes`` where the result has it, else the
+    device's ``memory_bytes`` (the proof fills ~95% of the memory the device claims)."""
+    return int(getattr(row, "proven_bytes", None) or row.memory_bytes or 0)
+
+
+def device_multiplier(table: Iterable[GpuModel]) -> Callable[[Any], float]:
+    """The scoring multiplier of a verification (``DeviceResult`` or store row: ``model_id``,
+    ``memory_bytes``): ``uncalibrated_multiplier`` of its table row for the memory proven,
+    so an uncalibrated row earns no more than the cheapest model that could hold that
+    memory. A model id missing from the table gets 0 (the device then does not count)."""
+    rows = list(table)
+    models = {model.id: model for model in rows}
+
+    @lru_cache(maxsize=4096)
+    def of(model_id: str, proven: int) -> float:
+        model = models.get(model_id)
+        return 0.0 if model is None else uncalibrated_multiplier(model, proven, rows)
+
+    return lambda row: of(row.model_id, proven_bytes(row)) * proven_fraction(row)
+
+
+def proven_fraction(row: Any) -> float:
+    """The share of the device a verification proved: below 1 for a device re-verified beside
+    its instances (README, GraVal: serving), whose capacity counts only that share."""
+    fraction = getattr(row, "proven_fraction", None)
+    return float(fraction) if fraction else 1.0

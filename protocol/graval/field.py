@@ -23,14 +23,23 @@ associativity; a matrix that is not resident must be rebuilt at O(n^3).
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
+from numpy.typing import NDArray
 
 P = 251
 HALF = (P - 1) // 2  # 125: centred representatives are in [-HALF, HALF]
 MAX_N = (2**31 - 1) // (HALF * HALF)  # longest exact int32 dot product of centred entries
 DOMAIN = b"canopy-graval-v1"
+
+#: An array on a backend's device: a numpy ``ndarray``, a torch ``Tensor`` or a cupy ``ndarray``.
+#: The three libraries share every operation this code uses (indexing, int64 arithmetic, shifts,
+#: ``shape``, ``reshape``) but no static type (cupy ships none), so the checker sees ``Any``.
+DeviceArray: TypeAlias = Any
+#: A hash key: two 32-bit words, or one pair of key words per counter (int64 arrays, the
+#: verifier's samples of different matrices hashed in one pass).
+Key: TypeAlias = tuple[int, int] | tuple[NDArray[np.int64], NDArray[np.int64]]
 
 _MASK32 = 0xFFFFFFFF
 _MIX = 0x045D9F3B  # < 2^31: a 32-bit value times this stays below 2^63
@@ -45,7 +54,7 @@ SBOX = _make_sbox()  # residue -> residue, a permutation of range(P)
 SBOX_CENTRED = np.where(SBOX > HALF, SBOX - P, SBOX)  # residue -> centred representative of S(x)
 
 
-def centred(residues: Any) -> Any:
+def centred(residues: DeviceArray) -> DeviceArray:
     """Map residues in [0, P) to representatives in [-HALF, HALF] (numpy/torch/cupy arrays)."""
     return residues - P * (residues > HALF)
 
@@ -57,7 +66,7 @@ def derive_key(seed: bytes, uuid: str, shape: tuple[int, ...], label: str) -> tu
     return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
 
 
-def hash_words(counters: Any, key: tuple[int, int]) -> Any:
+def hash_words(counters: DeviceArray, key: Key) -> DeviceArray:
     """32-bit words from int64 counters < 2^32 (works on numpy, torch and cupy arrays).
 
     Two rounds of a 32-bit integer mixer keyed by ``key``.
@@ -72,7 +81,7 @@ def hash_words(counters: Any, key: tuple[int, int]) -> Any:
     return (x >> 16) ^ x
 
 
-def hash_residues(counters: Any, key: tuple[int, int]) -> Any:
+def hash_residues(counters: DeviceArray, key: Key) -> DeviceArray:
     """Residues in [0, P) from int64 counters < 2^32; the bias of ``x mod 251`` for a 32-bit x
     is below 2^-24."""
     return hash_words(counters, key) % P

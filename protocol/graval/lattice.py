@@ -5,7 +5,9 @@ The seam between the prover's device work (``miner.graval``) and the verifier's 
 column of every state without the host touching them: hashing tens of GB a second on the
 host (BLAKE2b) would make the timed proof measure the CPU. An Ajtai hash is a matrix
 product, so it runs where the GEMMs run (int8 tensor cores on CUDA, BLAS on the CPU) as a
-few per cent of the challenge's own work, with the same code on every backend:
+few per cent of the challenge's own work, with the same code on every backend (the array
+primitives it needs are ``ArrayOps``: the prover's ``ArrayBackend`` and the verifier's
+``HostOps`` supply them):
 
 - a digest is ``K`` residues mod ``Q`` (a prime just below 2^16);
 - leaf hash of a row x of n centred int8 entries: ``x (A_lo + 256 A_hi) mod Q``, with
@@ -28,8 +30,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
-from protocol.graval.field import DOMAIN, hash_words
+from protocol.graval.field import DOMAIN, DeviceArray, hash_words
 
 Q = 65521  # the largest prime below 2^16: a digest coordinate is two base-256 digits
 K = 192  # digest coordinates: K log2 Q = 3072 bits of SIS
@@ -39,22 +42,44 @@ FREIVALDS_VECTORS = 2
 
 
 class ArrayOps(Protocol):
-    """What the tree code needs from an array backend (numpy, cupy or torch, CPU or CUDA)."""
+    """The array primitives the tree code runs on: the seam to an array library (numpy, cupy
+    or torch, CPU or CUDA). The prover's backends (``miner.graval.backends.ArrayBackend``) and
+    the verifier's ``HostOps`` implement it; every function here takes one as ``ops``."""
 
-    def matmul_exact(self, a: Any, b: Any) -> Any: ...  # exact integer product of centred int8 values
-    def to_int64(self, x: Any) -> Any: ...
-    def to_storage(self, x: Any) -> Any: ...  # int8 on a GPU, float64 where BLAS wants it
-    def to_node_storage(self, x: Any) -> Any: ...  # node inputs: int8 on a GPU, float32 on a CPU (exact: < 2^24)
-    def cat(self, arrays: list[Any], axis: int) -> Any: ...
-    def from_host(self, x: np.ndarray) -> Any: ...
-    def host(self, x: Any) -> np.ndarray: ...
+    def matmul_exact(self, a: DeviceArray, b: DeviceArray) -> DeviceArray:
+        """The exact integer product of two arrays of centred int8 values in storage dtype."""
+        ...
+
+    def to_int64(self, x: DeviceArray) -> DeviceArray:
+        """``x`` as int64."""
+        ...
+
+    def to_storage(self, x: DeviceArray) -> DeviceArray:
+        """``x`` in the dtype the leaf products take: int8 on a GPU, float64 where BLAS wants it."""
+        ...
+
+    def to_node_storage(self, x: DeviceArray) -> DeviceArray:
+        """``x`` in the dtype the node products take: int8 on a GPU, float32 on a CPU (exact: < 2^24)."""
+        ...
+
+    def cat(self, arrays: list[DeviceArray], axis: int) -> DeviceArray:
+        """The arrays joined along ``axis``."""
+        ...
+
+    def from_host(self, x: np.ndarray) -> DeviceArray:
+        """A host (numpy) array copied to the device."""
+        ...
+
+    def host(self, x: DeviceArray) -> np.ndarray:
+        """A device array copied to the host."""
+        ...
 
 
 def key_matrix(hash_seed: bytes, rows: int, label: str) -> np.ndarray:
     """``rows`` x 2K centred int8 limbs [A_lo | A_hi] of one key (host numpy; the prover copies it over once)."""
     key = _label_key(hash_seed, rows, label)
     counters = np.arange(rows * 2 * K, dtype=np.int64)
-    limbs = (hash_words(counters, key) & 0xFF) - 128
+    limbs: NDArray[np.int64] = (hash_words(counters, key) & 0xFF) - 128
     return limbs.reshape(rows, 2 * K).astype(np.int8)
 
 
@@ -66,12 +91,12 @@ def _label_key(hash_seed: bytes, rows: int, label: str) -> tuple[int, int]:
     return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
 
 
-def combine(product: Any) -> Any:
+def combine(product: DeviceArray) -> DeviceArray:
     """(rows x 2K) exact limb products -> (rows x K) int64 digests mod Q (any backend)."""
     return (product[:, :K] + 256 * product[:, K:]) % Q
 
 
-def digits(ops: ArrayOps, digests: Any) -> Any:
+def digits(ops: ArrayOps, digests: DeviceArray) -> DeviceArray:
     """(rows x K) digests -> (rows x 2K) centred base-256 digits, low digits first (int64)."""
     return ops.cat([digests & 0xFF, digests >> 8], 1) - 128
 
@@ -80,8 +105,8 @@ def digits(ops: ArrayOps, digests: Any) -> Any:
 class DeviceKeys:
     """The two key matrices of one challenge, on the prover's device, in its storage dtype."""
 
-    leaf: Any  # n x 2K
-    node: Any  # 4K x 2K
+    leaf: DeviceArray  # n x 2K
+    node: DeviceArray  # 4K x 2K
 
 
 def device_keys(ops: ArrayOps, hash_seed: bytes, n: int) -> DeviceKeys:
@@ -89,18 +114,18 @@ def device_keys(ops: ArrayOps, hash_seed: bytes, n: int) -> DeviceKeys:
                       node=ops.to_node_storage(ops.from_host(key_matrix(hash_seed, NODE_INPUTS, "node"))))
 
 
-def leaf_digests(ops: ArrayOps, keys: DeviceKeys, rows: Any) -> Any:
+def leaf_digests(ops: ArrayOps, keys: DeviceKeys, rows: DeviceArray) -> DeviceArray:
     """Digests (int64, rows x K) of each row of ``rows`` (centred entries in storage dtype)."""
     return combine(ops.to_int64(ops.matmul_exact(rows, keys.leaf)))
 
 
-def parents(ops: ArrayOps, keys: DeviceKeys, level: Any) -> Any:
+def parents(ops: ArrayOps, keys: DeviceKeys, level: DeviceArray) -> DeviceArray:
     """The level above ``level`` (2N x K digests, siblings adjacent) as N x K digests."""
     pairs = digits(ops, level).reshape(level.shape[0] // 2, NODE_INPUTS)
     return combine(ops.to_int64(ops.matmul_exact(ops.to_node_storage(pairs), keys.node)))
 
 
-def tree_levels(ops: ArrayOps, keys: DeviceKeys, leaves: Any, *, keep: bool) -> list[Any]:
+def tree_levels(ops: ArrayOps, keys: DeviceKeys, leaves: DeviceArray, *, keep: bool) -> list[DeviceArray]:
     """Every level from the leaves (power-of-two count) to the root; only [root] unless ``keep``."""
     levels = [leaves]
     level = leaves
@@ -110,7 +135,7 @@ def tree_levels(ops: ArrayOps, keys: DeviceKeys, leaves: Any, *, keep: bool) -> 
     return levels
 
 
-def pad_rows(ops: ArrayOps, digests: Any, count: int) -> Any:
+def pad_rows(ops: ArrayOps, digests: DeviceArray, count: int) -> DeviceArray:
     """Pad a (rows x K) digest array with zero digests to ``count`` rows (a power of two)."""
     missing = count - digests.shape[0]
     if missing <= 0:
@@ -151,14 +176,17 @@ def blas_matmul(a: np.ndarray, b: np.ndarray, *, single: bool = False) -> np.nda
     """``a @ b`` on the CPU, single-threaded when small (or ``single``: the validator's checks
     stay on one core, and OpenBLAS's spinning threads would bill it for several)."""
     global _BLAS
+    product: np.ndarray
     if not single and a.shape[0] * a.shape[1] * b.shape[1] >= SMALL_PRODUCT_MACS:
-        return a @ b
+        product = a @ b
+        return product
     if _BLAS is None:
         from threadpoolctl import ThreadpoolController  # noqa: PLC0415 - only when BLAS is used
 
         _BLAS = ThreadpoolController()
     with _BLAS.limit(limits=1, user_api="blas"):
-        return a @ b
+        product = a @ b
+    return product
 
 
 class HostOps:
@@ -166,28 +194,28 @@ class HostOps:
     |sum| < 2^53), float32 node inputs. The verifier uses them; the prover's numpy backend
     is these plus its element-wise passes."""
 
-    def matmul_exact(self, a: Any, b: Any) -> Any:
+    def matmul_exact(self, a: DeviceArray, b: DeviceArray) -> DeviceArray:
         return blas_matmul(a, b)
 
-    def to_int64(self, x: Any) -> Any:
+    def to_int64(self, x: DeviceArray) -> DeviceArray:
         return np.asarray(x).astype(np.int64)
 
-    def transpose(self, x: Any) -> Any:
+    def transpose(self, x: DeviceArray) -> DeviceArray:
         return np.ascontiguousarray(x.T)
 
-    def to_storage(self, x: Any) -> Any:
+    def to_storage(self, x: DeviceArray) -> DeviceArray:
         return np.asarray(x, dtype=np.float64)
 
-    def to_node_storage(self, x: Any) -> Any:
+    def to_node_storage(self, x: DeviceArray) -> DeviceArray:
         return np.asarray(x, dtype=np.float32)
 
-    def cat(self, arrays: list[Any], axis: int) -> Any:
+    def cat(self, arrays: list[DeviceArray], axis: int) -> DeviceArray:
         return np.concatenate(arrays, axis=axis)
 
-    def from_host(self, x: np.ndarray) -> Any:
+    def from_host(self, x: np.ndarray) -> DeviceArray:
         return x
 
-    def host(self, x: Any) -> np.ndarray:
+    def host(self, x: DeviceArray) -> np.ndarray:
         return np.asarray(x)
 
 
@@ -213,14 +241,16 @@ class LeafChecker:
 
     def leaves_ok(self, rows: np.ndarray, digests: np.ndarray) -> np.ndarray:
         """Per row: does ``digests[i]`` (K residues) equal the leaf hash of ``rows[i]`` (w.h.p.)?"""
-        claimed = (digests.astype(np.int64) @ self.w) % Q  # < 192 * 2^32: exact
-        actual = (rows.astype(np.int64) @ self.a_w) % Q  # < n * 128 * 2^16: exact
-        return (claimed == actual).all(axis=1)
+        claimed: NDArray[np.int64] = (digests.astype(np.int64) @ self.w) % Q  # < 192 * 2^32: exact
+        actual: NDArray[np.int64] = (rows.astype(np.int64) @ self.a_w) % Q  # < n * 128 * 2^16: exact
+        agree: NDArray[np.bool_] = (claimed == actual).all(axis=1)
+        return agree
 
     def parents(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """Exact node hashes of (left, right) digest pairs (N x K each)."""
         pairs = np.concatenate([digits(HOST, left), digits(HOST, right)], axis=1).astype(np.float32)
-        return combine(blas_matmul(pairs, self.node_key, single=True).astype(np.int64))  # |sum| <= 768 * 128 * 128 < 2^24: exact
+        digests: NDArray[np.int64] = combine(blas_matmul(pairs, self.node_key, single=True).astype(np.int64))  # exact: < 2^24
+        return digests
 
 
 # --- multiproofs: the nodes that lead a set of leaves to the root -------------------------

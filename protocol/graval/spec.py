@@ -146,7 +146,8 @@ def access_order(spec: ChallengeSpec, access_seed: bytes) -> list[int]:
     material = b"|".join([DOMAIN, b"access", spec.seed_bytes, access_seed, spec.uuid.encode()])
     digest = hashlib.blake2b(material, digest_size=8).digest()
     key = int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
-    return (hash_words(np.arange(1, spec.steps + 1, dtype=np.int64), key) % spec.m).tolist()
+    order: list[int] = (hash_words(np.arange(1, spec.steps + 1, dtype=np.int64), key) % spec.m).tolist()
+    return order
 
 
 def fewest_rebuilds(order: list[int], capacity: int) -> int:
@@ -165,7 +166,7 @@ def fewest_rebuilds(order: list[int], capacity: int) -> int:
     for position in range(len(order) - 1, -1, -1):
         next_use[position] = upcoming.get(order[position], len(order))
         upcoming[order[position]] = position
-    first_use = sorted(upcoming, key=upcoming.get)  # type: ignore[arg-type]
+    first_use = sorted(upcoming, key=upcoming.__getitem__)
     resident = {matrix: upcoming[matrix] for matrix in first_use[:capacity]}
     heap = [(-when, matrix) for matrix, when in resident.items()]
     heapq.heapify(heap)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.api.test_gateway import assert_envelope, chat, new_key, post
+from tests.support.gateway import assert_envelope, chat, new_key, post
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -9,7 +9,7 @@ import pytest
 from api.admin_series import _devices
 from protocol.graval.devices import GIB
 from validator.graval.session import DeviceResult
-from validator.store import ValidatorStore
+from store.queries import ValidatorStore
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import json
 import httpx
 import pytest
 
-from tests.api.conftest import MODEL
-from tests.api.test_gateway import PROMPT, assert_envelope, log_row, new_key, post
+from tests.support.gateway import MODEL, PROMPT, assert_envelope, log_row, new_key, post
 from tests.validator.chutes.fake_llm import completion_words
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

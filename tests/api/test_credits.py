@@ -10,8 +10,8 @@ from sqlalchemy import select, update
 
 from api.credits import CreditLedger
 from api.keys import KeyStore
-from api.tables import ApiKey, CreditLease
-from validator.store import ValidatorStore
+from store.api_tables import ApiKey, CreditLease
+from store.queries import ValidatorStore
 
 
 @pytest.fixture

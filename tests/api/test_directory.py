@@ -10,13 +10,13 @@ import pytest
 from api.directory import MinerDirectory
 from api.requestlog import RequestRecord
 from api.keys import RateRule
-from canopy.config import ConfigError, load_settings
+from node.config import ConfigError, load_settings
 from chain.base import AxonInfo, Metagraph, Neuron
 from neurons.api import gateway_config
 from protocol.chutes import HostedChute, HostedCord
 from protocol.dendrite import Result, Target
 from protocol.graval.synapses import InventoryResponse
-from tests.protocol.helpers import StaticChain
+from tests.support.network import StaticChain
 
 CHAT = [HostedCord(path="/v1/chat/completions")]
 

@@ -16,54 +16,12 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 from sqlalchemy import select
 
-from api.tables import RequestLog
+from store.api_tables import RequestLog
 from api.upstream import NoAnswer, Upstream
-from tests.api.conftest import MAX_BODY, MODEL
+from tests.support.gateway import MAX_BODY, MODEL, PROMPT, assert_envelope, chat, invocations, log_row, new_key, post
 from tests.validator.chutes.fake_llm import completion_words
-from validator.tables import Invocation
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-PROMPT = "name the trees of the north"
-
-
-def chat(**extra) -> dict:
-    return {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 8, "seed": 3, **extra}
-
-
-async def new_key(gateway, name: str, **fields) -> str:
-    return (await gateway.keys.create(name, **fields))[1]
-
-
-async def post(gateway, key: str | None, body, *, path="/v1/chat/completions", headers=None, **kwargs):
-    sent = {"authorization": f"Bearer {key}"} if key else {}
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
-        if isinstance(body, (bytes, str)):
-            return await client.post(path, content=body, headers={**sent, "content-type": "application/json",
-                                                                    **(headers or {})}, **kwargs)
-        return await client.post(path, json=body, headers={**sent, **(headers or {})}, **kwargs)
-
-
-async def log_row(gateway, request_id: str) -> RequestLog:
-    await gateway.app.state.request_log.drain()
-    async with gateway.store.sessions() as session:
-        return (await session.scalars(select(RequestLog).where(RequestLog.id == request_id))).one()
-
-
-async def invocations(gateway) -> list[Invocation]:
-    await gateway.upstream.drain()
-    async with gateway.store.sessions() as session:
-        return list((await session.scalars(select(Invocation).order_by(Invocation.id))).all())
-
-
-def assert_envelope(response: httpx.Response, status: int, *, param=None, type_=None) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    assert error["param"] == param
-    if type_:
-        assert error["type"] == type_
-    assert response.headers["x-request-id"].startswith("req_")
-    return error
 
 
 # --- the official client ----------------------------------------------------------------------

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from api.idempotency import IdempotencyStore, request_hash
-from api.tables import IdempotencyRecord
-from tests.api.test_gateway import assert_envelope, chat, invocations, new_key, post
+from store.api_tables import IdempotencyRecord
+from tests.support.gateway import assert_envelope, chat, invocations, new_key, post
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import select
 
 from api.keys import KeyError_, KeyRejected, KeyStore, RateRule, parse_expiry, parse_strategy
-from api.tables import ApiKey
-from validator.store import ValidatorStore
+from store.api_tables import ApiKey
+from store.queries import ValidatorStore
 
 
 @pytest.fixture

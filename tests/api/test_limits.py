@@ -9,7 +9,7 @@ import pytest
 
 from api.keys import RateRule
 from api.limits import MemoryRateLimiter, RedisRateLimiter
-from tests.redis_server import REDIS_SERVER
+from tests.support.redis_server import REDIS_SERVER
 
 RULES = (RateRule(3, 60), RateRule(5, 3600))
 

@@ -11,10 +11,9 @@ from aiohttp import web
 
 from api.errors import ModerationUnavailable
 from api.moderation import BlocklistModerator, ChainModerator, OpenAIModerator, Verdict, from_settings, input_texts
-from canopy.config import ApiSettings
+from node.config import ApiSettings
 from canopy.logging import redact
-from tests.api.conftest import MODEL
-from tests.api.test_gateway import assert_envelope, invocations, log_row, new_key, post
+from tests.support.gateway import MODEL, assert_envelope, invocations, log_row, new_key, post
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

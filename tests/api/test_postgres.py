@@ -1,4 +1,4 @@
-"""The public API's storage on a real PostgreSQL server (``tests.postgres_server``), the way
+"""The public API's storage on a real PostgreSQL server (``tests.support.postgres_server``), the way
 several replicas share it: keys and their credits (two engines reserving at once never
 overdraw), the request log with its reads and retention, idempotency records claimed by two
 replicas at once, and one gateway request served end to end with every table on Postgres."""
@@ -22,13 +22,13 @@ from api.idempotency import IdempotencyConflict, IdempotencyMismatch, Idempotenc
 from api.keys import KeyError_, KeyRejected, KeyStore, RateRule
 from api.limits import MemoryRateLimiter
 from api.requestlog import RequestLogger, RequestRecord, log_stats, prune_logs, query_logs
-from api.tables import ApiKey, CreditLease, IdempotencyRecord, RequestLog
+from store.api_tables import ApiKey, CreditLease, IdempotencyRecord, RequestLog
 from api.upstream import Upstream
-from tests.api.conftest import MODEL
-from tests.postgres_server import needs_postgres
-from tests.protocol.helpers import NETUID
-from validator.store import ValidatorStore
-from validator.tables import DeviceVerification, Invocation
+from tests.support.gateway import MODEL
+from tests.support.postgres_server import needs_postgres
+from tests.support.network import NETUID
+from store.queries import ValidatorStore
+from store.tables import DeviceVerification, Invocation
 
 # One loop for the module: the end-to-end test borrows the module-scoped ``gateway`` miners.
 pytestmark = [*needs_postgres, pytest.mark.asyncio(loop_scope="module")]

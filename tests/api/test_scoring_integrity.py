@@ -28,12 +28,11 @@ from sqlalchemy import select
 from api.tokenbound import SILENT_TOKENS
 from miner.chutes_service import ChutesService
 from protocol.chutes import Usage
-from tests.api.conftest import HONEST, MODEL, serve_gateway
-from tests.api.test_gateway import PROMPT, chat, new_key, post
+from tests.support.gateway import HONEST, MODEL, PROMPT, chat, new_key, post, serve_gateway
 from tests.validator.chutes.fake_llm import completion_words
 from validator.scoring import DeviceEntry, MinerWindow, ScoringSettings, raw_scores
-from validator.store import MinerActivity
-from validator.tables import Invocation
+from store.queries import MinerActivity
+from store.tables import Invocation
 from validator.windows import latency_quality
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -25,13 +25,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from api.admin_series import hourly_counts
 from api.keys import KeyStore
 from api.requestlog import RequestRecord
-from api.tables import RequestLog
+from store.api_tables import RequestLog
 from api.web import STATIC
-from tests.api.conftest import MODEL
-from tests.api.test_gateway import new_key
-from tests.postgres_server import needs_postgres
+from tests.support.gateway import MODEL, new_key
+from tests.support.postgres_server import needs_postgres
 from tests.validator.chutes.fake_llm import completion_words
-from validator.store import bulk_insert
+from store.queries import bulk_insert
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")

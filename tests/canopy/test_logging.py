@@ -8,7 +8,7 @@ import sys
 import pytest
 from loguru import logger
 
-from canopy.config import LoggingSettings
+from canopy.logging import LoggingSettings
 from canopy.logging import redact, setup_logging
 
 SEED = "0x" + "ab" * 32

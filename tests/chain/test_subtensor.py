@@ -1,4 +1,4 @@
-"""SubtensorChain against an in-memory subtensor (tests/chain/fake_substrate.py).
+"""SubtensorChain against an in-memory subtensor (``tests.support.fake_substrate``).
 
 Every test drives the real bittensor 11 Client, reads and intents; only the Substrate
 underneath is faked, so the SDK's own decoding, quantization, signing and error mapping
@@ -16,7 +16,7 @@ import pytest
 from bittensor import timelock
 from bittensor.settings import NETWORKS
 
-from canopy.wallets import create_devnet_wallet
+from node.wallets import create_devnet_wallet
 from chain.base import (
     AxonInfo,
     Chain,
@@ -27,17 +27,14 @@ from chain.base import (
     SubnetNotFound,
 )
 from chain.subtensor import LATENT_LITE_ENDPOINT, SubtensorChain
-from tests.chain.fake_substrate import FakeNeuron, FakeSubstrate, axon_record
+from tests.support.devnet import address
+from tests.support.fake_substrate import FakeNeuron, FakeSubstrate, axon_record
 
 NETUID = 7
 HEAD = 5000
 TAO = 10**9
 U16 = 65535
 VERSION_KEY = 3  # the subnet's weights_version
-
-
-def address(uri: str) -> str:
-    return bittensor_core.Keypair.create_from_uri(uri).ss58_address
 
 
 @pytest.fixture(autouse=True)
@@ -58,8 +55,8 @@ def fake(wallets) -> FakeSubstrate:
     fake = FakeSubstrate(block=HEAD)
     subnet = fake.add_subnet(
         NETUID,
-        address("//Owner"),
-        address("//OwnerCold"),
+        address("Owner"),
+        address("OwnerCold"),
         tempo=360,
         weights_rate_limit=100,
         reveal_period=2,
@@ -98,13 +95,13 @@ def fake(wallets) -> FakeSubstrate:
             registered_at=1200,
         ),
         FakeNeuron(
-            address("//Charlie"),
-            address("//CharlieCold"),
+            address("Charlie"),
+            address("CharlieCold"),
             axon=axon_record(int(ipaddress.IPv6Address("2001:db8::1")), 9000, ip_type=6, protocol=4, version=2),
             incentive=16384,
             registered_at=1300,
         ),
-        FakeNeuron(address("//Dave"), address("//DaveCold"), registered_at=4000),
+        FakeNeuron(address("Dave"), address("DaveCold"), registered_at=4000),
     ]
     return fake
 
@@ -265,7 +262,7 @@ async def test_serve_axon_unregistered_hotkey_raises_not_registered(fake, chain,
 async def test_serve_axon_chain_refusal_maps_to_not_registered(fake, chain, wallets):
     """Deregistered between our check and dispatch: the chain's error is mapped."""
     miner_hotkey = wallets["miner"].hotkey.ss58_address
-    fake.before_dispatch.append(lambda _: setattr(fake.subnets[NETUID].neurons[1], "hotkey", address("//Eve")))
+    fake.before_dispatch.append(lambda _: setattr(fake.subnets[NETUID].neurons[1], "hotkey", address("Eve")))
     with pytest.raises(NotRegistered, match="HotKeyNotRegisteredInNetwork"):
         await chain.serve_axon(wallets["miner"], NETUID, "198.51.100.20", 8092)
     assert [e.error for e in fake.extrinsics] == ["HotKeyNotRegisteredInNetwork"]

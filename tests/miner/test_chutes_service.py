@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 import pytest_asyncio
 
-from canopy.config import AxonSettings
-from canopy.wallets import create_devnet_wallet
+from protocol.options import AxonSettings
+from node.wallets import create_devnet_wallet
 from chain.base import Metagraph
 from miner.chutes_service import ChutesService
 from miner.hosting import ChuteEntry, HostingConfig, describe_chute, plan_hosting
@@ -24,8 +24,9 @@ from protocol import errors
 from protocol.chutes import ChuteUnavailable, InstanceCrashed, Invoke, InvokeChunk, RemoteChuteError
 from protocol.dendrite import Dendrite
 from protocol.graval.synapses import Inventory
-from tests.miner.conftest import BAD_HOOK, BROKEN_IMPORT, ECHO, GPU_ONLY, ROOT, cpu_devices
-from tests.protocol.helpers import NETUID, StaticChain, free_port, neuron
+from tests.support import ROOT, free_port
+from tests.support.chutes import BAD_HOOK, BROKEN_IMPORT, ECHO, GPU_ONLY, cpu_devices
+from tests.support.network import NETUID, StaticChain, neuron
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PAYLOAD_CAP = 4096

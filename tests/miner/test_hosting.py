@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from canopy.chute import ChuteInfo
-from canopy.config import ConfigError, load_settings
+from node.config import ConfigError, load_settings
 from canopy.node_selector import NodeSelector
 from miner.hosting import (
     ChuteEntry, DescribeError, HostingConfig, HostingConfigError, describe_chute, load_hosting_config,
     parse_hosting_config, plan_hosting,
 )
-from tests.miner.conftest import BROKEN_IMPORT, ECHO, GPU_ONLY, ROOT, cpu_devices, fake_h100s
+from tests.support import ROOT
+from tests.support.chutes import BROKEN_IMPORT, ECHO, GPU_ONLY, cpu_devices, fake_h100s
 
 
 def test_a_valid_config_parses_with_defaults_and_overrides(tmp_path):
@@ -141,8 +142,8 @@ async def test_no_devices_refuses_everything():
 
 
 async def test_the_miner_entry_point_refuses_a_bad_config_and_hosts_nothing_without_one(tmp_path):
-    from canopy.config import ChutesSettings
-    from canopy.neuron import StartupError
+    from node.config import ChutesSettings
+    from node.runtime import StartupError
     from neurons.miner import hosting_plan
 
     with pytest.raises(StartupError, match="does not exist: fix --chutes.config"):

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from miner.instances import Instance, InstanceManager, InstanceSpec, State, backoff_delay
-from tests.miner.conftest import BAD_HOOK, ECHO, ROOT, STUBBORN, cpu_devices, fake_h100s
-from tests.protocol.helpers import free_port
+from tests.support import ROOT, free_port
+from tests.support.chutes import BAD_HOOK, ECHO, STUBBORN, cpu_devices, fake_h100s
 
 ECHO_ID, BAD_ID, STUBBORN_ID = "5d52d889-b3e4-59ed-b622-940c25cbe07a", "bad-hook-id", "stubborn-id"
 

@@ -2,52 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-from canopy.wallets import coldkey_ss58, create_devnet_wallet
-from chain.devnet import DevnetLedger
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def neuron(role: str, home: Path, *flags: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "CANOPY_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "neurons" / f"{role}.py"), *flags],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs,
-    )
-
-
-def finish(process: subprocess.Popen, timeout: float = 30) -> tuple[int, str]:
-    output, _ = process.communicate(timeout=timeout)
-    return process.returncode, output
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def devnet(tmp_path):
-    ledger = DevnetLedger(tmp_path / "devnet.sqlite", block_time=1.0)
-    ledger.create_subnet(1, stake_threshold=100)
-    return ledger
-
+from node.wallets import coldkey_ss58, create_devnet_wallet
+from tests.support import free_port
+from tests.support.neurons import finish, start_neuron
 
 @pytest.mark.parametrize("role", ["miner", "validator", "api"])
 def test_help_explains_the_flags(role, tmp_path):
-    code, output = finish(neuron(role, tmp_path, "--help"))
+    code, output = finish(start_neuron(role, tmp_path, "--help"))
     assert code == 0
     for flag in ("--netuid", "--network", "--wallet.name", "--wallet.hotkey", "--axon.port", "--logging.debug"):
         assert flag in output
@@ -63,7 +30,7 @@ def test_help_explains_the_flags(role, tmp_path):
 )
 def test_start_up_errors_are_one_line_with_the_fix(flags, expected, tmp_path, devnet):
     create_devnet_wallet("default", "default", tmp_path / "wallets")  # so the subnet check is reached
-    code, output = finish(neuron("miner", tmp_path, *flags))
+    code, output = finish(start_neuron("miner", tmp_path, *flags))
     assert code != 0
     lines = [line for line in output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0] and lines[0].startswith("miner: error:")
@@ -71,7 +38,7 @@ def test_start_up_errors_are_one_line_with_the_fix(flags, expected, tmp_path, de
 
 def test_unregistered_hotkey_names_the_register_command(tmp_path, devnet):
     create_devnet_wallet("lonely", "default", tmp_path / "wallets")
-    code, output = finish(neuron("validator", tmp_path, "--wallet.name", "lonely"))
+    code, output = finish(start_neuron("validator", tmp_path, "--wallet.name", "lonely"))
     assert code == 1 and "is not registered on netuid 1" in output and "canopy devnet register --netuid 1" in output
 
 
@@ -84,9 +51,9 @@ async def test_miner_serves_on_chain_and_the_api_reports_it(tmp_path, devnet):
     devnet.add_stake(1, owner.hotkey.ss58_address, 1000)
     miner_port, api_port = free_port(), free_port()
     processes = [
-        neuron("miner", tmp_path, "--wallet.name", "m", "--axon.port", str(miner_port), "--axon.ip", "127.0.0.1"),
-        neuron("api", tmp_path, "--wallet.name", "owner", "--wallet.hotkey", "validator",
-               "--axon.port", str(api_port), "--axon.ip", "127.0.0.1"),
+        start_neuron("miner", tmp_path, "--wallet.name", "m", "--axon.port", str(miner_port), "--axon.ip", "127.0.0.1"),
+        start_neuron("api", tmp_path, "--wallet.name", "owner", "--wallet.hotkey", "validator",
+                     "--axon.port", str(api_port), "--axon.ip", "127.0.0.1"),
     ]
     try:
         deadline = time.monotonic() + 30

@@ -9,14 +9,16 @@ import time
 
 import pytest
 
-from canopy.wallets import coldkey_ss58, create_devnet_wallet
-from tests.neurons.test_entry_points import devnet, finish, free_port, neuron  # noqa: F401 - fixture
-from validator.store import ValidatorStore
+from node.wallets import coldkey_ss58, create_devnet_wallet
+from tests.support import free_port
+from tests.support.neurons import finish, start_neuron
+from tests.support.store import sqlite_url
+from store.queries import ValidatorStore
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-async def test_validator_verifies_a_miner_device_and_stores_it(tmp_path, devnet):  # noqa: F811
+async def test_validator_verifies_a_miner_device_and_stores_it(tmp_path, devnet):
     miner = create_devnet_wallet("gm", "default", tmp_path / "wallets")
     owner = create_devnet_wallet("gowner", "validator", tmp_path / "wallets")
     for wallet in (owner, miner):
@@ -24,10 +26,10 @@ async def test_validator_verifies_a_miner_device_and_stores_it(tmp_path, devnet)
     devnet.add_stake(1, owner.hotkey.ss58_address, 1000)
     database = tmp_path / "validator.sqlite"
     processes = [
-        neuron("miner", tmp_path, "--wallet.name", "gm", "--axon.port", str(free_port()), "--axon.ip", "127.0.0.1",
-               "--graval.cpu_devices", "1", "--graval.cpu_memory_mb", "16"),
-        neuron("validator", tmp_path, "--wallet.name", "gowner", "--wallet.hotkey", "validator",
-               "--graval.allow_cpu", "--database_url", f"sqlite+aiosqlite:///{database}"),
+        start_neuron("miner", tmp_path, "--wallet.name", "gm", "--axon.port", str(free_port()), "--axon.ip", "127.0.0.1",
+                     "--graval.cpu_devices", "1", "--graval.cpu_memory_mb", "16"),
+        start_neuron("validator", tmp_path, "--wallet.name", "gowner", "--wallet.hotkey", "validator",
+                     "--graval.allow_cpu", "--database_url", sqlite_url(database)),
     ]
     try:
         rows = {}
@@ -35,7 +37,7 @@ async def test_validator_verifies_a_miner_device_and_stores_it(tmp_path, devnet)
         while time.monotonic() < deadline and not rows:
             await asyncio.sleep(1)
             if database.exists():
-                store = await ValidatorStore.open(f"sqlite+aiosqlite:///{database}")
+                store = await ValidatorStore.open(sqlite_url(database))
                 try:
                     rows = await store.latest_verifications()
                 finally:

@@ -2,7 +2,7 @@
 its real SQLite store, real weights on the devnet chain.
 
 Miners: ``h1`` (one CPU pseudo-device), ``h2`` (two), ``cheat`` (claims one, commits random
-roots: ``cheating_miner.py``) and ``twin-a``/``twin-b`` (two hotkeys of one coldkey, one
+roots: ``neurons.demo_cheater``) and ``twin-a``/``twin-b`` (two hotkeys of one coldkey, one
 device each); every miner hosts the echo chute. One test walks through the issue's
 checks in order, so the subnet starts once: first weights (h2 > h1 > cheat = 0, one twin
 at 0), organic calls raising h1's score, SIGKILL and restart keeping the scores and the
@@ -13,23 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from canopy.wallets import coldkey_ss58, create_devnet_wallet
+from node.wallets import coldkey_ss58, create_devnet_wallet
 from chain.devnet import DevnetLedger
-from tests.neurons.test_entry_points import finish, free_port, neuron
-from validator.store import ORGANIC, ValidatorStore
-
-REPO = Path(__file__).resolve().parents[2]
-
+from tests.support import free_port
+from tests.support.neurons import finish, start_neuron
+from tests.support.store import sqlite_url
+from store.queries import ORGANIC, ValidatorStore
 
 def start_miner(home: Path, name: str, hotkey: str, devices: int, *, cheat: bool = False) -> subprocess.Popen:
     config = home / f"{name}-{hotkey}-chutes.toml"
@@ -37,23 +34,19 @@ def start_miner(home: Path, name: str, hotkey: str, devices: int, *, cheat: bool
     flags = ["--wallet.name", name, "--wallet.hotkey", hotkey, "--axon.ip", "127.0.0.1", "--axon.port", str(free_port()),
              "--graval.cpu_devices", str(devices), "--graval.cpu_memory_mb", "16", "--chutes.config", str(config),
              "--chutes.port_min", "20000", "--chutes.port_max", "29999"]
-    if not cheat:
-        return neuron("miner", home, *flags)
-    env = {**os.environ, "CANOPY_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(REPO / "tests" / "neurons" / "cheating_miner.py"), *flags], env=env,
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_neuron("demo_cheater" if cheat else "miner", home, *flags)
 
 
 def start_validator(home: Path, database: Path, metrics_port: int) -> subprocess.Popen:
-    return neuron("validator", home, "--wallet.name", "owner", "--wallet.hotkey", "validator", "--graval.allow_cpu",
-                  "--database_url", f"sqlite+aiosqlite:///{database}", "--validator.step_s", "2",
-                  "--validator.synthetic_interval_s", "4", "--validator.synthetic_timeout_s", "20",
-                  "--validator.metrics_port", str(metrics_port), "--validator.history_every_steps", "1",
-                  "--wandb.mode", "disabled")
+    return start_neuron("validator", home, "--wallet.name", "owner", "--wallet.hotkey", "validator", "--graval.allow_cpu",
+                        "--database_url", sqlite_url(database), "--validator.step_s", "2",
+                        "--validator.synthetic_interval_s", "4", "--validator.synthetic_timeout_s", "20",
+                        "--validator.metrics_port", str(metrics_port), "--validator.history_every_steps", "1",
+                        "--wandb.mode", "disabled")
 
 
 async def read(database: Path, query):
-    store = await ValidatorStore.open(f"sqlite+aiosqlite:///{database}")
+    store = await ValidatorStore.open(sqlite_url(database))
     try:
         return await query(store)
     finally:

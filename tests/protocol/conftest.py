@@ -12,13 +12,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from canopy.config import AxonSettings
-from canopy.wallets import create_devnet_wallet
+from protocol.options import AxonSettings
+from node.wallets import create_devnet_wallet
 from chain.base import Metagraph
 from protocol.axon import Axon, Caller
 from protocol.dendrite import Dendrite
 from protocol.synapse import Echo, EchoResponse
-from tests.protocol.helpers import NETUID, RecordingNonceStore, Spy, StaticChain, free_port, neuron
+from tests.support import free_port
+from tests.support.network import NETUID, RecordingNonceStore, Spy, StaticChain, neuron
 
 MIN_STAKE = 10.0
 WALLET_NAMES = ("miner", "validator", "whale", "minnow", "nopermit", "stranger")

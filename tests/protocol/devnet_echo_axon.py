@@ -1,7 +1,7 @@
 """A miner-like process for the wire integration test: an Echo axon on the devnet.
 
-Caller: ``tests/protocol/test_integration.py`` (as a subprocess). Opens the devnet chain
-file, opens the miner wallet, starts an ``Axon`` that publishes its address on the
+Run as a script (``python tests/protocol/devnet_echo_axon.py --devnet FILE ...``). Opens the
+devnet chain file, opens the miner wallet, starts an ``Axon`` that publishes its address on the
 devnet and takes its metagraph from it, prints ``READY <port>`` and serves until stdin
 closes or SIGTERM arrives.
 """
@@ -19,8 +19,8 @@ sys.path.insert(0, str(ROOT))
 
 import uvloop  # noqa: E402
 
-from canopy.config import AxonSettings  # noqa: E402
-from canopy.wallets import open_wallet  # noqa: E402
+from protocol.options import AxonSettings  # noqa: E402
+from node.wallets import open_wallet  # noqa: E402
 from chain.devnet import DevnetChain  # noqa: E402
 from protocol.axon import Axon, Caller  # noqa: E402
 from protocol.synapse import Echo, EchoResponse  # noqa: E402

@@ -8,7 +8,8 @@ import httpx
 import pytest
 import uvicorn
 
-from protocol.asgi import ClientGone, WatchedStreamingResponse, bind_socket, until_disconnect
+from canopy.streaming import ClientGone, WatchedStreamingResponse, until_disconnect
+from protocol.asgi import bind_socket
 
 
 class Client:

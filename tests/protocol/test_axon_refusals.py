@@ -7,7 +7,7 @@ import time
 import pytest
 
 from protocol.synapse import Echo
-from tests.protocol.helpers import raw_post, signed_headers
+from tests.support.network import raw_post, signed_headers
 
 PATH = Echo.route()
 BODY = b'{"text":"hello"}'

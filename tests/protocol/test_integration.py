@@ -9,17 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from canopy.wallets import create_devnet_wallet
+from node.wallets import create_devnet_wallet
 from chain.devnet import DevnetChain, DevnetLedger
 from protocol import errors
 from protocol.dendrite import Dendrite
 from protocol.synapse import Echo, Ping
-from tests.protocol.helpers import free_port
+from tests.support import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 NETUID = 3
 SCRIPT = Path(__file__).with_name("devnet_echo_axon.py")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ import redis
 
 from protocol.nonces import RedisNonceStore
 from protocol.synapse import Echo
-from tests.protocol.helpers import free_port, raw_post, signed_headers
-from tests.redis_server import needs_redis
+from tests.support import free_port
+from tests.support.network import raw_post, signed_headers
+from tests.support.redis_server import needs_redis
 
 pytestmark = needs_redis
 

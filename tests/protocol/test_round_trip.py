@@ -13,7 +13,8 @@ from chain.base import Metagraph
 from protocol import errors
 from protocol.dendrite import Dendrite, Target
 from protocol.synapse import Echo, EchoResponse, Ping, Pong, Synapse, SynapseResponse
-from tests.protocol.helpers import NETUID, free_port, neuron
+from tests.support import free_port
+from tests.support.network import NETUID, neuron
 
 
 async def test_echo_round_trip(echo_axon, dendrite, wallets, chain):

@@ -1,15 +1,12 @@
-"""Shared fixtures of the validator tests: a real SQLite store on a tmp file, captured log lines."""
+"""Fixtures of the validator tests: a real SQLite store (``tmp_path / "validator.sqlite"``), captured log lines."""
 
 from __future__ import annotations
 
 import pytest
 from loguru import logger
 
-from validator.store import ValidatorStore
-
-
-def sqlite_url(path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
+from store.queries import ValidatorStore
+from tests.support.store import sqlite_url
 
 
 @pytest.fixture

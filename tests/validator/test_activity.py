@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from validator.activity import ActivityWindow
-from validator.store import ORGANIC, SYNTHETIC
+from store.queries import ORGANIC, SYNTHETIC
 
 WINDOW = 1000.0
 

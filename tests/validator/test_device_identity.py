@@ -21,15 +21,18 @@ import pytest
 from typer.testing import CliRunner
 
 from canopy.cli.main import app as cli
-from canopy.config import AxonSettings, load_settings
-from canopy.wallets import create_devnet_wallet
+from protocol.options import AxonSettings
+from node.wallets import create_devnet_wallet
 from chain.devnet import DevnetChain, DevnetLedger
 from miner.graval.service import GravalService
 from protocol.axon import Axon
 from protocol.dendrite import Dendrite
 from protocol.graval.synapses import Inventory, InventoryResponse
-from tests.protocol.helpers import free_port
-from tests.validator.graval.test_session import cpu_row, devices, phase_macs
+from tests.support import free_port
+from tests.support.graval import NOISY_BOX_ATTEMPTS, cpu_row, devices, phase_macs
+from tests.support.network import StaticChain, neuron
+from tests.support.store import sqlite_url
+from tests.support.validator import devnet_settings, sample
 from validator.graval.schedule import MIN_GAP
 from validator.graval.session import DeviceResult
 from validator.loop import Validator
@@ -114,18 +117,9 @@ async def subnet(tmp_path, wallets, monkeypatch):
         axons[name] = axon
     hk = {name: getattr(wallets, name).hotkey.ss58_address for name in (*MINERS, "validator")}
     yield SimpleNamespace(ledger=ledger, chain=chain, axons=axons, service=services, device=device, hk=hk,
-                          url=f"sqlite+aiosqlite:///{tmp_path / 'validator.sqlite'}")
+                          url=sqlite_url(tmp_path / "validator.sqlite"))
     for axon in axons.values():
         await axon.stop()
-
-
-@pytest.fixture
-async def store(subnet):
-    from validator.store import ValidatorStore
-
-    opened = await ValidatorStore.open(subnet.url)
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture
@@ -134,8 +128,7 @@ async def make_validator(subnet, wallets, store):
     made = []
     async with Dendrite(wallets.validator) as dendrite:
         def make(*flags: str) -> Validator:
-            settings = load_settings(["--network", "devnet", "--devnet.path", str(subnet.ledger.path), "--netuid",
-                                      str(NETUID), "--graval.allow_cpu", "--wandb.mode", "disabled", *flags])
+            settings = devnet_settings(subnet.ledger.path, NETUID, *flags)
             validator = Validator(wallet=wallets.validator, chain=subnet.chain, settings=settings, store=store,
                                   dendrite=dendrite, table=[cpu_row()])
             validator.verifier = InstantVerifier(validator.claims)
@@ -145,10 +138,6 @@ async def make_validator(subnet, wallets, store):
         yield make
         for validator in made:
             await validator.close()
-
-
-def sample(validator: Validator, name: str, **labels) -> float:
-    return validator.metrics.registry.get_sample_value(name, labels or None) or 0.0
 
 
 async def devices_cli(*args: str) -> str:
@@ -284,9 +273,6 @@ async def test_a_deregistered_owners_devices_are_released(subnet, make_validator
 
 # --- one device, two hotkeys, one sweep: the real verifier ------------------------------------
 
-NOISY_BOX_ATTEMPTS = 3
-
-
 class SharedDevice(GravalService):
     """One of two miners (two hotkeys) whose provers share one device (``device``, one lock for
     both): a proof holds it from its fill to the end of its access phase, as its matrices hold
@@ -317,9 +303,8 @@ class SharedDevice(GravalService):
 
 
 def calibrated_row(honest: DeviceResult) -> object:
-    """The cpu row at the per-phase speed ``honest`` showed (``test_session.phase_macs``: the
-    work of each phase). Windows [0.05, 1.6]: one device proving two claims back to back
-    takes 2x."""
+    """The cpu row at the per-phase speed ``honest`` showed (``phase_macs``: the work of each
+    phase). Windows [0.05, 1.6]: one device proving two claims back to back takes 2x."""
     fill_macs, access_macs = phase_macs()
     return cpu_row(fill_macs_per_s=fill_macs / honest.fill_s, access_macs_per_s=access_macs / honest.access_s,
                    window_low=0.05, window_high=1.6)
@@ -330,7 +315,6 @@ async def two_hotkeys_one_device(tmp_path_factory):
     """Two miner axons (two hotkeys, two coldkeys) in this process backed by one device, each
     claiming a same-class device under its own uuid; the validator's dendrite."""
     from chain.base import Metagraph
-    from tests.protocol.helpers import StaticChain, neuron
 
     root = tmp_path_factory.mktemp("shared-device")
     a, b, validator = (create_devnet_wallet(f"shared-{name}", "default", root) for name in ("a", "b", "validator"))

@@ -18,15 +18,16 @@ from types import SimpleNamespace
 import pytest
 
 from canopy import __spec_version__
-from canopy.config import AxonSettings, load_settings
-from canopy.wallets import create_devnet_wallet
+from protocol.options import AxonSettings
+from node.wallets import create_devnet_wallet
 from chain.devnet import DevnetChain, DevnetLedger
 from miner.graval.service import GravalService
 from protocol.axon import Axon
 from protocol.dendrite import Dendrite
-from tests.protocol.helpers import free_port
+from tests.support import free_port
 from miner.graval.adversaries import RandomRoots
-from tests.validator.graval.test_session import cpu_row, devices
+from tests.support.graval import cpu_row, devices
+from tests.support.validator import devnet_settings, sample
 from validator.loop import StepReport, Validator
 
 NETUID, TEMPO = 1, 100
@@ -56,8 +57,7 @@ async def subnet(tmp_path, wallets, monkeypatch):
         GravalService(devices(1, name), **options).attach(axon)
         await axon.start()  # publishes its address on the devnet
         axons[name] = axon
-    settings = load_settings(["--network", "devnet", "--devnet.path", str(ledger.path), "--netuid", str(NETUID),
-                              "--graval.allow_cpu", "--wandb.mode", "disabled", "--validator.history_every_steps", "1"])
+    settings = devnet_settings(ledger.path, NETUID, "--validator.history_every_steps", "1")
     hk = {name: getattr(wallets, name).hotkey.ss58_address for name in uid}
     yield SimpleNamespace(ledger=ledger, chain=chain, axons=axons, settings=settings, uid=uid, hk=hk)
     for axon in axons.values():
@@ -78,10 +78,6 @@ async def make_validator(subnet, wallets, store):
         yield make
         for validator in made:
             await validator.close()
-
-
-def sample(validator: Validator, name: str, **labels) -> float:
-    return validator.metrics.registry.get_sample_value(name, labels or None) or 0.0
 
 
 async def test_first_step_verifies_scores_and_sets_weights_then_the_next_one_reverifies_nobody(

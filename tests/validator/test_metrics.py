@@ -7,8 +7,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from canopy.config import WandbSettings
-from tests.protocol.helpers import free_port
+from node.config import WandbSettings
+from tests.support import free_port
 from validator.metrics import ScoreTracker, ValidatorMetrics
 
 NAMES = ("canopy_validator_steps_total", "canopy_validator_step_seconds", "canopy_validator_block",

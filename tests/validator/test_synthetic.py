@@ -23,21 +23,22 @@ import pytest
 import pytest_asyncio
 
 from canopy.chute import load_chute
-from canopy.config import AxonSettings
-from canopy.wallets import create_devnet_wallet
+from protocol.options import AxonSettings
+from node.wallets import create_devnet_wallet
 from chain.base import Metagraph
 from miner.chutes_service import ChutesService
 from miner.hosting import ChuteEntry, HostingConfig, plan_hosting
 from miner.instances import InstanceManager
 from protocol.axon import Axon
-from protocol.chutes import HostedChute, HostedCord
+from protocol.chutes import HostedChute, HostedCord, InvokeChunk
 from protocol.dendrite import Dendrite
-from tests.miner.conftest import BAD_HOOK, ROOT, cpu_devices
-from tests.protocol.helpers import NETUID, StaticChain, free_port, neuron
+from tests.support import ROOT, free_port
+from tests.support.chutes import BAD_HOOK, cpu_devices
+from tests.support.network import NETUID, StaticChain, neuron
 from tests.validator.chutes.fake_llm import completion_words
 from tests.validator.chutes.shapes import Order, Receipt
 from validator.synthetic import (
-    LLM_PATH, PROMPTS, Probe, ProbeResult, flag_disagreements, outputs_agree, probes_for, run_probe,
+    LLM_PATH, PROMPTS, Probe, ProbeResult, _Reply, flag_disagreements, outputs_agree, probes_for, run_probe,
 )
 
 HONEST, LIAR = "tests.validator.chutes.fake_llm:chute", "tests.validator.chutes.fake_llm:liar"
@@ -132,6 +133,35 @@ def test_greedy_outputs_that_drift_apart_late_still_agree():
     rows = [result("a", honest), result("b", drifted), result("c", other_model)]
     assert outputs_agree(honest, drifted) and not outputs_agree(honest, other_model)
     assert [r.miner_hotkey for r in flag_disagreements(rows)] == ["c"]
+
+
+def judged(*events) -> tuple[str, str]:
+    """(error, detail) of an LLM reply streaming ``events`` (dicts as JSON, strings as they are)."""
+    reply = _Reply(Probe("c", "llm", LLM_PATH, "POST", {"max_tokens": 8}, "k", True))
+    body = "".join(f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    reply.add(InvokeChunk(status=200, content_type="text/event-stream", data=body), 0.1)
+    reply.add(InvokeChunk(done=True), 0.2)
+    return reply.judge(ProbeResult("m", "c", "k", "llm", ok=False))
+
+
+def test_every_event_must_parse_as_the_sdks_openai_chunk():
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    text = {**head, "choices": [{"index": 0, "delta": {"content": "hello there"}, "finish_reason": "stop"}]}
+    usage = {**head, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+    assert judged(text, usage) == ("", "")
+    no_object = {k: v for k, v in text.items() if k != "object"}
+    refused = {
+        "not JSON": ("hello", usage), "no object": (no_object, usage), "choices not a list": ({**text, "choices": {}},),
+        "no delta": ({**head, "choices": [{"index": 0, "finish_reason": "stop"}]}, usage),
+        "a non-text delta": ({**head, "choices": [{"index": 0, "delta": {"content": 5}}]}, usage),
+        "a count as text": (text, {**usage, "usage": {**usage["usage"], "prompt_tokens": "3"}}),
+        "a count as a bool": (text, {**usage, "usage": {**usage["usage"], "completion_tokens": True}}),
+        "a count as a float": (text, {**usage, "usage": {**usage["usage"], "total_tokens": 5.0}}),
+    }
+    for case, events in refused.items():
+        error, detail = judged(*events)
+        assert error == "bad_response" and "is not a chat.completion.chunk (" in detail, (case, detail)
+    assert judged(text) == ("bad_response", "no usage event")
 
 
 # --- over the wire ---------------------------------------------------------------------------------

@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select
 
-from canopy.wallets import create_devnet_wallet
+from node.wallets import create_devnet_wallet
 from chain import ChainError, RateLimited
 from chain.devnet import DevnetChain, DevnetLedger
-from tests.chain.conftest import ManualClock, address
-from validator.tables import WeightSubmission
+from tests.support.devnet import ManualClock, address
+from store.tables import WeightSubmission
 from validator.weights import WeightSetter
 
 NETUID, VERSION = 1, 7

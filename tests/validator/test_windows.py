@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from validator.scoring import DeviceEntry, ScoringSettings, raw_scores
-from validator.store import MinerActivity
+from store.queries import MinerActivity
 from validator.windows import build_windows, device_entries, latency_quality
 
 MULTIPLIERS = {"h100": 1.0, "a100": 0.5}

@@ -1,6 +1,6 @@
 """When devices are (re-)verified: a miner's first verification at once, then sweeps.
 
-Called by the validator loop (which restores it from the store after a restart).
+The validator loop asks it what is due and restores it from the store after a restart.
 
 - **Sweeps.** Re-verification is a sweep: every device of every reachable miner challenged
   at the same moment, so one GPU cannot answer for two hotkeys (each claim would need the

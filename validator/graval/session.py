@@ -1,6 +1,6 @@
 """The validator's GraVal round with one miner: inventory, device info, fill, access, open, verify.
 
-The seam between the validator loop (and tests, ``bench``) and a miner's axon.
+The seam between the validator and a miner's axon.
 ``GravalVerifier.verify_miner`` asks the miner's axon for its devices, rejects claims that
 match no row of the GPU table or disagree with the live readings, then challenges every
 remaining device *at the same time*. Each challenge is three timed calls: ``Prove`` (the
@@ -31,7 +31,8 @@ from typing import Any, Callable, Collection
 from bittensor import http_auth
 from loguru import logger
 
-from protocol.dendrite import Dendrite
+from protocol import errors
+from protocol.dendrite import Result, SynapseCaller, TargetLike, as_target
 from protocol.nonces import ACCEPT_ALL
 from protocol.graval.devices import (
     MAX_WINDOW_HIGH, DeviceRejected, DeviceSpec, GpuModel, LiveDeviceInfo, check_live, match_model,
@@ -44,8 +45,8 @@ from protocol.graval.synapses import (
     Access, AccessCommitment, DeviceInfo, DeviceInfoResponse, FillCommitment, Inventory, InventoryResponse, Open,
     Openings, Prove,
 )
-from protocol.synapse import Ping
-from validator.graval.verifier import check_commitments, leaves_for, pick_samples, verify
+from protocol.synapse import Ping, Synapse
+from protocol.graval.verifier import check_commitments, leaves_for, pick_samples, verify
 
 
 @dataclass
@@ -98,7 +99,7 @@ MAX_CHALLENGE_AGE_S = 900.0
 
 
 class GravalVerifier:
-    def __init__(self, dendrite: Dendrite, table: list[GpuModel], *, allow_cpu: bool, samples: int | None = None,
+    def __init__(self, dendrite: SynapseCaller, table: list[GpuModel], *, allow_cpu: bool, samples: int | None = None,
                  reverify_samples: int | None = None, fill_fraction: float = DEFAULT_FILL_FRACTION,
                  steps_per_matrix: int | None = None, max_rtt_s: float = 0.2, network_margin_s: float = 5.0,
                  open_timeout_s: float = 60.0, max_busy_wait_s: float = 300.0,
@@ -130,14 +131,14 @@ class GravalVerifier:
             self._hash_seed = (secrets.token_hex(32), time.monotonic())
         return self._hash_seed[0]
 
-    async def verify_miner(self, target: Any, hotkey: str = "", known: Collection[str] = (),
+    async def verify_miner(self, target: TargetLike, hotkey: str = "", known: Collection[str] = (),
                            prove_at: float | None = None) -> list[DeviceResult]:
         """Every claimed device of one miner, challenged concurrently; devices in ``known``
         (passed before) are sampled at the re-verification soundness. ``prove_at`` (a
         ``time.monotonic()`` instant, a sweep's): every Prove goes out at that instant, so a
         miner cannot shift its challenge in time by answering Inventory or DeviceInfo slowly;
         one whose answers arrive after it fails ``late_for_sweep``."""
-        hotkey = hotkey or getattr(target, "hotkey", "")
+        hotkey = hotkey or as_target(target).hotkey
         answer = await self.dendrite.call(target, Inventory(), timeout=15)
         if not answer.ok or not isinstance(answer.response, InventoryResponse):
             logger.info("graval: {} gave no inventory ({})", hotkey[:8], answer.error)
@@ -165,7 +166,7 @@ class GravalVerifier:
         ))
         return list(results)
 
-    async def _live_readings(self, target: Any, uuids: list[str]) -> dict[str, LiveDeviceInfo]:
+    async def _live_readings(self, target: TargetLike, uuids: list[str]) -> dict[str, LiveDeviceInfo]:
         answer = await self.dendrite.call(target, DeviceInfo(uuids=uuids), timeout=15)
         if not answer.ok or not isinstance(answer.response, DeviceInfoResponse):
             return {}
@@ -178,7 +179,7 @@ class GravalVerifier:
         logger.info("graval: {} device {} failed: {} ({})", hotkey[:8], claim.uuid, reason, detail)
         return DeviceResult(hotkey, claim.uuid, False, reason, detail, name=claim.name, memory_bytes=claim.memory_bytes, **extra)
 
-    async def verify_device(self, target: Any, hotkey: str, claim: DeviceSpec, live: LiveDeviceInfo | None,
+    async def verify_device(self, target: TargetLike, hotkey: str, claim: DeviceSpec, live: LiveDeviceInfo | None,
                             samples: int | None = None, reserved_bytes: int = 0) -> DeviceResult:
         try:
             model = match_model(claim, self.table, allow_cpu=self.allow_cpu)
@@ -200,18 +201,18 @@ class GravalVerifier:
                               f"{claim.memory_bytes} bytes: too little left to prove", model_id=model.id)
         return await self.challenge(target, hotkey, claim, model, spec, samples, full=full)
 
-    async def _network_allowance(self, target: Any) -> float:
+    async def _network_allowance(self, target: TargetLike) -> float:
         """The round trip of a tiny signed call just before a timed one, credited up to ``max_rtt_s``."""
         answer = await self.dendrite.call(target, Ping(), timeout=5)
         return min(answer.latency_s, self.max_rtt_s) if answer.ok else 0.0
 
-    async def _timed(self, target: Any, synapse: Any, expected: float, model: GpuModel) -> tuple[Any, float]:
+    async def _timed(self, target: TargetLike, synapse: Synapse, expected: float, model: GpuModel) -> tuple[Result, float]:
         allowance = await self._network_allowance(target)
         started = time.perf_counter()
         answer = await self.dendrite.call(target, synapse, timeout=expected * model.window_high + self.network_margin_s)
         return answer, max(0.0, time.perf_counter() - started - allowance)
 
-    async def challenge(self, target: Any, hotkey: str, claim: DeviceSpec, model: GpuModel, spec: ChallengeSpec,
+    async def challenge(self, target: TargetLike, hotkey: str, claim: DeviceSpec, model: GpuModel, spec: ChallengeSpec,
                         samples: int | None = None, full: ChallengeSpec | None = None) -> DeviceResult:
         """One fill / access / open round for a device already matched to ``model``; ``full``
         is the whole-device challenge when ``spec`` proves only what serving leaves free."""
@@ -228,7 +229,7 @@ class GravalVerifier:
         while True:
             sent_at = time.time()
             answer, fill_s = await self._timed(target, Prove(spec=spec), fill_expected, model)
-            if answer.ok or getattr(answer.error, "type", "") != "device_busy" or waited >= self.max_busy_wait_s:
+            if answer.ok or answer.error is None or answer.error.type != "device_busy" or waited >= self.max_busy_wait_s:
                 break
             wait = self._busy_wait(answer.error, target, claim, sent_at)
             if wait is None:
@@ -285,11 +286,11 @@ class GravalVerifier:
                             multiplier=fraction * uncalibrated_multiplier(model, proven, self.table),
                             **common)
 
-    def _busy_wait(self, error: Any, target: Any, claim: DeviceSpec, sent_at: float) -> float | None:
+    def _busy_wait(self, error: errors.ProtocolError, target: TargetLike, claim: DeviceSpec, sent_at: float) -> float | None:
         """Seconds to wait before retrying a busy device, or None when the plea is not proven:
         the evidence must be a ``Prove`` for this device, signed for this miner by another
         registered validator, sent before ours and recently."""
-        detail = getattr(error, "detail", None) or {}
+        detail = error.detail or {}
         evidence = detail.get("evidence") if isinstance(detail, dict) else None
         if not isinstance(evidence, dict):
             return None
@@ -297,7 +298,7 @@ class GravalVerifier:
             body = base64.b64decode(evidence["body"], validate=True)
             caller = http_auth.verify(
                 {str(k): str(v) for k, v in evidence["headers"].items()}, body, method=str(evidence["method"]),
-                path=str(evidence["path"]), self_hotkey_ss58=target.hotkey, max_age=MAX_CHALLENGE_AGE_S,
+                path=str(evidence["path"]), self_hotkey_ss58=as_target(target).hotkey, max_age=MAX_CHALLENGE_AGE_S,
                 require_receiver=True, nonce_store=ACCEPT_ALL,
             )
             other = Prove.model_validate(json.loads(body))

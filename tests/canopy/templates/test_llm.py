@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from canopy.templates.llm import ROUTES, build_llm_chute, pick_engine, vllm_command
-from tests.canopy.sdk.conftest import start_instance
+from tests.support.instances import start_instance
 from tests.canopy.templates.conftest import CACHE_ROOT
 
 CHAT = "/v1/chat/completions"

@@ -1,1 +1,1 @@
-"""Small chutes the miner tests host in real instance processes (see tests/miner/test_*.py)."""
+"""Small chutes hosted in real instance processes by the tests (their refs: ``tests.support.chutes``)."""

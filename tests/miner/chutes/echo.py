@@ -1,6 +1,6 @@
 """Test chute: echo, SSE token streams with OpenAI usage, a slow cord, a raising cord, a crash.
 
-Hosted by tests/miner: ``tests.miner.chutes.echo:chute``. Runs on the CPU pseudo-device.
+Its ref is ``tests.support.chutes.ECHO``. Runs on the CPU pseudo-device.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def test_every_backend_proves_bit_identically_and_the_cpu_verifier_accepts_it(na
 
     from miner.graval.prover import Prover  # noqa: PLC0415
     from protocol.graval.spec import ChallengeSpec, access_order  # noqa: PLC0415
-    from validator.graval.verifier import leaves_for, pick_samples, verify  # noqa: PLC0415
+    from protocol.graval.verifier import leaves_for, pick_samples, verify  # noqa: PLC0415
 
     if not _available(name):
         pytest.skip(f"no {name} backend on this machine")

@@ -11,12 +11,11 @@ from miner.graval import calibration as cal
 
 from miner.graval import separation
 from miner.graval.backends import NumpyBackend
-from protocol.graval.devices import MAX_WINDOW_HIGH, DeviceSpec, load_gpu_table
+from protocol.graval.devices import MAX_WINDOW_HIGH, load_gpu_table
 from protocol.graval.spec import ChallengeSpec
+from tests.support.chutes import fake_h100s
 
-H100 = DeviceSpec(kind="cuda", index=0, name="NVIDIA H100 80GB HBM3", uuid="GPU-00000000-aaaa-bbbb-cccc-000000000000",
-                  memory_bytes=81559 << 20, sm_count=132, max_sm_clock_mhz=1980, max_mem_clock_mhz=2619,
-                  compute_capability="9.0")
+(H100,) = fake_h100s(1)
 
 
 def tiny(m: int = 4) -> ChallengeSpec:

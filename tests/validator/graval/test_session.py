@@ -1,8 +1,8 @@
 """GraVal over the wire: a real axon with the miner's GraVal service, the validator's dendrite.
 
-Devices are CPU pseudo-devices matched to test rows of the GPU table. Timing cheats are
-judged against a throughput calibrated in the same test on this machine, so the honest
-prover and the cheat run under the same conditions.
+Devices are CPU pseudo-devices matched to test rows of the GPU table
+(``tests.support.graval``). Timing cheats are judged against a throughput calibrated in the
+same test on this machine, so the honest prover and the cheat run under the same conditions.
 """
 
 from __future__ import annotations
@@ -13,26 +13,24 @@ from types import SimpleNamespace
 
 import pytest
 
-from canopy.config import AxonSettings
-from canopy.wallets import create_devnet_wallet
+from protocol.options import AxonSettings
+from node.wallets import create_devnet_wallet
 from chain.base import Metagraph
 from miner.graval import adversaries as cheats
 from miner.graval import service as service_module
 from miner.graval.prover import Prover
 from miner.graval.service import GravalService
-from miner.inventory import cpu_device
 from protocol.axon import Axon
 from protocol.dendrite import Dendrite
-from protocol.graval.devices import GpuModel, load_gpu_table
 from protocol import errors
 from protocol.graval.spec import ChallengeSpec, plan
 from protocol.graval.synapses import Access, LeafRef, Open, Prove
-from tests.protocol.helpers import NETUID, StaticChain, free_port, neuron
+from tests.support import free_port
+from tests.support.graval import BIG_MEMORY, MEMORY, NOISY_BOX_ATTEMPTS, B, N, cpu_row, devices, phase_macs
+from tests.support.network import NETUID, StaticChain, neuron
+from tests.support.store import sqlite_url
 from validator.graval.session import GravalVerifier
-from validator.store import ValidatorStore
-
-N, B, MEMORY = 512, 8, 4 << 20  # 4 MiB at n=512: 8 matrices (and 6 of workspace), 128 access steps
-BIG_MEMORY = 16 << 20  # 56 matrices: the cheats' slowdowns vary less from one order to the next
+from store.queries import ValidatorStore
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +39,6 @@ def wallets(tmp_path_factory):
     return SimpleNamespace(miner=create_devnet_wallet("gminer", "default", root),
                            validator=create_devnet_wallet("gvalidator", "default", root),
                            other=create_devnet_wallet("gother", "default", root))
-
-
-def cpu_row(**update) -> GpuModel:
-    row = next(model for model in load_gpu_table() if model.id == "cpu")
-    return row.model_copy(update={"graval_n": N, "graval_b": B, "memory_gb_min": 1 / 1024, **update})
 
 
 @pytest.fixture
@@ -76,21 +69,6 @@ async def dendrite(wallets):
         yield client
 
 
-def devices(count: int, salt: str = "a", memory: int = MEMORY):
-    return [cpu_device(memory_bytes=memory, salt=f"{salt}{i}").model_copy(update={"index": i}) for i in range(count)]
-
-
-#: Timing tests judge a device against this machine's own speed; when another process takes
-#: the cores the honest side can miss the window too, which says nothing about the verifier.
-#: Such an attempt is measured again (a cheat passing is a failure at once, never retried).
-NOISY_BOX_ATTEMPTS = 3
-
-
-def phase_macs(memory: int = MEMORY) -> tuple[int, int]:
-    spec = plan("CPU-x", memory, n=N, b=B, steps_per_matrix=cpu_row().graval_steps_per_matrix)
-    return spec.fill_macs, spec.access_macs
-
-
 async def wire_rates(miner, dendrite, memory: int = MEMORY) -> dict[str, float]:
     """This machine's honest per-phase rates, measured over the wire as the validator sees them.
 
@@ -118,7 +96,7 @@ async def test_honest_devices_pass_and_every_result_is_stored(miner, dendrite, t
     assert all(result.samples == 2 * verifier.samples and result.fill_s > 0 and result.access_s > 0 for result in results)
     assert all(result.proven_bytes > 0 and result.multiplier == cpu_row().compute_multiplier for result in results)
 
-    store = await ValidatorStore.open(f"sqlite+aiosqlite:///{tmp_path / 'validator.sqlite'}")
+    store = await ValidatorStore.open(sqlite_url(tmp_path / "validator.sqlite"))
     try:
         await store.record_device_results(results)
         history = await store.verifications_of(started.axon.hotkey)

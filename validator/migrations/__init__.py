@@ -1,1 +1,0 @@
-"""Alembic migrations of Canopy's store (the validator's and the API's tables); see ``validator.schema``."""

@@ -1,1 +1,0 @@
-"""The revisions, oldest first (``down_revision`` links them); see ``validator.schema``."""
