@@ -24,7 +24,7 @@ import codecs
 import json
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import aiohttp
@@ -97,11 +97,6 @@ class Ledger:
 
     def refuse(self, chute_id: str) -> None:
         self.totals.setdefault(chute_id, ChuteTotals()).refused += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"totals": {chute: asdict(totals) for chute, totals in self.totals.items()},
-                "recent": [asdict(entry) for entry in self.recent]}
-
 
 # --- reading usage and errors out of bodies ------------------------------------------------------
 

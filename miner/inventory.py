@@ -40,14 +40,6 @@ def cpu_device_allowed(network: str) -> bool:
     return network == "devnet"
 
 
-def resolve_allow_cpu(requested: bool, network: str) -> bool:
-    """``requested``, refused with ValueError when a CPU device is asked for off the devnet."""
-    if requested and not cpu_device_allowed(network):
-        raise ValueError(f"the CPU pseudo-device is for the devnet only, not network {network!r}: "
-                         "run on a supported GPU or drop the allow-cpu option")
-    return requested
-
-
 def discover_devices(*, allow_cpu: bool, cpu_memory_bytes: int = DEFAULT_CPU_MEMORY_BYTES,
                      salt: str = "") -> list[DeviceSpec]:
     """The devices this machine offers: its GPUs, else (``allow_cpu``) one CPU pseudo-device.

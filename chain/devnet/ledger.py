@@ -204,11 +204,6 @@ class DevnetLedger:
             table.setdefault(uid, {})[target] = weight
         return table
 
-    def stake_of(self, netuid: int, hotkey: str) -> float:
-        with contextlib.closing(self._connect()) as db:
-            row = db.execute("SELECT tao FROM stakes WHERE netuid = ? AND hotkey = ?", (netuid, hotkey)).fetchone()
-        return row[0] if row else 0.0
-
     # -- writes ----------------------------------------------------------------------
 
     def create_subnet(

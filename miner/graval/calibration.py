@@ -208,9 +208,6 @@ class Calibration:
         checked = [run.verified for run in self.runs if run.verified is not None]
         return all(checked) if checked else None
 
-    def median_seconds(self, phase: str) -> float:
-        return statistics.median(run.fill_s if phase == "fill" else run.access_s for run in self.runs)
-
     def as_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "runs": len(self.runs), "fill_macs_per_s": self.fill_rate,
                 "access_macs_per_s": self.access_rate, "fill_cv": self.fill_cv, "access_cv": self.access_cv,

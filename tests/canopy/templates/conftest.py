@@ -18,7 +18,13 @@ CACHE_ROOT: Path = model_files.models_root()
 
 
 @pytest.fixture(scope="session")
-def engine():  # noqa: ANN201
+def model_cache() -> Path:
+    """The persistent model cache (resolved at import, see above)."""
+    return CACHE_ROOT
+
+
+@pytest.fixture(scope="session")
+def engine(model_cache: Path):  # noqa: ANN201
     from canopy.templates.cpu_llm import CpuLlmEngine
 
-    return CpuLlmEngine.load(cache_root=CACHE_ROOT)
+    return CpuLlmEngine.load(cache_root=model_cache)

@@ -13,7 +13,6 @@ import pytest
 
 from canopy.templates.llm import ROUTES, build_llm_chute, pick_engine, vllm_command
 from tests.support.instances import start_instance
-from tests.canopy.templates.conftest import CACHE_ROOT
 
 CHAT = "/v1/chat/completions"
 
@@ -28,8 +27,8 @@ def post(url: str, body: dict, timeout: float = 120.0) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def llm(tmp_path_factory):
-    env = {"CANOPY_MODEL_CACHE": str(CACHE_ROOT), "CANOPY_LLM_ENGINE": "cpu"}
+def llm(tmp_path_factory, model_cache):
+    env = {"CANOPY_MODEL_CACHE": str(model_cache), "CANOPY_LLM_ENGINE": "cpu"}
     with start_instance("examples/llm_chute.py:chute", tmp_path_factory.mktemp("llm"), env=env, wait=None) as instance:
         instance.wait_status("ready", timeout=240)
         yield instance
