@@ -45,8 +45,9 @@ __all__ = ["CANOPY_NAMESPACE", "Chute", "ChuteInfo", "ChuteLoadError", "CordInfo
 
 #: The namespace of chute ids: ``uuid5(CANOPY_NAMESPACE, "username/name")``.
 CANOPY_NAMESPACE = uuid.UUID("5c1e0a2b-7f3d-5e8a-9b64-0c4a7d2e1f90")
-_USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:-]{0,127}$")
+#: What a chute's username and name may be (the registry checks owners and names by the same rules).
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:-]{0,127}$")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -99,9 +100,9 @@ class Chute:
     def __init__(self, username: str, name: str, image: "Image | str | None" = None, readme: str = "",
                  tagline: str = "", node_selector: NodeSelector | dict | None = None,
                  concurrency: int = 1, max_instances: int = 1, **extra: Any) -> None:
-        if not isinstance(username, str) or not _USERNAME_RE.match(username):
+        if not isinstance(username, str) or not USERNAME_RE.match(username):
             raise ValueError(f"chute username {username!r}: 1-64 letters, digits, _ . - (starting with a letter or digit)")
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.match(name):
             raise ValueError(f"chute name {name!r}: 1-128 letters, digits, _ . / : - (starting with a letter or digit)")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 1024:
             raise ValueError(f"chute concurrency must be an integer in 1..1024, got {concurrency!r}")

@@ -4,7 +4,8 @@ The validator's tables live in ``store.tables``; the API appends organic ``Invoc
 there for scoring.
 
 - ``ApiKey``: one client key, stored as a SHA-256 digest (the key itself is shown once),
-  with its credits, expiry, rate-limit rules, default strategy, allowed models and flags;
+  with its credits, expiry, rate-limit rules, default strategy, allowed models and flags,
+  and (since 0005) its owner, scopes and chute allow-list, which ``store.scopes`` reads;
 - ``RequestLog``: one row per API request (prompts and answers only when the operator
   opts in);
 - ``IdempotencyRecord``: the first answer to a request sent with an ``Idempotency-Key``;
@@ -38,6 +39,13 @@ class ApiKey(ApiBase):
     models: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)  # JSON list; None: all
     created_at: Mapped[float] = mapped_column(Float)
     last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
+    # The chute owner (a username) whose chutes the key may deploy, delete, warm up and invoke
+    # when private; None (every key made before 0005): no owner's, see store.scopes.
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
+    # JSON list of store.scopes.SCOPES; the server default lets a replica of the previous version
+    # keep creating keys during a rolling restart (its admin flag still counts: store.scopes.key_scopes)
+    scopes: Mapped[str] = mapped_column(Text, default='["invoke"]', server_default='["invoke"]')
+    chutes: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)  # JSON list of "owner/name"; None: all
 
 
 class RequestLog(ApiBase):

@@ -2,8 +2,9 @@
 
 Every store brings its database to the newest revision before using it (``upgrade``);
 developers add a migration with ``python -m store.schema revision "what changed"``. The
-validator's tables (``store.tables``) and the API's (``store.api_tables``) share one
-database, so they share one migration history, in ``store/migrations/versions``.
+validator's tables (``store.tables``), the API's (``store.api_tables``) and the chute
+registry's (``store.registry_tables``) share one database, so they share one migration
+history, in ``store/migrations/versions``.
 
 A database made before migrations existed (``create_all``; no ``alembic_version``) runs
 every revision from the baseline, which creates only the tables it lacks (a validator-only
@@ -40,12 +41,13 @@ _PG_MIGRATION_LOCK = 0x63616E6F7079  # "canopy"
 
 @lru_cache(maxsize=1)
 def metadata() -> sa.MetaData:
-    """Every table of the store (the validator's and the API's) in one ``MetaData``."""
+    """Every table of the store (the validator's, the API's, the chute registry's) in one ``MetaData``."""
     from store.api_tables import ApiBase
+    from store.registry_tables import RegistryBase
     from store.tables import Base
 
     combined = sa.MetaData()
-    for source in (Base.metadata, ApiBase.metadata):
+    for source in (Base.metadata, ApiBase.metadata, RegistryBase.metadata):
         for table in source.tables.values():
             table.to_metadata(combined)
     return combined

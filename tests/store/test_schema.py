@@ -4,6 +4,7 @@ keys, logs and scores, on SQLite files and on a real PostgreSQL server."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 import sys
 import time
@@ -15,15 +16,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from api.keys import KeyStore
+from api.keys import KeyStore, hash_key, hint_of
 from store.schema import current_revision, metadata, upgrade
 from store.queries import ValidatorStore
+from store.registry import ChuteRegistry
+from store.scopes import key_scopes, may
 from store.tables import DeviceVerification, Invocation
 from tests.support import ROOT
 from tests.support.postgres_server import needs_postgres
 from tests.support.store import sqlite_url
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 def _differences(connection: sa.Connection) -> list:
@@ -249,3 +252,67 @@ async def test_0004_gives_each_verified_uuid_to_its_first_passing_hotkey_on_sqli
 @needs_postgres[1]
 async def test_0004_gives_each_verified_uuid_to_its_first_passing_hotkey_on_postgres(postgres_url):  # noqa: F811
     await _owners_from_the_verifications_kept(postgres_url)
+
+
+async def _keys_keep_their_rights_through_0005(url: str) -> None:
+    """0005 on a database at 0004 with keys: they authenticate as before, an admin key stays
+    admin, none owns a chute, and the registry's tables are there and usable."""
+    engine = create_async_engine(url)
+    try:
+        await upgrade(engine, "0004")
+        raw = {"alice": "cnp_" + "a" * 43, "root": "cnp_" + "r" * 43}
+        async with engine.begin() as connection:
+            for name, admin in (("alice", False), ("root", True)):
+                await connection.execute(sa.text(
+                    "INSERT INTO api_keys (name, key_hash, hint, credits, disabled, admin, rate_limits, models, "
+                    "created_at) VALUES (:name, :hash, :hint, 40, false, :admin, '[\"5/60s\"]', '[\"m\"]', 1.0)"),
+                    dict(name=name, hash=hash_key(raw[name]), hint=hint_of(raw[name]), admin=admin))
+        old_columns = sa.text("SELECT id, name, key_hash, hint, credits, expires_at, disabled, admin, rate_limits, "
+                              "default_strategy, models, created_at, last_used_at FROM api_keys ORDER BY id")
+        async with engine.connect() as connection:
+            before = [tuple(row) for row in (await connection.execute(old_columns)).all()]
+        await upgrade(engine)
+        async with engine.connect() as connection:
+            assert [tuple(row) for row in (await connection.execute(old_columns)).all()] == before
+        keys = KeyStore(engine)
+        after = {name: await keys.authenticate(key) for name, key in raw.items()}
+        assert {name: (info.admin, info.credits, [str(rule) for rule in info.rate_limits], info.models)
+                for name, info in after.items()} == {"alice": (False, 40, ["5/60s"], ("m",)),
+                                                     "root": (True, 40, ["5/60s"], ("m",))}
+        async with engine.begin() as connection:
+            rows = (await connection.execute(sa.text(
+                "SELECT name, owner, scopes, chutes, admin FROM api_keys ORDER BY name"))).all()
+            assert [tuple(row[:4]) for row in rows] == [("alice", None, '["invoke"]', None),
+                                                        ("root", None, '["invoke", "admin"]', None)]
+            rights = {row[0]: key_scopes(row[2], row[4]) for row in rows}
+            assert rights == {"alice": {"invoke"}, "root": {"invoke", "admin"}}
+            assert may(rights["alice"], None, None, "invoke", "bob", "echo", chute_public=True)
+            assert not may(rights["alice"], None, None, "deploy", "alice", "echo")
+            assert may(rights["root"], None, None, "admin")
+            # a key made by a replica of the previous version (no scopes column) gets the default
+            await connection.execute(sa.text(
+                "INSERT INTO api_keys (name, key_hash, hint, disabled, admin, rate_limits, created_at) "
+                "VALUES ('old', :hash, 'cnp_…oldk', false, true, '[]', 2.0)"), {"hash": "o" * 64})
+            row = (await connection.execute(sa.text("SELECT scopes, admin FROM api_keys WHERE name = 'old'"))).one()
+            assert key_scopes(row[0], row[1]) == {"invoke", "admin"}
+            assert await connection.run_sync(current_revision) == HEAD
+            assert await connection.run_sync(_differences) == []
+        registry = ChuteRegistry(engine)
+        code = b"bundle"
+        revision = hashlib.sha256(code).hexdigest()
+        record = await registry.put_revision("alice", "echo", revision, code, {"cords": []}, public=False,
+                                             max_instances=1, shutdown_after_seconds=60)
+        assert await registry.current_revisions() == {record.chute_id: revision}
+        assert await registry.bundle(revision) == code
+    finally:
+        await engine.dispose()
+
+
+async def test_0005_keeps_existing_keys_and_their_rights_on_sqlite(tmp_path):
+    await _keys_keep_their_rights_through_0005(sqlite_url(tmp_path / "keys.sqlite"))
+
+
+@needs_postgres[0]
+@needs_postgres[1]
+async def test_0005_keeps_existing_keys_and_their_rights_on_postgres(postgres_url):  # noqa: F811
+    await _keys_keep_their_rights_through_0005(postgres_url)

@@ -1,15 +1,18 @@
 """The validator's store in tests: SQLite URLs and the rows the store tests record.
 
 ``NOW`` is a fixed clock; ``verified`` is a GraVal result and ``call`` an invocation row as
-the validator and the API record them; ``count`` counts a table's rows.
+the validator and the API record them; ``count`` counts a table's rows; ``bundle_of`` and
+``description`` are a chute deployment's bundle (with its revision) and description.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from sqlalchemy import func, select
 
+from canopy.chute import chute_id
 from store.queries import SYNTHETIC, ValidatorStore
 from validator.graval.session import DeviceResult
 
@@ -33,3 +36,16 @@ def call(hotkey: str = "m1", chute: str = "echo", *, source: str = SYNTHETIC, ok
 async def count(store: ValidatorStore, table) -> int:
     async with store.sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(table)))
+
+
+def bundle_of(text: str) -> tuple[str, bytes]:
+    """A chute bundle (its bytes) and its revision, the sha256 of them."""
+    data = text.encode()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def description(owner: str, name: str, **fields) -> dict:
+    """A chute's description as the registry stores it (a ``ChuteInfo`` as JSON)."""
+    return dict(chute_id=chute_id(owner, name), username=owner, name=name, tagline="", readme="", image="python:3.11",
+                node_selector={"gpu_count": 1}, concurrency=1, max_instances=1,
+                cords=[{"name": "echo", "path": "/echo", "input_schema": {"type": "object"}}], **fields)
