@@ -7,10 +7,13 @@ an unknown key name: 404; a name in use: 409.
 
 - ``GET /admin/keys`` lists keys (hints only); ``GET /admin/keys/{name}`` one key;
 - ``POST /admin/keys`` ``{"name", "credits"?, "expires"?, "rate_limits"?, "default_strategy"?,
-  "models"?, "admin"?}`` creates one: the answer (201) carries ``key``, shown this once;
+  "models"?, "admin"?, "owner"?, "scopes"?, "chutes"?}`` creates one: the answer (201) carries ``key``, shown this once;
 - ``PATCH /admin/keys/{name}``: any of ``credits`` (null: unlimited), ``add_credits``,
   ``expires`` ("in 30 days", ISO, epoch; null: never), ``rate_limits``, ``default_strategy``
-  (null: default), ``models`` (null: all), ``disabled``, ``admin``;
+  (null: default), ``models`` (null: all), ``disabled``, ``admin``, ``owner`` (null: none),
+  ``scopes`` (replaces them), ``chutes`` (null or []: every chute);
+- every key answer carries ``owner``, ``scopes`` and ``chutes`` (``store.scopes``); ``admin``
+  true adds the ``admin`` scope, false removes it;
 - ``DELETE /admin/keys/{name}``;
 - ``GET /admin/logs?key=NAME&status=200&since=1h&limit=50``: request-log rows, newest first;
 - ``GET /admin/stats?since=24h&key=NAME``: requests, errors, tokens, charged, by status.
@@ -28,10 +31,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from api.errors import ApiError, Forbidden, InvalidRequest
-from api.keys import KeyError_, KeyInfo, RateRule, parse_expiry, parse_strategy
+from api.keys import (KeyError_, KeyInfo, RateRule, parse_chute_ref, parse_expiry, parse_owner, parse_scopes,
+                      parse_strategy)
 from api.admission import bearer_key, json_object, request_body, validated
 from api.gateway import gateway_of
 from api.requestlog import log_dict, log_stats, parse_since, query_logs
+from store.scopes import may
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 MAX_LIMIT = 1000
@@ -53,7 +58,10 @@ class _KeyFields(BaseModel):
     rate_limits: list[str] | None = None
     default_strategy: str | None = None
     models: list[str] | None = None
-    admin: StrictBool | None = None
+    admin: StrictBool | None = Field(None, description="true adds the admin scope, false removes it")
+    owner: str | None = Field(None, description="the chute owner (username) the key acts for; null: none")
+    scopes: list[str] | None = Field(None, description="any of invoke, deploy, admin (default [\"invoke\"])")
+    chutes: list[str] | None = Field(None, description="owner/name chutes the key is limited to; null or []: all")
 
 
 class KeyCreate(_KeyFields):
@@ -67,7 +75,7 @@ class KeyPatch(_KeyFields):
 
 async def require_admin(request: Request) -> KeyInfo:
     key = await bearer_key(request)
-    if not key.admin:
+    if not may(key.scopes, key.owner, key.chutes, "admin"):  # the admin scope (or an old key's admin flag)
         raise Forbidden("this API key is not an admin key (canopy keys create --admin)")
     return key
 
@@ -86,6 +94,17 @@ def _checked(body: _KeyFields) -> dict[str, Any]:
         param = "default_strategy"
         if "default_strategy" in given and body.default_strategy is not None:
             fields["default_strategy"] = parse_strategy(body.default_strategy)
+        param = "owner"
+        if "owner" in given and body.owner is not None:
+            fields["owner"] = parse_owner(body.owner)
+        param = "scopes"
+        if "scopes" in given and body.scopes is not None:
+            fields["scopes"] = parse_scopes(body.scopes)
+            if body.admin is False and "admin" in fields["scopes"]:
+                raise KeyError_("admin=false contradicts the admin scope: send one or the other")
+        param = "chutes"
+        if "chutes" in given and body.chutes is not None:
+            fields["chutes"] = [parse_chute_ref(ref) for ref in body.chutes]
     except KeyError_ as error:
         raise InvalidRequest(str(error), param=param, code="invalid_value") from None
     if "credits" in given and body.credits is not None:
@@ -174,7 +193,8 @@ async def edit_key(request: Request, name: str) -> dict:
     if "disabled" in given and body.disabled is not None:
         fields["disabled"] = body.disabled
     unset = frozenset(column for column, field_name in (("credits", "credits"), ("expires_at", "expires"),
-                                                         ("default_strategy", "default_strategy"), ("models", "models"))
+                                                         ("default_strategy", "default_strategy"), ("models", "models"),
+                                                         ("owner", "owner"), ("chutes", "chutes"))
                       if field_name in given and getattr(body, field_name) is None)
     keys = gateway_of(request).keys
     try:

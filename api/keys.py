@@ -9,6 +9,11 @@ Credits are whole units, one per successful answer; ``None`` means unlimited. Th
 reserves and refunds them through ``api.credits.CreditLedger`` (leases taken in one
 conditional ``UPDATE … WHERE credits >= n``); a key's balance is its ``credits`` column
 plus the leases replicas hold, which ``get``/``list``/``edit`` account for.
+
+A key has an ``owner`` (a chute username; None: none), ``scopes`` (``invoke``, ``deploy``,
+``admin``: ``store.scopes``) and ``chutes`` (an ``owner/name`` allow-list; None: every chute).
+The ``admin`` flag and the ``admin`` scope are written together; a key stored with only the
+flag (made before migration 0005, or by a replica of the previous version) is still ``admin``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from canopy.chute import NAME_RE, USERNAME_RE
 from store.api_tables import ApiKey, CreditLease
+from store.scopes import ADMIN, DEFAULT_SCOPES, SCOPES, ScopeError, key_chutes, key_scopes, scopes_json
 from node.config import parse_rate_rule
 
 KEY_PREFIX = "cnp_"
@@ -129,15 +136,23 @@ class KeyInfo:
     created_at: float = 0.0
     last_used_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: the chute owner (username) the key acts for; None: no owner's chutes (``store.scopes``)
+    owner: str | None = None
+    #: ``store.scopes.SCOPES`` the key holds (``admin`` whenever the admin flag is set)
+    scopes: frozenset[str] = frozenset(DEFAULT_SCOPES)
+    #: the ``owner/name`` chutes the key is limited to; None: every chute
+    chutes: frozenset[str] | None = None
 
     @classmethod
     def of(cls, row: ApiKey, leased: int = 0) -> "KeyInfo":
         """``leased``: credits gateway replicas hold for this key (``api.credits``), still its balance."""
         models = json.loads(row.models) if row.models is not None else None
         credits = row.credits + leased if row.credits is not None else None
-        return cls(row.id, row.name, row.hint, credits, row.expires_at, row.disabled, row.admin,
+        scopes = key_scopes(row.scopes, bool(row.admin))
+        return cls(row.id, row.name, row.hint, credits, row.expires_at, row.disabled, ADMIN in scopes,
                    tuple(RateRule.parse(rule) for rule in json.loads(row.rate_limits or "[]")), row.default_strategy,
-                   tuple(models) if models is not None else None, row.created_at, row.last_used_at)
+                   tuple(models) if models is not None else None, row.created_at, row.last_used_at,
+                   owner=row.owner, scopes=scopes, chutes=key_chutes(row.chutes))
 
     def allows_model(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -147,14 +162,55 @@ class KeyInfo:
                 "expires_at": self.expires_at, "disabled": self.disabled, "admin": self.admin,
                 "rate_limits": [str(rule) for rule in self.rate_limits], "default_strategy": self.default_strategy,
                 "models": list(self.models) if self.models is not None else None, "created_at": self.created_at,
-                "last_used_at": self.last_used_at}
+                "last_used_at": self.last_used_at, "owner": self.owner,
+                "scopes": [scope for scope in SCOPES if scope in self.scopes],
+                "chutes": sorted(self.chutes) if self.chutes is not None else None}
+
+
+def parse_owner(text: str) -> str:
+    """A chute owner (a username, ``canopy.chute.USERNAME_RE``)."""
+    owner = str(text).strip()
+    if not USERNAME_RE.match(owner):
+        raise KeyError_(f"owner {text!r}: use a username of 1-64 letters, digits, '_', '.', '-'")
+    return owner
+
+
+def parse_scopes(scopes: Any) -> list[str]:
+    """Scope names (``invoke``, ``deploy``, ``admin``), validated, in ``SCOPES`` order."""
+    if isinstance(scopes, str):
+        scopes = [scopes]
+    try:
+        return list(json.loads(scopes_json(scopes)))
+    except ScopeError as error:
+        raise KeyError_(str(error)) from None
+
+
+def parse_chute_ref(text: str) -> str:
+    """An allow-list entry: ``owner/name`` (a username, a chute name)."""
+    owner, slash, name = str(text).strip().partition("/")
+    if not slash or not USERNAME_RE.match(owner) or not NAME_RE.match(name):
+        raise KeyError_(f"chute {text!r} is not owner/name (e.g. alice/my-chute)")
+    return f"{owner}/{name}"
 
 
 def _columns(*, credits: int | None = None, expires_at: float | None = None, rate_limits: Any = None,
              default_strategy: str | None = None, models: Any = None, admin: bool | None = None,
-             disabled: bool | None = None, unset: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """Validated column values for ``create``/``edit``; ``unset`` names fields to clear (None)."""
+             disabled: bool | None = None, owner: str | None = None, scopes: Any = None, chutes: Any = None,
+             unset: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Validated column values for ``create``/``edit``; ``unset`` names fields to clear (None).
+    ``scopes`` replaces the key's scopes; ``admin`` adds (True) or removes (False) the ``admin``
+    scope; the admin flag follows the scopes (``_consistent``). ``chutes`` empty: every chute."""
     values: dict[str, Any] = {}
+    if owner is not None:
+        values["owner"] = parse_owner(owner)
+    if scopes is not None:
+        chosen = parse_scopes(scopes)
+        if admin is False and ADMIN in chosen:
+            raise KeyError_("admin=false contradicts the admin scope: send one or the other")
+        values["scopes"] = chosen
+    if chutes is not None:
+        refs = sorted({parse_chute_ref(ref) for ref in ([chutes] if isinstance(chutes, str) else chutes)})
+        values["chutes"] = json.dumps(refs) if refs else None
     if credits is not None:
         if credits < 0:
             raise KeyError_("credits must be >= 0")
@@ -173,10 +229,23 @@ def _columns(*, credits: int | None = None, expires_at: float | None = None, rat
     if disabled is not None:
         values["disabled"] = bool(disabled)
     for name in unset:
-        if name not in ("credits", "expires_at", "default_strategy", "models"):
+        if name not in ("credits", "expires_at", "default_strategy", "models", "owner", "chutes"):
             raise KeyError_(f"{name} cannot be cleared")
         values[name] = None
     return values
+
+
+def _consistent(values: dict[str, Any], current_scopes: str | None, current_admin: bool) -> dict[str, Any]:
+    """``values`` with ``scopes`` (JSON) and the ``admin`` flag agreeing, from a key whose
+    columns are ``current_scopes``/``current_admin`` (a new key: None/False)."""
+    if "scopes" not in values and "admin" not in values:
+        return values
+    chosen = set(values["scopes"]) if "scopes" in values else set(key_scopes(current_scopes, current_admin))
+    if values.get("admin") is True:
+        chosen.add(ADMIN)
+    elif values.get("admin") is False:
+        chosen.discard(ADMIN)
+    return {**values, "scopes": scopes_json(chosen), "admin": ADMIN in chosen}
 
 
 class KeyStore:
@@ -202,9 +271,10 @@ class KeyStore:
         """A new key named ``name``; returns it with the key itself (shown this once)."""
         if not _NAME.match(name):
             raise KeyError_(f"key name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
+        values = _consistent(_columns(**fields), None, False)
         key = new_key()
         row = ApiKey(name=name, key_hash=hash_key(key), hint=hint_of(key), created_at=time.time(),
-                     **{"rate_limits": "[]", **_columns(**fields)})
+                     **{"rate_limits": "[]", "scopes": scopes_json(DEFAULT_SCOPES), "admin": False, **values})
         try:
             async with self.sessions.begin() as session:
                 session.add(row)
@@ -247,6 +317,7 @@ class KeyStore:
             leased = (await self._leased(session, row.id)).get(row.id, 0)
             if values.get("credits") is not None:
                 values["credits"] = max(0, values["credits"] - leased)
+            values = _consistent(values, row.scopes, bool(row.admin))
             for column, value in values.items():
                 setattr(row, column, value)
         return KeyInfo.of(row, leased)

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from api.keys import KeyError_, KeyInfo, KeyStore, parse_expiry
 from node.config import default_database_url
+from store.scopes import SCOPES
 from store.queries import ValidatorStore
 
 app = typer.Typer(help="API keys of the public gateway: create, list, edit, disable/enable, delete.", no_args_is_help=True)
@@ -32,6 +33,9 @@ Expires = typer.Option(None, "--expires", help="'in 30 days', an ISO date (2027-
 RateLimit = typer.Option(None, "--rate-limit", help="N/Ws rule, repeatable: --rate-limit 10/60s --rate-limit 100/1h.")
 Strategy = typer.Option(None, "--default-strategy", help="default, top_n:N or uids:1,2,3.")
 Models = typer.Option(None, "--models", help="Models the key may use, repeatable; all when left out.")
+Owner = typer.Option(None, "--owner", help="The chute owner (username) whose chutes the key may deploy and use.")
+Scope = typer.Option(None, "--scope", help="invoke, deploy or admin, repeatable [default: invoke]; on edit: replaces them.")
+ChuteRef = typer.Option(None, "--chute", help="owner/name: limit the key to these chutes, repeatable; all when left out.")
 
 
 def _run(database_url: Optional[str], wallet: str, hotkey: str, action: Callable[[KeyStore], Awaitable[Any]]) -> Any:
@@ -59,12 +63,15 @@ def _when(moment: float | None) -> str:
 
 def _table(keys: list[KeyInfo]) -> Table:
     table = Table(title="API keys", header_style="bold")
-    for column in ("NAME", "KEY", "CREDITS", "EXPIRES", "LIMITS", "STRATEGY", "MODELS", "STATE"):
+    for column in ("NAME", "KEY", "OWNER", "SCOPES", "CHUTES", "CREDITS", "EXPIRES", "LIMITS", "STRATEGY", "MODELS",
+                   "STATE"):
         table.add_column(column)
     now = time.time()
     for key in keys:
         state = "disabled" if key.disabled else "expired" if key.expires_at and key.expires_at <= now else "active"
-        table.add_row(key.name + (" (admin)" if key.admin else ""), key.hint,
+        table.add_row(key.name + (" (admin)" if key.admin else ""), key.hint, key.owner or "-",
+                      ", ".join(scope for scope in SCOPES if scope in key.scopes),
+                      ", ".join(sorted(key.chutes)) if key.chutes is not None else "all",
                       "unlimited" if key.credits is None else str(key.credits), _when(key.expires_at),
                       ", ".join(map(str, key.rate_limits)) or "default", key.default_strategy or "default",
                       ", ".join(key.models) if key.models is not None else "all", state)
@@ -72,10 +79,12 @@ def _table(keys: list[KeyInfo]) -> Table:
 
 
 def _fields(credits: Optional[int], expires: Optional[str], rate_limit: Optional[list[str]], strategy: Optional[str],
-            models: Optional[list[str]]) -> dict[str, Any]:
+            models: Optional[list[str]], owner: Optional[str] = None, scopes: Optional[list[str]] = None,
+            chutes: Optional[list[str]] = None) -> dict[str, Any]:
     try:
         return {"credits": credits, "expires_at": parse_expiry(expires) if expires else None,
-                "rate_limits": rate_limit, "default_strategy": strategy, "models": models}
+                "rate_limits": rate_limit, "default_strategy": strategy, "models": models,
+                "owner": owner, "scopes": scopes or None, "chutes": chutes or None}
     except KeyError_ as error:
         console.print(f"[red]Refused:[/] {error}")
         raise typer.Exit(1) from None
@@ -85,11 +94,14 @@ def _fields(credits: Optional[int], expires: Optional[str], rate_limit: Optional
 def create(name: str = typer.Option(..., "--name", help="A name for the key (unique)."), credits: Optional[int] = Credits,
            expires: Optional[str] = Expires, rate_limit: Optional[list[str]] = RateLimit,
            default_strategy: Optional[str] = Strategy, models: Optional[list[str]] = Models,
-           admin: bool = typer.Option(False, "--admin", help="May call /admin/*."),
+           owner: Optional[str] = Owner, scope: Optional[list[str]] = Scope, chute: Optional[list[str]] = ChuteRef,
+           admin: bool = typer.Option(False, "--admin", help="May call /admin/* (adds the admin scope)."),
            database_url: Optional[str] = DatabaseUrl, wallet: str = WalletName, hotkey: str = WalletHotkey) -> None:
     """Create a key and print it once (only its hash is stored)."""
-    fields = _fields(credits, expires, rate_limit, default_strategy, models)
-    info, key = _run(database_url, wallet, hotkey, lambda keys: keys.create(name, admin=admin, **fields))
+    fields = _fields(credits, expires, rate_limit, default_strategy, models, owner, scope, chute)
+    if admin:
+        fields["admin"] = True
+    info, key = _run(database_url, wallet, hotkey, lambda keys: keys.create(name, **fields))
     console.print(f"Created key [bold]{info.name}[/] ({info.hint}). Copy it now, it is not shown again:")
     typer.echo(key)
 
@@ -107,10 +119,17 @@ def edit(name: str = typer.Argument(..., help="The key's name."), credits: Optio
          default_strategy: Optional[str] = Strategy, models: Optional[list[str]] = Models,
          unlimited: bool = typer.Option(False, "--unlimited", help="Remove the credit limit."),
          never_expires: bool = typer.Option(False, "--never-expires", help="Remove the expiry."),
+         owner: Optional[str] = Owner, scope: Optional[list[str]] = Scope, chute: Optional[list[str]] = ChuteRef,
+         no_owner: bool = typer.Option(False, "--no-owner", help="Remove the owner."),
+         all_chutes: bool = typer.Option(False, "--all-chutes", help="Remove the chute allow-list."),
+         admin: Optional[bool] = typer.Option(None, "--admin/--no-admin", help="Add or remove the admin scope."),
          database_url: Optional[str] = DatabaseUrl, wallet: str = WalletName, hotkey: str = WalletHotkey) -> None:
-    """Change a key's credits, expiry, limits, strategy or models."""
-    fields = _fields(credits, expires, rate_limit, default_strategy, models)
-    unset = frozenset(name for name, flag in (("credits", unlimited), ("expires_at", never_expires)) if flag)
+    """Change a key's credits, expiry, limits, strategy, models, owner, scopes or chutes."""
+    fields = _fields(credits, expires, rate_limit, default_strategy, models, owner, scope, chute)
+    if admin is not None:
+        fields["admin"] = admin
+    unset = frozenset(name for name, flag in (("credits", unlimited), ("expires_at", never_expires),
+                                              ("owner", no_owner), ("chutes", all_chutes)) if flag)
 
     async def change(keys: KeyStore) -> KeyInfo:
         if add_credits is not None:

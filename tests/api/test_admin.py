@@ -111,3 +111,57 @@ async def test_logs_filter_newest_first_and_stats(gateway):
     assert stats["charged"] == 2
     overall = (await admin(gateway, "GET", "/admin/stats", root)).json()
     assert overall["requests"] >= 3 and overall["since"] is not None
+
+
+async def test_keys_carry_owner_scopes_and_chutes(gateway):
+    root = await new_key(gateway, "adm-scopes-root", admin=True)
+    created = await admin(gateway, "POST", "/admin/keys", root, json={
+        "name": "adm-deployer", "owner": "alice", "scopes": ["deploy", "invoke"], "chutes": ["alice/llm"]})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert (body["owner"], body["scopes"], body["chutes"], body["admin"]) == ("alice", ["invoke", "deploy"],
+                                                                              ["alice/llm"], False)
+    got = (await admin(gateway, "GET", "/admin/keys/adm-deployer", root)).json()
+    assert (got["owner"], got["scopes"], got["chutes"]) == ("alice", ["invoke", "deploy"], ["alice/llm"])
+    listed = {key["name"]: key for key in (await admin(gateway, "GET", "/admin/keys", root)).json()["data"]}
+    assert listed["adm-deployer"]["scopes"] == ["invoke", "deploy"]
+    assert listed["adm-scopes-root"]["scopes"] == ["invoke", "admin"] and listed["adm-scopes-root"]["owner"] is None
+    assert_envelope(await admin(gateway, "GET", "/admin/keys", body["key"]), 403, type_="permission_error")
+
+    patched = (await admin(gateway, "PATCH", "/admin/keys/adm-deployer", root, json={
+        "owner": None, "chutes": None, "scopes": ["invoke", "admin"]})).json()
+    assert (patched["owner"], patched["chutes"], patched["scopes"], patched["admin"]) == (
+        None, None, ["invoke", "admin"], True)
+    assert (await admin(gateway, "GET", "/admin/keys", body["key"])).status_code == 200  # now an admin key
+    demoted = (await admin(gateway, "PATCH", "/admin/keys/adm-deployer", root, json={"admin": False})).json()
+    assert demoted["scopes"] == ["invoke"] and demoted["admin"] is False
+    assert "scopes" in (await admin(gateway, "GET", "/openapi.json", None)).text
+
+
+async def test_bad_owner_scopes_and_chutes_are_400_with_nothing_stored(gateway):
+    root = await new_key(gateway, "adm-scopes-bad", admin=True)
+    cases = [({"scopes": ["root"]}, "scopes"), ({"scopes": "invoke"}, "scopes"), ({"owner": "bad owner"}, "owner"),
+             ({"chutes": ["no-slash"]}, "chutes"), ({"chutes": ["a/"]}, "chutes"),
+             ({"scopes": ["admin"], "admin": False}, "scopes")]
+    for fields, param in cases:
+        assert_envelope(await admin(gateway, "POST", "/admin/keys", root, json={"name": "adm-nope", **fields}), 400,
+                        param=param)
+        assert_envelope(await admin(gateway, "PATCH", "/admin/keys/adm-scopes-bad", root, json=fields), 400,
+                        param=param)
+    assert_envelope(await admin(gateway, "GET", "/admin/keys/adm-nope", root), 404, param="name")
+    kept = (await admin(gateway, "GET", "/admin/keys/adm-scopes-bad", root)).json()
+    assert (kept["owner"], kept["scopes"], kept["chutes"]) == (None, ["invoke", "admin"], None)
+
+
+async def test_an_old_style_admin_key_still_passes_the_admin_routes(gateway):
+    from sqlalchemy import update
+
+    from store.api_tables import ApiKey
+
+    old = await new_key(gateway, "adm-old")
+    async with gateway.keys.sessions.begin() as session:  # the admin flag only, scopes at 0005's default
+        await session.execute(update(ApiKey).where(ApiKey.name == "adm-old").values(admin=True, scopes='["invoke"]'))
+    gateway.keys._cache.clear()
+    answer = await admin(gateway, "GET", "/admin/keys/adm-old", old)
+    assert answer.status_code == 200 and answer.json()["admin"] is True
+    assert answer.json()["scopes"] == ["invoke", "admin"]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from api.keys import KeyError_, KeyRejected, KeyStore, RateRule, parse_expiry, parse_strategy
 from store.api_tables import ApiKey
@@ -113,3 +114,62 @@ async def test_batch_writer_writes_everything_queued_in_few_transactions():
     writer.add(14)
     await writer.drain()
     assert [n for batch in batches for n in batch] == list(range(15)) and len(batches) == 5
+
+
+async def test_owner_scopes_and_chutes_are_stored_listed_and_authenticated(keys):
+    info, key = await keys.create("dep", owner="alice", scopes=["deploy", "invoke"], chutes=["alice/llm", "bob/x"])
+    assert info.owner == "alice" and info.scopes == {"invoke", "deploy"} and info.chutes == {"alice/llm", "bob/x"}
+    assert info.admin is False
+    seen = await keys.authenticate(key)
+    assert (seen.owner, seen.scopes, seen.chutes) == ("alice", frozenset({"invoke", "deploy"}),
+                                                       frozenset({"alice/llm", "bob/x"}))
+    listed = (await keys.list())[0].as_dict()
+    assert listed["owner"] == "alice" and listed["scopes"] == ["invoke", "deploy"]
+    assert listed["chutes"] == ["alice/llm", "bob/x"]
+    edited = await keys.edit("dep", owner="carol", scopes=["invoke"], chutes=[])  # []: every chute
+    assert (edited.owner, edited.scopes, edited.chutes) == ("carol", frozenset({"invoke"}), None)
+    cleared = await keys.edit("dep", unset=frozenset({"owner"}))
+    assert cleared.owner is None and cleared.scopes == {"invoke"}
+    plain, _ = await keys.create("plain")
+    assert plain.owner is None and plain.scopes == {"invoke"} and plain.chutes is None
+
+
+async def test_the_admin_flag_and_the_admin_scope_stay_together(keys):
+    made, key = await keys.create("root", admin=True)
+    assert made.admin and made.scopes == {"invoke", "admin"}
+    async with keys.sessions() as session:
+        row = (await session.scalars(select(ApiKey).where(ApiKey.name == "root"))).one()
+    assert row.admin is True and json.loads(row.scopes) == ["invoke", "admin"]
+    by_scope, _ = await keys.create("root2", scopes=["admin"])
+    assert by_scope.admin and by_scope.scopes == {"admin"}
+    demoted = await keys.edit("root", admin=False)
+    assert not demoted.admin and demoted.scopes == {"invoke"}
+    promoted = await keys.edit("root", scopes=["invoke", "deploy", "admin"])
+    assert promoted.admin and (await keys.authenticate(key)).admin
+    narrowed = await keys.edit("root", scopes=["invoke"])
+    assert not narrowed.admin
+    with pytest.raises(KeyError_, match="contradicts"):
+        await keys.create("odd", scopes=["admin"], admin=False)
+
+
+async def test_an_old_key_with_only_the_admin_flag_keeps_admin(keys):
+    _, key = await keys.create("old")
+    async with keys.sessions.begin() as session:  # as migration 0005 leaves it, or a previous-version replica
+        await session.execute(update(ApiKey).where(ApiKey.name == "old").values(admin=True, scopes='["invoke"]'))
+    seen = await keys.authenticate(key)
+    assert seen.admin and seen.scopes == {"invoke", "admin"} and seen.owner is None and seen.chutes is None
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"scopes": ["invoke", "root"]}, "unknown scope"), ({"scopes": ["deploy"], "owner": "bad owner"}, "owner"),
+    ({"owner": "-x"}, "owner"), ({"owner": "a" * 65}, "owner"), ({"chutes": ["nochute"]}, "owner/name"),
+    ({"chutes": ["alice/"]}, "owner/name"), ({"chutes": ["a b/c"]}, "owner/name")])
+async def test_bad_owner_scopes_and_chutes_are_refused_with_nothing_stored(keys, fields, message):
+    with pytest.raises(KeyError_, match=message):
+        await keys.create("bad", **fields)
+    assert await keys.list() == []
+    await keys.create("good", owner="alice")
+    with pytest.raises(KeyError_, match=message):
+        await keys.edit("good", **fields)
+    after = await keys.get("good")
+    assert (after.owner, after.scopes, after.chutes) == ("alice", frozenset({"invoke"}), None)

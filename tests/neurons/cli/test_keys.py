@@ -34,3 +34,28 @@ def test_keys_lifecycle(tmp_path):
     assert keys(url, "delete", "alice", "--yes").exit_code == 0
     missing = keys(url, "edit", "alice", "--credits", "1")
     assert missing.exit_code == 1 and "no key named 'alice'" in missing.output
+
+
+def test_keys_owner_scopes_and_chutes(tmp_path):
+    url = sqlite_url(tmp_path / "api.sqlite")
+    created = keys(url, "create", "--name", "dep", "--owner", "alice", "--scope", "invoke", "--scope", "deploy",
+                   "--chute", "alice/llm")
+    assert created.exit_code == 0, created.output
+    listed = keys(url, "list")
+    assert listed.exit_code == 0, listed.output
+    assert "alice" in listed.output and "invoke, deploy" in listed.output and "alice/llm" in listed.output
+    root = keys(url, "create", "--name", "root", "--admin")
+    assert root.exit_code == 0, root.output
+    assert "invoke, admin" in keys(url, "list").output
+    edited = keys(url, "edit", "dep", "--owner", "bob", "--scope", "invoke", "--all-chutes")
+    assert edited.exit_code == 0 and "bob" in edited.output and "deploy" not in edited.output, edited.output
+    promoted = keys(url, "edit", "dep", "--admin")
+    assert promoted.exit_code == 0 and "invoke, admin" in promoted.output, promoted.output
+    for bad, message in ((["--scope", "root"], "unknown scope"), (["--owner", "bad owner"], "owner"),
+                         (["--chute", "nochute"], "owner/name")):
+        refused = keys(url, "create", "--name", "nope", *bad)
+        assert refused.exit_code == 1 and message in refused.output, refused.output
+        refused = keys(url, "edit", "dep", *bad)
+        assert refused.exit_code == 1 and message in refused.output, refused.output
+    after = keys(url, "list").output
+    assert "nope" not in after and "bob" in after
