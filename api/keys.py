@@ -31,9 +31,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from canopy.chute import NAME_RE, USERNAME_RE
+from canopy.chute import check_chute_name, check_username
 from store.api_tables import ApiKey, CreditLease
-from store.scopes import ADMIN, DEFAULT_SCOPES, SCOPES, ScopeError, key_chutes, key_scopes, scopes_json
+from store.scopes import ADMIN, DEFAULT_SCOPES, SCOPES, ScopeError, chute_ref, key_chutes, key_scopes, scopes_json
 from node.config import parse_rate_rule
 
 KEY_PREFIX = "cnp_"
@@ -168,11 +168,11 @@ class KeyInfo:
 
 
 def parse_owner(text: str) -> str:
-    """A chute owner (a username, ``canopy.chute.USERNAME_RE``)."""
-    owner = str(text).strip()
-    if not USERNAME_RE.match(owner):
-        raise KeyError_(f"owner {text!r}: use a username of 1-64 letters, digits, '_', '.', '-'")
-    return owner
+    """A chute owner (a username: ``canopy.chute.check_username``)."""
+    try:
+        return check_username(str(text).strip(), "owner")
+    except ValueError as error:
+        raise KeyError_(str(error)) from None
 
 
 def parse_scopes(scopes: Any) -> list[str]:
@@ -188,9 +188,12 @@ def parse_scopes(scopes: Any) -> list[str]:
 def parse_chute_ref(text: str) -> str:
     """An allow-list entry: ``owner/name`` (a username, a chute name)."""
     owner, slash, name = str(text).strip().partition("/")
-    if not slash or not USERNAME_RE.match(owner) or not NAME_RE.match(name):
-        raise KeyError_(f"chute {text!r} is not owner/name (e.g. alice/my-chute)")
-    return f"{owner}/{name}"
+    try:
+        if not slash:
+            raise ValueError("no '/'")
+        return chute_ref(check_username(owner), check_chute_name(name))
+    except ValueError:
+        raise KeyError_(f"chute {text!r} is not owner/name (e.g. alice/my-chute)") from None
 
 
 def _columns(*, credits: int | None = None, expires_at: float | None = None, rate_limits: Any = None,

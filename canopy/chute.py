@@ -56,6 +56,20 @@ def chute_id(username: str, name: str) -> str:
     return str(uuid.uuid5(CANOPY_NAMESPACE, f"{username}/{name}"))
 
 
+def check_username(value: Any, what: str = "chute username") -> str:
+    """``value`` when it is a chute username (an owner), else ValueError naming ``what`` and the rule."""
+    if not isinstance(value, str) or not USERNAME_RE.match(value):
+        raise ValueError(f"{what} {value!r}: 1-64 letters, digits, _ . - (starting with a letter or digit)")
+    return value
+
+
+def check_chute_name(value: Any) -> str:
+    """``value`` when it is a chute name, else ValueError naming the rule."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValueError(f"chute name {value!r}: 1-128 letters, digits, _ . / : - (starting with a letter or digit)")
+    return value
+
+
 class ChuteLoadError(Exception):
     """A chute reference cannot be loaded; the message says what to fix."""
 
@@ -100,10 +114,8 @@ class Chute:
     def __init__(self, username: str, name: str, image: "Image | str | None" = None, readme: str = "",
                  tagline: str = "", node_selector: NodeSelector | dict | None = None,
                  concurrency: int = 1, max_instances: int = 1, **extra: Any) -> None:
-        if not isinstance(username, str) or not USERNAME_RE.match(username):
-            raise ValueError(f"chute username {username!r}: 1-64 letters, digits, _ . - (starting with a letter or digit)")
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise ValueError(f"chute name {name!r}: 1-128 letters, digits, _ . / : - (starting with a letter or digit)")
+        check_username(username)
+        check_chute_name(name)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 1024:
             raise ValueError(f"chute concurrency must be an integer in 1..1024, got {concurrency!r}")
         if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 1:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 #: What the ``node`` extra installs that a node package cannot start without (one module per
@@ -19,7 +20,13 @@ def require_node_extra(package: str, modules: tuple[str, ...] = NODE_MODULES) ->
     of the ``node`` extra are installed; called at the top of each node package's
     ``__init__``. ``protocol`` and ``miner`` ask for numpy alone: their GraVal modules also
     run in the GPU check kit (``bench/gpu_check.py``), which carries numpy and no bittensor."""
-    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    missing = _missing(modules)
     if missing:
         raise MissingExtra(f"{package} is part of Canopy's node stack and needs the node extra "
                            f"({', '.join(missing)} missing): pip install \"canopy[node]\"")
+
+
+@functools.cache
+def _missing(modules: tuple[str, ...]) -> list[str]:
+    """The ``modules`` not installed, looked up once per process (every node package asks)."""
+    return [name for name in modules if importlib.util.find_spec(name) is None]

@@ -29,7 +29,7 @@ from sqlalchemy import ColumnElement, CursorResult, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from canopy.chute import NAME_RE, USERNAME_RE, chute_id
+from canopy.chute import check_chute_name, check_username, chute_id
 from store.registry_tables import Chute, ChuteRevision
 
 __all__ = ["ChuteRecord", "ChuteRegistry", "RegistryError", "RevisionRecord", "chute_id"]
@@ -82,17 +82,19 @@ class RevisionRecord:
 def _checked(owner: str, name: str, revision: str, bundle: bytes, description: Mapping[str, Any], public: bool,
              max_instances: int, shutdown_after_seconds: int) -> dict[str, Any]:
     """``put_revision``'s arguments validated; the description as plain JSON values."""
-    if not isinstance(owner, str) or not USERNAME_RE.match(owner):
-        raise RegistryError(f"chute owner {owner!r}: 1-64 letters, digits, _ . - (starting with a letter or digit)")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise RegistryError(f"chute name {name!r}: 1-128 letters, digits, _ . / : - (starting with a letter or digit)")
+    try:
+        check_username(owner, "chute owner")
+        check_chute_name(name)
+    except ValueError as error:
+        raise RegistryError(str(error)) from None
     if not isinstance(bundle, bytes) or not bundle:
         raise RegistryError(f"chute {owner}/{name}: the bundle must be non-empty bytes")
     if not isinstance(revision, str) or not _REVISION.match(revision):
         raise RegistryError(f"chute {owner}/{name}: revision {revision!r} is not a sha256 hex digest (64 of 0-9a-f)")
-    if hashlib.sha256(bundle).hexdigest() != revision:
+    digest = hashlib.sha256(bundle).hexdigest()
+    if digest != revision:
         raise RegistryError(f"chute {owner}/{name}: revision {revision} is not the sha256 of the bundle "
-                            f"({hashlib.sha256(bundle).hexdigest()}); the upload was corrupted or mislabelled")
+                            f"({digest}); the upload was corrupted or mislabelled")
     if not isinstance(public, bool):
         raise RegistryError(f"chute {owner}/{name}: public must be true or false, got {public!r}")
     for setting, value, least in (("max_instances", max_instances, 1), ("shutdown_after_seconds", shutdown_after_seconds, 0)):
