@@ -101,6 +101,12 @@ class ChutesSettings(BaseModel):
                                    description="Miner: largest Invoke payload (JSON bytes); --axon.max_body_bytes also caps it.")
     shutdown_grace_s: float = Field(10.0, ge=0, description="Miner: seconds instances get to exit after SIGTERM before SIGKILL.")
     log_dir: str | None = Field(None, description="Miner: folder of the instances' stdout/stderr logs (default: $CANOPY_HOME/logs).")
+    autoscale: bool = Field(True, description="Miner: host registry chutes by the demand validators announce (off: the hosting file only).")
+    autoscale_interval_s: float = Field(2.0, gt=0, le=600, description="Miner: seconds between two autoscaler decisions.")
+    bundle_dir: str | None = Field(None, description="Miner: folder of the verified chute bundles (default: $CANOPY_HOME/bundles).")
+    announce_ttl_s: float = Field(120.0, gt=0, description="Miner: a validator's announcement counts this long after it arrived.")
+    cpu_device_slots: int = Field(8, ge=1, le=256, description="Miner: instances one CPU pseudo-device (devnet) may hold at once.")
+    drain_timeout_s: float = Field(60.0, ge=0, description="Miner: longest an instance being replaced or stopped keeps its in-flight calls.")
 
     @model_validator(mode="after")
     def _port_range(self) -> "ChutesSettings":
@@ -163,6 +169,8 @@ class ValidatorSettings(BaseModel):
     metrics_ip: str = Field("127.0.0.1", description="Interface the /metrics server binds to.")
     weights_retry_blocks: int = Field(2, ge=1, description="First wait (blocks) after a failed set_weights; doubles, capped at the tempo.")
     top_miners_logged: int = Field(5, ge=1, description="Miners named in the weights log line.")
+    announce_s: float = Field(5.0, gt=0, le=3600, description="Seconds between two announcements of the chute registry to the miners.")
+    demand_window_s: float = Field(300.0, gt=0, le=86400, description="The window of the demand announced per chute (calls, calls refused).")
     history_every_steps: int = Field(25, ge=1,
                                      description="Append the scores to score_history every this many steps (the current scores are saved "
                                                  "every step).")
@@ -208,6 +216,9 @@ class ApiSettings(BaseModel):
     refresh_s: float = Field(5.0, gt=0, le=600, description="Seconds between refreshes of which miners serve what.")
     log_retention_days: float = Field(30.0, ge=0, description="Days request logs are kept (pruned hourly); 0 keeps them.")
     idempotency_ttl_s: float = Field(86400.0, gt=0, description="Seconds an Idempotency-Key's answer is replayed.")
+    cold_start_wait_s: float = Field(30.0, ge=0, le=600,
+                                     description="How long a call of a chute nobody hosts yet waits for an instance (then 503 no_capacity).")
+    chute_domain: str | None = Field(None, description="Serve each chute at https://OWNER-NAME.<this domain>{public_api_path} too.")
     moderation_blocklist: str | None = Field(
         None, description="File of blocked words/phrases (one a line, # comments); flagged inputs get 400.")
     moderation_openai_key: SecretStr | None = Field(

@@ -290,7 +290,7 @@ class Axon:
                 )
             claimed = auth_headers.get(_HOTKEY)
             neuron = self._authorize(claimed) if claimed else None
-            body = await asgi.read_body(receive, length, self.settings.max_body_bytes)
+            body = await asgi.read_body(receive, length, max(self.settings.max_body_bytes, route.synapse.max_body_bytes or 0))
             auth = self._verify(scope, auth_headers, body)
             if neuron is None:
                 neuron = self._authorize(auth.hotkey_ss58)

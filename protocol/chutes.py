@@ -93,6 +93,9 @@ class Invoke(Synapse):
     method: str = Field("POST", pattern=r"^(GET|POST|PUT|PATCH|DELETE)$")
     payload: Any = None
     stream: bool = True
+    # The registry revision (sha256 of the code bundle) the caller wants served; None: any the
+    # miner hosts under ``chute_id`` (its newest ready one). A miner without it answers 404.
+    revision: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
 # --- what the miner hosts (the Inventory reply) -------------------------------------------
@@ -125,6 +128,9 @@ class HostedChute(BaseModel):
     username: str = ""
     tagline: str = ""
     ref: str = ""
+    # The sha256 of the code bundle its instances run (the registry's revision when it was
+    # deployed; a pinned chute's own code bundled the same way); "" when unknown.
+    revision: str = ""
     model: str = ""  # an LLM chute's OpenAI model name ("" for other chutes)
     cords: list[HostedCord] = Field(default_factory=list, max_length=MAX_CORDS)
     instances: int = 0

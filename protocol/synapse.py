@@ -50,7 +50,9 @@ class Synapse(BaseModel):
     - ``route_name``: the last path segment (default: the class name);
     - ``protocol_version``: the version carried in ``X-Canopy-Protocol`` (default:
       ``PROTOCOL_VERSION``); the axon refuses a request whose major version differs;
-    - ``streaming``: True when the handler is an async generator of chunks.
+    - ``streaming``: True when the handler is an async generator of chunks;
+    - ``max_body_bytes``: a larger request body this synapse may carry than the axon's
+      ``--axon.max_body_bytes`` (None: the axon's limit; e.g. a chute bundle delivery).
 
     Unknown request fields are refused (422), so a typo in a caller shows up at once.
     """
@@ -61,6 +63,7 @@ class Synapse(BaseModel):
     route_name: ClassVar[str] = ""
     protocol_version: ClassVar[str] = PROTOCOL_VERSION
     streaming: ClassVar[bool] = False
+    max_body_bytes: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -25,17 +25,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, select, update
+from sqlalchemy import ColumnElement, CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from canopy.chute import check_chute_name, check_username, chute_id
-from store.registry_tables import Chute, ChuteRevision
+from store.registry_tables import Chute, ChuteDemandEvent, ChuteRevision
+from store.tables import Invocation
 
-__all__ = ["ChuteRecord", "ChuteRegistry", "RegistryError", "RevisionRecord", "chute_id"]
+__all__ = ["DEMAND_KINDS", "ChuteRecord", "ChuteRegistry", "Demand", "RegistryError", "RevisionRecord", "chute_id"]
 
 _REVISION = re.compile(r"^[0-9a-f]{64}$")
 _ATTEMPTS = 8
+#: What ``record_demand`` accepts: a call that found no capacity, an owner's warmup.
+DEMAND_KINDS = ("no_capacity", "warmup")
 
 
 class RegistryError(ValueError):
@@ -66,6 +69,16 @@ class ChuteRecord:
     def of(cls, row: Chute) -> "ChuteRecord":
         return cls(row.chute_id, row.owner, row.name, row.revision, row.public, dict(row.description),
                    row.max_instances, row.shutdown_after_seconds, row.created_at, row.updated_at)
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What a chute was asked for since some moment: calls served (organic and synthetic,
+    ``invocations``), calls that found no capacity, warmups."""
+
+    calls: int = 0
+    refused: int = 0
+    warmups: int = 0
 
 
 @dataclass(frozen=True)
@@ -220,3 +233,39 @@ class ChuteRegistry:
         async with self.sessions() as session:
             rows = (await session.execute(select(Chute.chute_id, Chute.revision).where(Chute.deleted_at.is_(None)))).all()
         return {cid: revision for cid, revision in rows}
+
+    async def list_all(self) -> builtins.list[ChuteRecord]:
+        """Every chute not deleted, public or private (what validators announce), by id."""
+        query = select(Chute).where(Chute.deleted_at.is_(None)).order_by(Chute.chute_id)
+        async with self.sessions() as session:
+            return [ChuteRecord.of(row) for row in (await session.scalars(query)).all()]
+
+    # --- demand --------------------------------------------------------------------------
+
+    async def record_demand(self, chute_id: str, kind: str, now: float | None = None) -> None:
+        """One ``kind`` event (``DEMAND_KINDS``) for ``chute_id``."""
+        if kind not in DEMAND_KINDS:
+            raise RegistryError(f"demand kind {kind!r} is not one of {', '.join(DEMAND_KINDS)}")
+        async with self.sessions.begin() as session:
+            session.add(ChuteDemandEvent(chute_id=chute_id, kind=kind, created_at=time.time() if now is None else now))
+
+    async def demand_since(self, since: float) -> dict[str, Demand]:
+        """chute_id -> its demand since ``since`` (chutes with none are absent)."""
+        calls = (select(Invocation.chute_id, func.count()).where(Invocation.created_at >= since)
+                 .group_by(Invocation.chute_id))
+        events = (select(ChuteDemandEvent.chute_id, ChuteDemandEvent.kind, func.count())
+                  .where(ChuteDemandEvent.created_at >= since).group_by(ChuteDemandEvent.chute_id, ChuteDemandEvent.kind))
+        counts: dict[str, dict[str, int]] = {}
+        async with self.sessions() as session:
+            for cid, count in (await session.execute(calls)).all():
+                counts.setdefault(cid, {})["calls"] = int(count)
+            for cid, kind, count in (await session.execute(events)).all():
+                counts.setdefault(cid, {})["refused" if kind == "no_capacity" else "warmups"] = int(count)
+        return {cid: Demand(**values) for cid, values in counts.items()}
+
+    async def prune_demand(self, before: float) -> int:
+        """Drop demand events older than ``before``; how many went."""
+        async with self.sessions.begin() as session:
+            result = cast("CursorResult[Any]", await session.execute(
+                delete(ChuteDemandEvent).where(ChuteDemandEvent.created_at < before)))
+            return int(result.rowcount or 0)

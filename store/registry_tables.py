@@ -51,3 +51,15 @@ class ChuteRevision(RegistryBase):
     bundle: Mapped[bytes] = mapped_column(LargeBinary)
     description: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class ChuteDemandEvent(RegistryBase):
+    """A call that found no capacity for a chute (``no_capacity``) or an owner's ``warmup``:
+    the demand validators announce beside the calls served (``invocations``)."""
+
+    __tablename__ = "chute_demand"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chute_id: Mapped[str] = mapped_column(String(36), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "no_capacity" | "warmup"
+    created_at: Mapped[float] = mapped_column(Float, index=True)
