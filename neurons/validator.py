@@ -3,7 +3,8 @@
 Boots like every neuron (``node.runtime``: flags, wallet, registration), opens the store
 (``--database_url``; default a SQLite WAL file in ``$CANOPY_HOME``), restores the scores,
 verification schedule and last weights from it, then runs a ``validator.loop.Validator``
-step every ``--validator.step_s`` until SIGINT/SIGTERM. Prometheus ``/metrics`` is served
+step every ``--validator.step_s`` until SIGINT/SIGTERM, and announces the chute registry to
+the miners every ``--validator.announce_s`` (``validator.announce``). Prometheus ``/metrics`` is served
 on ``--validator.metrics_port`` (off by default) and the scores of every step go to a wandb
 run (``--wandb.mode offline`` by default).
 """
@@ -39,6 +40,7 @@ async def serve(ctx: NeuronContext) -> None:
             validator = Validator(wallet=ctx.wallet, chain=ctx.chain, settings=settings, store=store, dendrite=dendrite,
                                   table=load_gpu_table(), metrics=metrics, tracker=tracker)
             await validator.restore()
+            announcing = asyncio.create_task(validator.announce_forever(ctx.stop), name="announce")
             try:
                 while not ctx.stop.is_set():
                     started = time.monotonic()
@@ -52,6 +54,8 @@ async def serve(ctx: NeuronContext) -> None:
                     except asyncio.TimeoutError:
                         pass
             finally:
+                announcing.cancel()
+                await asyncio.gather(announcing, return_exceptions=True)
                 await validator.close()
     finally:
         tracker.close()

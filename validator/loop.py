@@ -26,6 +26,7 @@ deregisters (every metagraph sync).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -42,8 +43,10 @@ from protocol.chutes import HostedChute
 from protocol.dendrite import Dendrite
 from protocol.graval.devices import DeviceSpec, GpuModel
 from protocol.graval.synapses import Inventory, InventoryResponse
+from store.registry import ChuteRegistry
 from validator import rounds
 from validator.activity import ActivityWindow
+from validator.announce import Announcer, AnnounceReport
 from validator.graval.schedule import ReverifySchedule
 from validator.graval.session import GravalVerifier
 from validator.identity import ClaimFilter
@@ -68,6 +71,12 @@ class StepReport:
     raw: dict[str, float]
     weights: WeightsOutcome | None
     duration_s: float
+
+
+def registry_chutes(chutes: list[HostedChute], current: dict[str, str]) -> list[HostedChute]:
+    """The chutes a miner hosts at the registry's current revision (``current``: chute_id ->
+    revision); a chute the registry does not hold, or at another revision, counts nowhere."""
+    return [chute for chute in chutes if chute.revision and current.get(chute.chute_id) == chute.revision]
 
 
 def _axon_url(neuron: Neuron) -> str:
@@ -106,6 +115,11 @@ class Validator:
         self.verifier = verifier or GravalVerifier(self.claims, table, allow_cpu=self.allow_cpu,
                                                    is_validator=self.is_validator)
         self.activity = ActivityWindow(store, self.scoring.window_s)
+        self.registry = ChuteRegistry(store.engine)
+        self.announcer = Announcer(self.registry, dendrite, window_s=self.settings.demand_window_s,
+                                   timeout_s=self.settings.inventory_timeout_s)
+        # (chute_id, revision) -> ready instances network-wide, as the last Inventory round saw them
+        self.instances_seen: dict[tuple[str, str], int] = {}
         self.weights = WeightSetter(chain, wallet, self.netuid, store, version_key=__spec_version__,
                                     retry_blocks=self.settings.weights_retry_blocks, top_n=self.settings.top_miners_logged)
         self.multiplier = device_multiplier(table)
@@ -171,17 +185,46 @@ class Validator:
                 del per_miner[hotkey]
 
     async def inventory(self, miners: list[Neuron]) -> dict[str, MinerView]:
+        """Every miner's Inventory. Its chutes are kept only where the registry holds the chute
+        at the revision the miner runs (``registry_chutes``): no other chute gets probes or score."""
         answers = await self.dendrite.query(miners, Inventory(), timeout=self.settings.inventory_timeout_s)
+        current = await self.registry.current_revisions()
         views = {}
+        seen: dict[tuple[str, str], int] = {}
         for miner, answer in zip(miners, answers):
             if answer.ok and isinstance(answer.response, InventoryResponse):
-                views[miner.hotkey] = MinerView(miner, list(answer.response.devices), list(answer.response.chutes))
+                chutes = registry_chutes(answer.response.chutes, current)
+                views[miner.hotkey] = MinerView(miner, list(answer.response.devices), chutes)
+                for chute in chutes:
+                    key = (chute.chute_id, chute.revision)
+                    seen[key] = seen.get(key, 0) + chute.ready_instances
+        self.instances_seen = seen
         now = time.time()
         await self.store.upsert_miners([dict(hotkey=v.neuron.hotkey, uid=v.neuron.uid, coldkey=v.neuron.coldkey,
                                              axon=_axon_url(v.neuron), first_seen_at=now, last_seen_at=now,
                                              last_reachable_at=now, devices_claimed=len(v.devices),
                                              chutes_hosted=len(v.chutes)) for v in views.values()])
         return views
+
+    async def announce(self) -> AnnounceReport:
+        """Announce the registry to every serving miner and deliver the bundles they want."""
+        if self.graph is None:
+            await self.sync(await self.chain.block())
+        return await self.announcer.announce(self.miners(), self.instances_seen)
+
+    async def announce_forever(self, stop: asyncio.Event) -> None:
+        """``announce`` every ``--validator.announce_s`` until ``stop`` (a failed one is logged)."""
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                report = await self.announce()
+                if report.chutes or report.delivered:
+                    logger.debug("announced {} chutes to {}/{} miners, {} bundles delivered", report.chutes,
+                                 report.answered, report.miners, len(report.delivered))
+            except Exception as error:  # noqa: BLE001 - the next announcement repeats everything
+                logger.opt(exception=error).warning("registry announcement failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, self.settings.announce_s - (time.monotonic() - started)))
 
     def _start(self, name: str, job: Callable[[], Coroutine[Any, Any, Any]]) -> bool:
         if name in self._tasks:

@@ -3,7 +3,7 @@
 The seam between a round of the validator and a miner's chutes: for every chute a miner
 lists in its Inventory, ``probes_for(chute, round_seed=...)`` gives the probes (the same for
 every miner hosting that chute in the round), ``run_probe`` sends one over the dendrite and
-judges the reply, and ``flag_disagreements`` compares the LLM results of one round across
+judges the reply, and ``flag_disagreements`` compares the results of one round across
 miners. The ``ProbeResult`` rows feed the scoring (availability, latency, flags).
 
 - LLM chutes (a cord at ``LLM_PATH``) get chat prompts from a fixed pool with greedy decoding
@@ -17,6 +17,10 @@ miners. The ``ProbeResult`` rows feed the scoring (availability, latency, flags)
 - Other chutes get one cord per round (not passthrough, not streaming), called with a value
   sampled from its input schema (``validator.schema_sample``); ok when the instance answers
   2xx and, for a JSON reply to a cord with an output schema, the body fits that schema.
+  Their outputs are compared across miners too (exactly: a deterministic cord answers
+  every honest host alike).
+- Every probe names the registry revision the miner listed (only chutes at the registry's
+  current revision are probed: ``validator.loop.registry_chutes``).
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class Probe:
     key: str  # groups comparable probes across miners; same key => byte-identical request
     stream: bool
     output_schema: dict | None = None
+    revision: str | None = None  # the registry revision probed (every host of the chute runs it)
 
 
 @dataclass
@@ -90,17 +95,18 @@ class ProbeResult:
     completion_tokens: int = 0
     tokens_per_s: float | None = None  # completion_tokens / (last token time - first token time); None if < 2 tokens
     output: str = ""  # LLM: the greedy completion; schema: canonical JSON of the output (both cut at 4 kB)
-    flagged: bool = False  # set by flag_disagreements: this LLM output disagrees with the majority
+    flagged: bool = False  # set by flag_disagreements: this output disagrees with the majority
 
 
 def _digest(*parts: Any) -> bytes:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode()).digest()
 
 
-def _probe(chute_id: str, kind: Literal["llm", "schema"], cord: HostedCord, payload: Any, stream: bool,
+def _probe(chute: HostedChute, kind: Literal["llm", "schema"], cord: HostedCord, payload: Any, stream: bool,
            output_schema: dict | None = None) -> Probe:
-    key = f"{chute_id}:{cord.method}:{cord.path}:{_digest(payload, stream).hex()[:16]}"
-    return Probe(chute_id, kind, cord.path, cord.method, payload, key, stream, output_schema)
+    revision = chute.revision or None
+    key = f"{chute.chute_id}:{revision or ''}:{cord.method}:{cord.path}:{_digest(payload, stream).hex()[:16]}"
+    return Probe(chute.chute_id, kind, cord.path, cord.method, payload, key, stream, output_schema, revision)
 
 
 def probes_for(chute: HostedChute, *, round_seed: int, llm_prompts: int = 1, max_tokens: int = 32) -> list[Probe]:
@@ -110,7 +116,7 @@ def probes_for(chute: HostedChute, *, round_seed: int, llm_prompts: int = 1, max
     if llm is not None:
         seed = int.from_bytes(_digest("canopy-llm-seed", round_seed)[:4], "big") & 0x7FFFFFFF
         prompts = rng.sample(PROMPTS, min(max(llm_prompts, 0), len(PROMPTS)))
-        return [_probe(chute.chute_id, "llm", llm, {
+        return [_probe(chute, "llm", llm, {
             "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0,
             "seed": seed, "stream": True, "stream_options": {"include_usage": True}}, True) for prompt in prompts]
     cords = sorted((c for c in chute.cords if not c.passthrough and not c.stream), key=lambda c: (c.path, c.method))
@@ -120,7 +126,7 @@ def probes_for(chute: HostedChute, *, round_seed: int, llm_prompts: int = 1, max
         if payload is _SKIP:
             continue
         output_schema = cord.output_schema if _usable_schema(cord.output_schema) else None
-        return [_probe(chute.chute_id, "schema", cord, payload, False, output_schema)]
+        return [_probe(chute, "schema", cord, payload, False, output_schema)]
     return []
 
 
@@ -163,7 +169,7 @@ async def run_probe(dendrite: Dendrite, target: Any, miner_hotkey: str, probe: P
     started = time.perf_counter()
     try:
         synapse = Invoke(chute_id=probe.chute_id, path=probe.path, method=probe.method, payload=probe.payload,
-                         stream=probe.stream)
+                         stream=probe.stream, revision=probe.revision)
         chunks = dendrite.stream(target, synapse, timeout=timeout, idle_timeout=timeout)
         async with asyncio.timeout(timeout + 1.0), contextlib.aclosing(chunks):  # backstop: the dendrite's comes first
             async for chunk in chunks:
@@ -322,23 +328,27 @@ def outputs_agree(a: str, b: str) -> bool:
 
 
 def flag_disagreements(results: Iterable[ProbeResult]) -> list[ProbeResult]:
-    """For LLM results: group ok results by key; the reference is the output that agrees
-    (``outputs_agree``) with the most results. Where that is a strict majority (> half of the
-    ok results, and at least 2), every ok result that does not agree with it gets
-    flagged=True. No majority (e.g. 1 vs 1) flags nobody. Returns the flagged results
-    (mutated in place)."""
-    groups: dict[str, list[ProbeResult]] = defaultdict(list)
+    """Group ok results by key (one probe, byte-identical requests); the reference is the output
+    that agrees with the most results: for LLM results ``outputs_agree`` (greedy decoding may
+    drift late), for the other chutes equal canonical outputs (a deterministic cord answers
+    every honest host the same; a host running other code under the chute's id and revision
+    does not). Where the reference is a strict majority (> half of the ok results, and at
+    least 2), every ok result that does not agree with it gets flagged=True. No majority (1 vs
+    1, or a cord whose answers all differ, such as one returning the time) flags nobody.
+    Returns the flagged results (mutated in place)."""
+    groups: dict[tuple[str, str], list[ProbeResult]] = defaultdict(list)
     for result in results:
-        if result.kind == "llm" and result.ok:
-            groups[result.key].append(result)
+        if result.ok:
+            groups[(result.kind, result.key)].append(result)
     flagged = []
     for group in groups.values():
+        agree = outputs_agree if group[0].kind == "llm" else str.__eq__
         outputs = list(Counter(r.output for r in group))
-        support = {o: sum(outputs_agree(o, r.output) for r in group) for o in outputs}
+        support = {o: sum(agree(o, r.output) for r in group) for o in outputs}
         reference = max(outputs, key=lambda o: (support[o], -outputs.index(o)))
         if support[reference] >= 2 and 2 * support[reference] > len(group):
             for result in group:
-                if not outputs_agree(result.output, reference):
+                if not agree(result.output, reference):
                     result.flagged = True
                     flagged.append(result)
     return flagged

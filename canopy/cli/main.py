@@ -28,12 +28,15 @@ from canopy.extras import MissingExtra
 #: function (a single command).
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "build": ("canopy.cli.build", "build", "Render a chute's Image and build it with Docker."),
+    "chutes": ("canopy.cli.chutes", "app", "Your chutes in the API's registry: list, get, delete."),
+    "deploy": ("canopy.cli.deploy", "deploy", "Bundle a chute's source and deploy it to the API (public URLs)."),
     "devices": ("neurons.cli.devices", "app", "GPU ownership in the validator's store: list, reassign or pin, release."),
     "devnet": ("neurons.cli.devnet", "app", "The embedded devnet: a local chain in one SQLite file."),
     "graval": ("neurons.cli.graval", "app", "GraVal, the open GPU verification: calibration of local devices."),
     "keys": ("neurons.cli.keys", "app", "API keys of the public gateway: create, list, edit, disable/enable, delete."),
     "logs": ("neurons.cli.logs", "logs", "Show the API's request log, newest first (UTC times)."),
     "run": ("canopy.cli.run", "run", "Serve a chute over HTTP (Ctrl-C stops it; shutdown hooks run)."),
+    "warmup": ("canopy.cli.chutes", "warmup", "Ask the network to start an instance of a deployed chute."),
 }
 
 

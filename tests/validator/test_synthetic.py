@@ -120,10 +120,23 @@ def test_flag_disagreements_needs_a_strict_majority_of_at_least_two():
     rows = [result("a", "x"), result("b", "x"), result("c", "y"), result("d", "x", ok=False),
             result("e", "y", key="other"), result("f", "z", key="other"), result("g", "q", kind="schema")]
     assert [r.miner_hotkey for r in flag_disagreements(rows)] == ["c"]
-    assert [r.miner_hotkey for r in rows if r.flagged] == ["c"], "failed, schema and no-majority rows stay unflagged"
+    assert [r.miner_hotkey for r in rows if r.flagged] == ["c"], "failed, lone and no-majority rows stay unflagged"
     assert flag_disagreements([result("a", "x"), result("b", "y")]) == []
     assert flag_disagreements([result("a", "x"), result("b", "x"), result("c", "y"), result("d", "y")]) == []
     assert flag_disagreements([result("a", "x")]) == []
+
+
+def test_a_deterministic_cord_answered_otherwise_by_one_host_is_flagged():
+    """A host running other code under the chute's id and revision answers the echo cord
+    differently from the honest hosts: flagged. A cord whose answers all differ flags nobody."""
+    echo = '{"text":"sampled"}'
+    rows = [result(h, echo, kind="schema") for h in ("a", "b")] + [result("tamper", '{"text":"pwned"}', kind="schema")]
+    assert [r.miner_hotkey for r in flag_disagreements(rows)] == ["tamper"]
+    drifted = echo[:-3] + '"}'  # a prefix match is enough for greedy text, never for a cord's output
+    assert [r.miner_hotkey for r in flag_disagreements([result("a", echo, kind="schema"), result("b", echo, kind="schema"),
+                                                         result("c", drifted, kind="schema")])] == ["c"]
+    clocks = [result(h, f'{{"now":{t}}}', kind="schema") for h, t in (("a", 1), ("b", 2), ("c", 3))]
+    assert flag_disagreements(clocks) == []
 
 
 def test_greedy_outputs_that_drift_apart_late_still_agree():

@@ -1,0 +1,129 @@
+"""Announcing the chute registry to the miners, and delivering the bundles they ask for.
+
+The seam between the registry in the validator's store (``store.registry``, filled by the
+API's ``POST /chutes``) and the miners' autoscalers (``miner.autoscaler``), over the signed
+wire (``protocol.registry``). Every ``--validator.announce_s`` the validator:
+
+1. reads every chute not deleted at its current revision, with the demand of the last
+   ``--validator.demand_window_s`` (calls recorded in ``invocations``, calls that found no
+   capacity and warmups recorded by the API in ``chute_demand``) and the ready instances
+   its last Inventory round saw at that revision, network-wide;
+2. sends one ``Announce`` to every serving miner;
+3. for each revision a miner answers as ``wanted`` (and that this announcement named),
+   sends that miner the bundle (``DeliverBundle``), which the miner keeps only if its
+   sha256 is the revision. Bundles are immutable, so the last few are kept in memory.
+
+A miner that does not answer misses this announcement; the next one repeats everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from loguru import logger
+from pydantic import ValidationError
+
+from protocol.chutes import HostedCord
+from protocol.dendrite import Dendrite
+from protocol.registry import AnnouncedChute, Announce, AnnounceResponse, BundleReceipt, ChuteDemand, DeliverBundle
+from store.registry import ChuteRecord, ChuteRegistry, Demand
+
+BUNDLE_CACHE = 8
+
+
+@dataclass
+class AnnounceReport:
+    chutes: int = 0
+    miners: int = 0
+    answered: int = 0
+    delivered: list[tuple[str, str]] = field(default_factory=list)  # (miner hotkey, revision) stored by the miner
+    refused: list[tuple[str, str, str]] = field(default_factory=list)  # (miner hotkey, revision, why)
+
+
+def announced_chute(record: ChuteRecord, demand: Demand, instances: int) -> AnnouncedChute | None:
+    """The announcement of one registry chute (None when its stored description does not fit one)."""
+    description = record.description
+    try:
+        return AnnouncedChute(
+            chute_id=record.chute_id, owner=record.owner, name=record.name, revision=record.revision,
+            node_selector=dict(description.get("node_selector") or {}),
+            cords=[HostedCord.model_validate(cord) for cord in description.get("cords") or []],
+            concurrency=int(description.get("concurrency") or 1), max_instances=record.max_instances,
+            shutdown_after_seconds=record.shutdown_after_seconds, model=str(description.get("model") or ""),
+            tagline=str(description.get("tagline") or ""),
+            demand=ChuteDemand(calls=demand.calls, refused=demand.refused, instances=instances, warmup=demand.warmups > 0))
+    except (ValidationError, TypeError, ValueError) as error:
+        logger.error("registry chute {} ({}) cannot be announced: {}", record.ref, record.revision[:12], error)
+        return None
+
+
+class Announcer:
+    def __init__(self, registry: ChuteRegistry, dendrite: Dendrite, *, window_s: float = 300.0,
+                 timeout_s: float = 10.0, delivery_timeout_s: float = 120.0, deliveries_at_once: int = 4) -> None:
+        self.registry, self.dendrite = registry, dendrite
+        self.window_s, self.timeout_s, self.delivery_timeout_s = window_s, timeout_s, delivery_timeout_s
+        self._bundles: OrderedDict[str, bytes] = OrderedDict()
+        self._deliveries = asyncio.Semaphore(deliveries_at_once)
+
+    async def announcement(self, instances: Mapping[tuple[str, str], int], now: float | None = None) -> Announce:
+        """The ``Announce`` of the registry as it is now; ``instances``: (chute_id, revision) ->
+        ready instances seen network-wide."""
+        now = time.time() if now is None else now
+        records = await self.registry.list_all()
+        demand = await self.registry.demand_since(now - self.window_s)
+        chutes = [announced for record in records
+                  if (announced := announced_chute(record, demand.get(record.chute_id, Demand()),
+                                                   instances.get((record.chute_id, record.revision), 0))) is not None]
+        return Announce(chutes=chutes, window_s=self.window_s)
+
+    async def announce(self, miners: Sequence[Any], instances: Mapping[tuple[str, str], int]) -> AnnounceReport:
+        """Announce to every miner (chain ``Neuron``s), then deliver what each wanted."""
+        announce = await self.announcement(instances)
+        report = AnnounceReport(chutes=len(announce.chutes), miners=len(miners))
+        if not miners:
+            return report
+        answers = await self.dendrite.query(list(miners), announce, timeout=self.timeout_s)
+        named = {chute.revision for chute in announce.chutes}
+        deliveries = []
+        for miner, answer in zip(miners, answers):
+            if not (answer.ok and isinstance(answer.response, AnnounceResponse)):
+                continue
+            report.answered += 1
+            for revision in dict.fromkeys(answer.response.wanted):
+                if revision in named:
+                    deliveries.append(self._deliver(miner, revision, report))
+        await asyncio.gather(*deliveries)
+        return report
+
+    async def _deliver(self, miner: Any, revision: str, report: AnnounceReport) -> None:
+        async with self._deliveries:
+            data = await self._bundle(revision)
+            if data is None:
+                report.refused.append((miner.hotkey, revision, "the registry holds no bundle of this revision"))
+                return
+            answer = await self.dendrite.call(miner, DeliverBundle(revision=revision, data=base64.b64encode(data).decode()),
+                                              timeout=self.delivery_timeout_s)
+        receipt = answer.response if answer.ok else None
+        if isinstance(receipt, BundleReceipt) and receipt.stored:
+            report.delivered.append((miner.hotkey, revision))
+            logger.info("bundle {} delivered to miner {}", revision[:12], miner.hotkey[:8])
+        else:
+            why = receipt.reason if isinstance(receipt, BundleReceipt) else str(answer.error)
+            report.refused.append((miner.hotkey, revision, why))
+            logger.warning("bundle {} not taken by miner {}: {}", revision[:12], miner.hotkey[:8], why)
+
+    async def _bundle(self, revision: str) -> bytes | None:
+        if revision in self._bundles:
+            self._bundles.move_to_end(revision)
+            return self._bundles[revision]
+        data = await self.registry.bundle(revision)
+        if data is not None:
+            self._bundles[revision] = data
+            while len(self._bundles) > BUNDLE_CACHE:
+                self._bundles.popitem(last=False)
+        return data
