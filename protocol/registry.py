@@ -41,6 +41,9 @@ class ChuteDemand(BaseModel):
     refused: int = Field(0, ge=0, description="calls that found no capacity (waited cold, or 503 no_capacity)")
     instances: int = Field(0, ge=0, description="ready instances the validator knows of, network-wide")
     warmup: bool = Field(False, description="the owner asked for an instance now (canopy warmup)")
+    idle_s: float | None = Field(None, ge=0, description="seconds since the latest call, refusal or warmup (None: none "
+                                                         "in the window); an instance stopped for idleness is not "
+                                                         "started again until newer demand arrives")
 
 
 class AnnouncedChute(BaseModel):

@@ -79,6 +79,7 @@ class Demand:
     calls: int = 0
     refused: int = 0
     warmups: int = 0
+    last_at: float | None = None  # the latest of them
 
 
 @dataclass(frozen=True)
@@ -251,16 +252,19 @@ class ChuteRegistry:
 
     async def demand_since(self, since: float) -> dict[str, Demand]:
         """chute_id -> its demand since ``since`` (chutes with none are absent)."""
-        calls = (select(Invocation.chute_id, func.count()).where(Invocation.created_at >= since)
-                 .group_by(Invocation.chute_id))
-        events = (select(ChuteDemandEvent.chute_id, ChuteDemandEvent.kind, func.count())
+        calls = (select(Invocation.chute_id, func.count(), func.max(Invocation.created_at))
+                 .where(Invocation.created_at >= since).group_by(Invocation.chute_id))
+        events = (select(ChuteDemandEvent.chute_id, ChuteDemandEvent.kind, func.count(), func.max(ChuteDemandEvent.created_at))
                   .where(ChuteDemandEvent.created_at >= since).group_by(ChuteDemandEvent.chute_id, ChuteDemandEvent.kind))
-        counts: dict[str, dict[str, int]] = {}
+        counts: dict[str, dict[str, Any]] = {}
         async with self.sessions() as session:
-            for cid, count in (await session.execute(calls)).all():
-                counts.setdefault(cid, {})["calls"] = int(count)
-            for cid, kind, count in (await session.execute(events)).all():
-                counts.setdefault(cid, {})["refused" if kind == "no_capacity" else "warmups"] = int(count)
+            rows = [(cid, "calls", count, last) for cid, count, last in (await session.execute(calls)).all()]
+            rows += [(cid, "refused" if kind == "no_capacity" else "warmups", count, last)
+                     for cid, kind, count, last in (await session.execute(events)).all()]
+        for cid, field, count, last in rows:
+            values = counts.setdefault(cid, {})
+            values[field] = int(count)
+            values["last_at"] = max(float(last), values.get("last_at") or float(last))
         return {cid: Demand(**values) for cid, values in counts.items()}
 
     async def prune_demand(self, before: float) -> int:

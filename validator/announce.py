@@ -45,7 +45,7 @@ class AnnounceReport:
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # (miner hotkey, revision, why)
 
 
-def announced_chute(record: ChuteRecord, demand: Demand, instances: int) -> AnnouncedChute | None:
+def announced_chute(record: ChuteRecord, demand: Demand, instances: int, now: float) -> AnnouncedChute | None:
     """The announcement of one registry chute (None when its stored description does not fit one)."""
     description = record.description
     try:
@@ -56,7 +56,8 @@ def announced_chute(record: ChuteRecord, demand: Demand, instances: int) -> Anno
             concurrency=int(description.get("concurrency") or 1), max_instances=record.max_instances,
             shutdown_after_seconds=record.shutdown_after_seconds, model=str(description.get("model") or ""),
             tagline=str(description.get("tagline") or ""),
-            demand=ChuteDemand(calls=demand.calls, refused=demand.refused, instances=instances, warmup=demand.warmups > 0))
+            demand=ChuteDemand(calls=demand.calls, refused=demand.refused, instances=instances, warmup=demand.warmups > 0,
+                              idle_s=None if demand.last_at is None else max(0.0, now - demand.last_at)))
     except (ValidationError, TypeError, ValueError) as error:
         logger.error("registry chute {} ({}) cannot be announced: {}", record.ref, record.revision[:12], error)
         return None
@@ -78,7 +79,7 @@ class Announcer:
         demand = await self.registry.demand_since(now - self.window_s)
         chutes = [announced for record in records
                   if (announced := announced_chute(record, demand.get(record.chute_id, Demand()),
-                                                   instances.get((record.chute_id, record.revision), 0))) is not None]
+                                                   instances.get((record.chute_id, record.revision), 0), now)) is not None]
         return Announce(chutes=chutes, window_s=self.window_s)
 
     async def announce(self, miners: Sequence[Any], instances: Mapping[tuple[str, str], int]) -> AnnounceReport:

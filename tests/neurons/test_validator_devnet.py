@@ -3,7 +3,8 @@ its real SQLite store, real weights on the devnet chain.
 
 Miners: ``h1`` (one CPU pseudo-device), ``h2`` (two), ``cheat`` (claims one, commits random
 roots: ``neurons.demo_cheater``) and ``twin-a``/``twin-b`` (two hotkeys of one coldkey, one
-device each); every miner hosts the echo chute. One test walks through the issue's
+device each); every miner pins the echo chute in its hosting file, and the registry holds
+the same code (so the same revision). One test walks through the issue's
 checks in order, so the subnet starts once: first weights (h2 > h1 > cheat = 0, one twin
 at 0), organic calls raising h1's score, SIGKILL and restart keeping the scores and the
 verifications, and an offline miner decaying.
@@ -23,14 +24,27 @@ import pytest
 
 from node.wallets import coldkey_ss58, create_devnet_wallet
 from chain.devnet import DevnetLedger
-from tests.support import free_port
+from tests.support import ROOT, free_port
 from tests.support.neurons import finish, start_neuron
 from tests.support.store import sqlite_url
+from tests.support.subnet import registry_deploy
 from store.queries import ORGANIC, ValidatorStore
+
+# Pinned by every miner's hosting file and deployed in the registry: the same code, the same revision.
+ECHO = f"{ROOT / 'examples' / 'echo_chute.py'}:chute"
+
+
+async def deploy_echo(database: Path) -> None:
+    store = await ValidatorStore.open(sqlite_url(database))
+    try:
+        await registry_deploy(store, ECHO)
+    finally:
+        await store.close()
+
 
 def start_miner(home: Path, name: str, hotkey: str, devices: int, *, cheat: bool = False) -> subprocess.Popen:
     config = home / f"{name}-{hotkey}-chutes.toml"
-    config.write_text('[[chutes]]\nref = "examples.echo_chute:chute"\ninstances = 1\n')
+    config.write_text(f'[[chutes]]\nref = "{ECHO}"\ninstances = 1\n')
     flags = ["--wallet.name", name, "--wallet.hotkey", hotkey, "--axon.ip", "127.0.0.1", "--axon.port", str(free_port()),
              "--graval.cpu_devices", str(devices), "--graval.cpu_memory_mb", "16", "--chutes.config", str(config),
              "--chutes.port_min", "20000", "--chutes.port_max", "29999"]
@@ -100,6 +114,7 @@ async def test_validator_scores_verifies_and_sets_weights_on_the_devnet(tmp_path
         while len(ledger.metagraph(1).serving_miners()) < len(plan):
             assert time.monotonic() < deadline, "the miners did not serve their axons within 90 s"
             await asyncio.sleep(0.5)
+        await deploy_echo(database)
         validator = start_validator(tmp_path, database, metrics_port)
         # 1. The first weights: h2 > h1 > cheat = 0, and one twin keeps its score, the other 0.
         first = await wait_for(database, lambda s: s.last_weights(), 240, "the first weights")

@@ -1,0 +1,104 @@
+"""The autoscaler on the devnet: a miner with one device hosts the chute its callers want.
+
+One miner process with one CPU pseudo-device that holds one instance at a time
+(``--chutes.cpu_device_slots 1``), the validator and API processes, two chutes the test
+writes and deploys with the real CLI: ``idle`` (deployed first, so its deploy-time warmup
+gets it the device) and ``busy``, then called in a loop. The miner ends up hosting
+``busy`` and not ``idle``, with its reasons in its log; once the calls stop, ``busy`` is
+stopped after its ``shutdown_after_seconds`` and not before, and not started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from canopy.chute import chute_id
+from node.wallets import create_devnet_wallet
+from protocol.dendrite import Dendrite
+from protocol.graval.synapses import Inventory
+from tests.support.subnet import DeployNet
+
+CHUTE = '''
+from pydantic import BaseModel
+from canopy import Chute, NodeSelector
+
+chute = Chute(username="alice", name=NAME, node_selector=NodeSelector(gpu_count=1, min_vram_gb_per_gpu=0), concurrency=4)
+
+
+class Words(BaseModel):
+    text: str
+
+
+@chute.cord(public_api_path="/say")
+async def say(args: Words) -> dict:
+    return {"said": args.text, "by": NAME}
+'''
+IDLE_AFTER_S = 12
+
+
+async def hosted(net: DeployNet) -> set[str]:
+    """The chute ids the miner's instances are ready for."""
+    wallet = create_devnet_wallet("owner", "validator", net.home / "wallets")
+    async with Dendrite(wallet) as dendrite:
+        answer = await dendrite.call(net.ledger.metagraph(1).by_hotkey(net.hotkeys["solo"]), Inventory(), timeout=10)
+    return {chute.chute_id for chute in answer.response.chutes if chute.ready_instances} if answer.ok else set()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+async def test_one_device_ends_up_hosting_the_busy_chute_and_stops_it_when_idle(tmp_path):
+    net = DeployNet(tmp_path, miners={"solo": 1}, miner_flags={"solo": ["--chutes.cpu_device_slots", "1"]},
+                    api_flags=["--api.cold_start_wait_s", "60"])
+    refs = {}
+    for name in ("idle", "busy"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.py").write_text(f"NAME = {name!r}\n" + CHUTE)
+        refs[name] = f"{tmp_path / name / name}.py:chute"
+    ids = {name: chute_id("alice", name) for name in refs}
+    try:
+        await net.start()
+        alice = await net.key("alice", owner="alice")
+        assert net.cli("deploy", refs["idle"], "--wait", "--wait-timeout", "90", key=alice).returncode == 0
+        assert await hosted(net) == {ids["idle"]}
+        deployed = net.cli("deploy", refs["busy"], "--shutdown-after", str(IDLE_AFTER_S), key=alice)
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+        answers: list[int] = []
+        stop = asyncio.Event()
+        async with aiohttp.ClientSession() as http:
+            async def caller() -> None:
+                while not stop.is_set():
+                    status, _, _ = await net.call(http, "/chutes/alice/busy/say", {"text": "hi"}, key=alice)
+                    answers.append(status)
+                    await asyncio.sleep(0.1)
+
+            callers = [asyncio.create_task(caller()) for _ in range(3)]
+
+            async def busy_only() -> bool:
+                return await hosted(net) == {ids["busy"]} and answers[-3:] == [200, 200, 200]
+
+            await net.until("the miner hosting busy instead of idle", busy_only, 120)
+            stop.set()
+            await asyncio.gather(*callers)
+        last_call = time.monotonic()
+        assert answers.count(200) >= 3
+
+        async def nothing_hosted() -> bool:
+            return not await hosted(net)
+
+        await net.until("busy stopped once idle", nothing_hosted, IDLE_AFTER_S + 60, pause=0.5)
+        idle_for = time.monotonic() - last_call
+        assert idle_for >= IDLE_AFTER_S - 1, f"busy was stopped {idle_for:.1f}s after its last call"
+        await asyncio.sleep(6)
+        assert not await hosted(net), "a chute stopped for idleness is not started again without new demand"
+    finally:
+        outputs = net.stop()
+        for name, (code, output) in outputs.items():
+            print(f"===== {name} (exit {code})\n{output[-6000:]}")
+    miner_log = outputs["solo"][1]
+    assert "busy" in miner_log and "idle" in miner_log
+    assert all(code == 0 for code, _ in outputs.values()), {name: code for name, (code, _) in outputs.items()}
