@@ -63,6 +63,10 @@ class AnnouncedChute(BaseModel):
     model: str = ""  # an LLM chute's OpenAI model name
     tagline: str = ""
     demand: ChuteDemand = Field(default_factory=ChuteDemand)
+    # This miner's place (0 first) in the validator's rendezvous order of the serving miners
+    # for this chute (sha256 of chute, revision and hotkey): the first ``max_instances`` start
+    # it without waiting, so miners deciding at the same moment do not all start it at once.
+    rank: int | None = Field(None, ge=0)
 
 
 class AnnounceResponse(SynapseResponse):

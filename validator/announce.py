@@ -8,7 +8,9 @@ wire (``protocol.registry``). Every ``--validator.announce_s`` the validator:
    ``--validator.demand_window_s`` (calls recorded in ``invocations``, calls that found no
    capacity and warmups recorded by the API in ``chute_demand``) and the ready instances
    its last Inventory round saw at that revision, network-wide;
-2. sends one ``Announce`` to every serving miner;
+2. sends one ``Announce`` to every serving miner, each chute with the miner's ``rank`` in a
+   rendezvous order (``rendezvous_order``: the first ``max_instances`` miners start a chute
+   at once; the others only when calls keep finding no capacity);
 3. for each revision a miner answers as ``wanted`` (and that this announcement named),
    sends that miner the bundle (``DeliverBundle``), which the miner keeps only if its
    sha256 is the revision. Bundles are immutable, so the last few are kept in memory.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -63,6 +66,19 @@ def announced_chute(record: ChuteRecord, demand: Demand, instances: int, now: fl
         return None
 
 
+def rendezvous_order(chute: AnnouncedChute, hotkeys: Sequence[str]) -> list[str]:
+    """The miners' order for hosting ``chute``: by sha256 of (chute id, revision, hotkey), the
+    same for every validator, different per chute (so load spreads), stable as miners come and go."""
+    return sorted(hotkeys, key=lambda hotkey: hashlib.sha256(f"{chute.chute_id}:{chute.revision}:{hotkey}".encode()).digest())
+
+
+def ranked(announce: Announce, hotkey: str, miners: Sequence[Any]) -> Announce:
+    """``announce`` as miner ``hotkey`` gets it: each chute with the miner's ``rank``."""
+    hotkeys = [miner.hotkey for miner in miners]
+    chutes = [chute.model_copy(update={"rank": rendezvous_order(chute, hotkeys).index(hotkey)}) for chute in announce.chutes]
+    return announce.model_copy(update={"chutes": chutes})
+
+
 class Announcer:
     def __init__(self, registry: ChuteRegistry, dendrite: Dendrite, *, window_s: float = 300.0,
                  timeout_s: float = 10.0, delivery_timeout_s: float = 120.0, deliveries_at_once: int = 4) -> None:
@@ -88,7 +104,8 @@ class Announcer:
         report = AnnounceReport(chutes=len(announce.chutes), miners=len(miners))
         if not miners:
             return report
-        answers = await self.dendrite.query(list(miners), announce, timeout=self.timeout_s)
+        answers = await asyncio.gather(*(self.dendrite.call(miner, ranked(announce, miner.hotkey, miners),
+                                                            timeout=self.timeout_s) for miner in miners))
         named = {chute.revision for chute in announce.chutes}
         deliveries = []
         for miner, answer in zip(miners, answers):

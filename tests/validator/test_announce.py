@@ -113,6 +113,8 @@ async def test_the_registry_is_announced_with_its_demand_and_bundles_go_only_whe
     assert (report.chutes, report.miners, report.answered) == (1, 2, 2)
     [announce] = [m for m in miners.seen["idle"] if isinstance(m, Announce)]
     [chute] = announce.chutes
+    [keen_chute] = next(m for m in miners.seen["keen"] if isinstance(m, Announce)).chutes
+    assert sorted([chute.rank, keen_chute.rank]) == [0, 1], "each miner its own place in the rendezvous order"
     assert (chute.chute_id, chute.owner, chute.name, chute.revision) == (chute_id, "alice", "shout", revision)
     assert (chute.concurrency, chute.max_instances, chute.shutdown_after_seconds) == (3, 4, 90)
     assert chute.node_selector["gpu_count"] == 1 and [c.public_api_path for c in chute.cords] == ["/shout"]
@@ -143,3 +145,16 @@ def test_only_chutes_at_the_registry_revision_count():
               HostedChute(chute_id="c3", name="unlisted", revision="c" * 64),  # no registry holds it
               HostedChute(chute_id="c1", name="unknown revision")]  # pinned code that could not be bundled
     assert [chute.name for chute in registry_chutes(hosted, current)] == ["one"]
+
+
+def test_the_rendezvous_order_spreads_chutes_and_survives_a_miner_leaving():
+    from protocol.registry import AnnouncedChute
+    from validator.announce import rendezvous_order
+
+    hotkeys = [f"5Miner{i:02d}" for i in range(12)]
+    chutes = [AnnouncedChute(chute_id=f"c{i}", owner="o", name=f"n{i}", revision=f"{i:064x}") for i in range(20)]
+    orders = {chute.chute_id: rendezvous_order(chute, hotkeys) for chute in chutes}
+    assert len({order[0] for order in orders.values()}) >= 6, "different chutes rank different miners first"
+    assert rendezvous_order(chutes[0], list(reversed(hotkeys))) == orders["c0"], "the order does not depend on the input order"
+    gone = orders["c0"][3]
+    assert rendezvous_order(chutes[0], [h for h in hotkeys if h != gone]) == [h for h in orders["c0"] if h != gone]
