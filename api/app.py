@@ -6,11 +6,15 @@ tests. Every dependency is passed in, typed by its seam (``api.gateway``): the k
 the upstream caller (``api.upstream``), the validator store (organic invocations, its
 engine for the request log), an optional moderator (``api.moderation``) and the knobs
 (``ApiConfig``); they become the app's typed state (``api.gateway.Gateway``). The routes
-live in ``api.openai_routes`` (``/v1``), ``api.chat_routes`` (``/chat``), ``api.admin_routes``
-and ``api.admin_series`` (``/admin``), the web UI in ``api.web``.
+live in ``api.openai_routes`` (``/v1``), ``api.chat_routes`` (``/chat``), ``api.chute_routes``
+(``/chutes``: deploy, list, get, delete, warmup), ``api.public_routes`` (the chutes' public
+calls, and their own hosts under ``ApiConfig.chute_domain``), ``api.admin_routes`` and
+``api.admin_series`` (``/admin``), the web UI in ``api.web``.
 
 Here: the request-id middleware (``x-request-id`` on every response, a bounded body by
-``Content-Length``, an unexpected exception answered as a 500 envelope), the error handlers
+``Content-Length``: ``ApiConfig.max_body_bytes``, but a bundle upload (``POST /chutes``) may
+reach ``canopy.bundle.MAX_BUNDLE_BYTES``; an unexpected exception answered as a 500
+envelope), the error handlers
 (everything in OpenAI's envelope; an idempotent replay and a client's hang-up, 499, raised by
 ``api.admission``), ``/health``, ``/metrics`` (prometheus-client, the app's own registry) and
 the docs at ``/docs``.
@@ -36,7 +40,11 @@ from api.gateway import ApiConfig, Caller, Directory, Gateway, RateLimiter, Stor
 from api.keys import KeyStore
 from api.moderation import Moderator
 from api.requestlog import RequestRecord
+from canopy.bundle import MAX_BUNDLE_BYTES
 from canopy.streaming import ClientGone
+
+#: The route whose body is a chute bundle, bounded by ``MAX_BUNDLE_BYTES`` instead of the gateway's cap.
+UPLOAD = ("POST", "/chutes")
 
 class RequestIdMiddleware:
     """Gives each request an id (``scope["state"]["request_id"]``), echoes it as ``x-request-id``,
@@ -69,8 +77,9 @@ class RequestIdMiddleware:
             await send(message)
 
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            error = PayloadTooLarge(f"the request body is over {self.max_body_bytes} bytes")
+        limit = MAX_BUNDLE_BYTES if (scope["method"], scope["path"].rstrip("/")) == UPLOAD else self.max_body_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            error = PayloadTooLarge(f"the request body is over {limit} bytes")
             await JSONResponse(error.body(), status_code=error.status)(scope, receive, send_with_id)
             app = scope.get("app")
             if app is not None and scope["path"].startswith("/v1/"):
@@ -97,7 +106,9 @@ def build_app(*, keys: KeyStore, limiter: RateLimiter, directory: Directory, ups
     from api.admin_routes import router as admin_router
     from api.admin_series import router as series_router
     from api.chat_routes import router as chat_router
+    from api.chute_routes import router as chute_router
     from api.openai_routes import router as openai_router
+    from api.public_routes import ChuteHostMiddleware, router as public_router
     from api.web import mount_ui
 
     config = config or ApiConfig()
@@ -105,7 +116,8 @@ def build_app(*, keys: KeyStore, limiter: RateLimiter, directory: Directory, ups
                   description="OpenAI-compatible gateway to the miners of a Canopy subnet.")
     app.state = Gateway(keys=keys, limiter=limiter, directory=directory, upstream=upstream, store=store, config=config,
                         moderator=moderator, health=health)
-    for router in (openai_router, chat_router, admin_router, series_router):
+    # the management routes before the public calls: /chutes/{owner}/{rest:path} would match them too
+    for router in (openai_router, chat_router, admin_router, series_router, chute_router, public_router):
         app.include_router(router)
     mount_ui(app)  # the web UI at /ui/ (static files, not in the OpenAPI document)
     default_openapi = app.openapi
@@ -118,6 +130,8 @@ def build_app(*, keys: KeyStore, limiter: RateLimiter, directory: Directory, ups
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]
+    if config.chute_domain:
+        app.add_middleware(ChuteHostMiddleware, domain=config.chute_domain)  # inside the request-id middleware
     app.add_middleware(RequestIdMiddleware, max_body_bytes=config.max_body_bytes)
 
     @app.exception_handler(ApiError)

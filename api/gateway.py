@@ -7,8 +7,8 @@ stand-in (a test's fake, Redis instead of memory) is checked by the type checker
 than probed at run time: ``RateLimiter`` (``api.limits``), ``Directory``
 (``api.directory.MinerDirectory``), ``Caller`` (``api.upstream.Upstream``), ``Store`` (the
 validator's ``store.queries.ValidatorStore``) and ``Moderator`` (``api.moderation``). The
-parts the gateway makes itself (request log, credit ledger, idempotency store, metrics)
-are built here from the knobs (``ApiConfig``).
+parts the gateway makes itself (request log, credit ledger, idempotency store, metrics, the
+chute registry on the store's engine) are built here from the knobs (``ApiConfig``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import State
 from starlette.requests import HTTPConnection
 
@@ -28,6 +29,7 @@ from api.limits import Decision
 from api.moderation import Moderator
 from api.requestlog import RequestLogger
 from chain.base import Metagraph
+from store.registry import ChuteRecord, ChuteRegistry
 from store.tables import DeviceOwner, DeviceVerification, WeightSubmission
 
 if TYPE_CHECKING:
@@ -47,6 +49,8 @@ class ApiConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_prompts: bool = False
     idempotency_ttl_s: float = 24 * 3600.0
+    cold_start_wait_s: float = 30.0  # how long a call of a chute nobody hosts yet waits (then 503 no_capacity)
+    chute_domain: str | None = None  # chutes also served at OWNER-NAME.<chute_domain>
 
 
 class RateLimiter(Protocol):
@@ -56,7 +60,8 @@ class RateLimiter(Protocol):
 
 
 class Directory(Protocol):
-    """Who serves which model (``refresh`` keeps ``routes`` and ``graph`` current), and the load."""
+    """Who serves which model and chute (``refresh`` keeps ``routes``, ``graph`` and the registry's
+    chutes current), and the load."""
 
     routes: list[Route]
     graph: Metagraph | None
@@ -69,6 +74,22 @@ class Directory(Protocol):
 
     def candidates(self, model: str, strategy: str = "default", path: str = CHAT_PATH) -> list[Route]: ...
 
+    def chute(self, owner: str, name: str) -> ChuteRecord | None: ...
+
+    def chute_by_id(self, chute_id: str) -> ChuteRecord | None: ...
+
+    def chute_by_host(self, label: str) -> ChuteRecord | None: ...
+
+    def registered(self, record: ChuteRecord) -> None: ...
+
+    def unregistered(self, chute_id: str) -> None: ...
+
+    def chute_candidates(self, chute_id: str, strategy: str = "default") -> list[Route]: ...
+
+    def instances(self, chute_id: str) -> int: ...
+
+    async def wait_for_capacity(self, chute_id: str, timeout_s: float, strategy: str = "default") -> list[Route]: ...
+
     def acquire(self, route: Route) -> None: ...
 
     def release(self, route: Route) -> None: ...
@@ -78,13 +99,17 @@ class Caller(Protocol):
     """The upstream: calls to miners (race, failover) and their organic invocation rows."""
 
     async def open(self, routes: Sequence[Route], path: str, payload: Any, *, stream: bool, race: int = 1,
-                   timeout_s: float | None = None, tried: list[int] | None = None, steered: bool = True) -> Call: ...
+                   timeout_s: float | None = None, tried: list[int] | None = None, steered: bool = True,
+                   method: str = "POST") -> Call: ...
 
     async def drain(self) -> None: ...
 
 
 class Store(Protocol):
-    """What the gateway reads from and writes to the validator's store."""
+    """What the gateway reads from and writes to the validator's store (and its ``engine``: the
+    chute registry's, ``store.registry``)."""
+
+    engine: AsyncEngine
 
     async def record_invocations(self, rows: Iterable[Mapping[str, Any]]) -> int: ...
 
@@ -126,6 +151,7 @@ class Gateway(State):
     credits: CreditLedger
     idempotency: IdempotencyStore
     metrics: Metrics
+    registry: ChuteRegistry
 
     def __init__(self, *, keys: KeyStore, limiter: RateLimiter, directory: Directory, upstream: Caller, store: Store,
                  config: ApiConfig, moderator: Moderator | None = None,
@@ -133,6 +159,7 @@ class Gateway(State):
         super().__init__(dict(
             keys=keys, limiter=limiter, directory=directory, upstream=upstream, store=store, config=config,
             moderator=moderator, health=health, metrics=Metrics(), credits=CreditLedger(keys),
+            registry=ChuteRegistry(store.engine),
             request_log=RequestLogger(keys.engine, log_prompts=config.log_prompts),
             idempotency=IdempotencyStore(keys.engine, ttl_s=config.idempotency_ttl_s,
                                          wait_s=config.request_timeout_s + 5.0)))

@@ -245,12 +245,14 @@ class Upstream:
         await self._rows.drain()
 
     async def open(self, routes: Sequence[Route], path: str, payload: Any, *, stream: bool, race: int = 1,
-                   timeout_s: float | None = None, tried: list[int] | None = None, steered: bool = True) -> Call:
+                   timeout_s: float | None = None, tried: list[int] | None = None, steered: bool = True,
+                   method: str = "POST") -> Call:
         """The first candidate that answers with content (see the module docstring); the uids
         tried are appended to ``tried`` as they start (so a cancelled caller still knows them).
         ``steered=False`` only when the gateway chose ``routes`` itself (strategy ``default``):
-        any other call is served and recorded but never scored."""
-        synapse = Invoke(chute_id="-", path=path, method="POST", payload=payload, stream=stream)
+        any other call is served and recorded but never scored. Each miner is asked for the
+        revision its route reports (the registry's current one: ``api.directory``)."""
+        synapse = Invoke(chute_id="-", path=path, method=method, payload=payload, stream=stream)
         timeout = timeout_s or self.timeout_s
         queue, tried = list(routes), ([] if tried is None else tried)
         if race <= 1:
@@ -301,7 +303,8 @@ class Upstream:
 
     def _start(self, route: Route, synapse: Invoke, timeout: float, tried: list[int], steered: bool) -> _Attempt:
         tried.append(route.uid)
-        return _Attempt(self, route, synapse.model_copy(update={"chute_id": route.chute.chute_id}), timeout, steered)
+        update = {"chute_id": route.chute.chute_id, "revision": route.chute.revision or None}
+        return _Attempt(self, route, synapse.model_copy(update=update), timeout, steered)
 
     async def _judge(self, attempt: _Attempt, chunk: InvokeChunk | None,
                      failure: BaseException | None) -> errors.ProtocolError | None:

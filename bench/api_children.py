@@ -65,6 +65,14 @@ def chat_body(stream: bool = False) -> dict:
 # --- child roles ---------------------------------------------------------------------------------
 
 
+def _bundle():
+    """The fast chute's bundle as ``canopy deploy`` builds it: the gateway routes registry chutes
+    only, at the revision both the miner and the API child compute from it."""
+    from canopy.bundle import build_bundle
+
+    return build_bundle(f"{HERE / 'api_children.py'}:fast_chute")
+
+
 def _quiet() -> None:
     from loguru import logger
 
@@ -86,6 +94,8 @@ async def serve_miner(config: dict) -> None:
     devices = [cpu_device(salt="bench-api")]
     plan = await plan_hosting(HostingConfig(chutes=[ChuteEntry(ref=CHUTE_REF)]), devices,
                               describe=lambda ref: describe_chute(ref, cwd=ROOT))
+    for hosted in plan.hosted:
+        hosted.revision = _bundle().revision
     low = free_ports(1)[0]
     manager = InstanceManager(plan.instance_specs(), port_range=(low, min(65535, low + 50)), cwd=ROOT,
                               log_dir=Path(config["wallets"]) / "logs", start_timeout_s=120)
@@ -139,6 +149,12 @@ async def serve_api(config: dict) -> None:
         session.add(DeviceVerification(miner_hotkey=hotkey, uuid="bench-dev", ok=True, reason="ok",
                                        verified_at=time.time()))
     await store.save_scores(1, 1, {hotkey: 1.0}, {hotkey: 1.0}, {hotkey: 0}, time.time())
+    from store.registry import ChuteRegistry
+
+    bundle, info = _bundle(), fast_chute.describe()
+    await ChuteRegistry(store.engine).put_revision(info.username, info.name, bundle.revision, bundle.data,
+                                                   info.model_dump(mode="json"), public=True, max_instances=1,
+                                                   shutdown_after_seconds=300)
     keys = KeyStore(store.engine, cache_s=5.0)
     await keys.create_tables()
     _, key = await keys.create("bench", credits=CREDITS)

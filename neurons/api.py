@@ -11,7 +11,13 @@ Gateway knobs are ``--api.*`` flags (or ``CANOPY_API__*`` variables): ``--api.ra
 (the rules every key gets, default ``600/60s``), ``--api.timeout_s`` (60), ``--api.race``
 (1) and ``--api.max_race`` (4), ``--api.max_body_bytes`` (1 MiB), ``--api.log_prompts``
 (off), ``--api.refresh_s`` (5), ``--api.log_retention_days`` (30; request logs older are
-deleted hourly, 0 keeps them), ``--api.idempotency_ttl_s`` (86400); ``--help`` lists them.
+deleted hourly, 0 keeps them), ``--api.idempotency_ttl_s`` (86400), ``--api.cold_start_wait_s``
+(30: how long a call of a chute nobody hosts yet waits before 503 ``no_capacity``) and
+``--api.chute_domain`` (unset; ``example.com`` serves each chute at ``OWNER-NAME.example.com``
+too); ``--help`` lists them.
+
+The chute routes (``/chutes``: ``canopy deploy`` and the chutes' public calls) read and write
+the chute registry in the same store.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ def gateway_config(settings: ApiSettings) -> ApiConfig:
         global_rate_limits=tuple(RateRule.parse(rule) for rule in settings.rate_limit.split(",") if rule.strip()),
         request_timeout_s=settings.timeout_s, race=settings.race, max_race=settings.max_race,
         max_body_bytes=settings.max_body_bytes, log_prompts=settings.log_prompts,
-        idempotency_ttl_s=settings.idempotency_ttl_s,
+        idempotency_ttl_s=settings.idempotency_ttl_s, cold_start_wait_s=settings.cold_start_wait_s,
+        chute_domain=settings.chute_domain.strip().strip(".").lower() if settings.chute_domain else None,
     )
 
 

@@ -1,4 +1,5 @@
-"""The miner directory's strategies on a fixed view (no processes): which miners, in which order."""
+"""The miner directory on a fixed view (no miner processes; a real SQLite registry): which miners,
+in which order, only registry chutes at their current revision, and the cold-start wait."""
 
 from __future__ import annotations
 
@@ -10,15 +11,34 @@ import pytest
 from api.directory import MinerDirectory
 from api.requestlog import RequestRecord
 from api.keys import RateRule
+from canopy.chute import chute_id
 from node.config import ConfigError, load_settings
 from chain.base import AxonInfo, Metagraph, Neuron
 from neurons.api import gateway_config
 from protocol.chutes import HostedChute, HostedCord
 from protocol.dendrite import Result, Target
 from protocol.graval.synapses import InventoryResponse
+from store.queries import ValidatorStore
+from store.registry import ChuteRegistry
 from tests.support.network import StaticChain
+from tests.support.store import bundle_of, description, sqlite_url
 
 CHAT = [HostedCord(path="/v1/chat/completions")]
+OWNER = "tests"
+#: The registry's chutes: name -> (model, public); each deployed at the revision of "NAME v1".
+DEPLOYED = {"c": ("m", True), "c4": ("m", True), "c5": ("m", True), "other": ("other", True), "mine": ("secret", False),
+            "img": ("", True)}
+
+
+def revision(name: str, version: str = "v1") -> str:
+    return bundle_of(f"{name} {version}")[0]
+
+
+async def deploy(registry: ChuteRegistry, name: str, version: str = "v1") -> None:
+    model, public = DEPLOYED[name]
+    rev, data = bundle_of(f"{name} {version}")
+    await registry.put_revision(OWNER, name, rev, data, description(OWNER, name, model=model), public=public,
+                                max_instances=2, shutdown_after_seconds=60)
 
 
 def miner(uid: int, incentive: float) -> Neuron:
@@ -26,16 +46,19 @@ def miner(uid: int, incentive: float) -> Neuron:
                   axon=AxonInfo("127.0.0.1", 9000 + uid), incentive=incentive)
 
 
-def llm(model: str = "m", ready: int = 1, concurrency: int = 2, chute_id: str = "c") -> HostedChute:
-    return HostedChute(chute_id=chute_id, name=chute_id, model=model, cords=CHAT, instances=ready,
-                       ready_instances=ready, concurrency=concurrency)
+def llm(model: str = "m", ready: int = 1, concurrency: int = 2, name: str = "c", rev: str | None = None) -> HostedChute:
+    """A hosted chute ``tests/NAME`` at revision ``rev`` (default: the one deployed)."""
+    return HostedChute(chute_id=chute_id(OWNER, name), name=name, model=model, cords=CHAT, instances=ready,
+                       ready_instances=ready, concurrency=concurrency, revision=revision(name) if rev is None else rev)
 
 
 class FakeDendrite:
     def __init__(self, inventories: dict[str, list[HostedChute] | None]) -> None:
         self.inventories = inventories
+        self.queries = 0
 
     async def query(self, targets, synapse, timeout=None):
+        self.queries += 1
         results = []
         for neuron in targets:
             chutes = self.inventories.get(neuron.hotkey)
@@ -46,8 +69,10 @@ class FakeDendrite:
 
 
 class FakeStore:
-    def __init__(self, scores: dict[str, float], verified: dict[str, bool]) -> None:
-        self.scores, self.verified = scores, verified
+    """Scores and verifications as the test sets them; the registry on a real SQLite ``engine``."""
+
+    def __init__(self, scores: dict[str, float], verified: dict[str, bool], engine) -> None:
+        self.scores, self.verified, self.engine = scores, verified, engine
 
     async def load_scores(self):
         return self.scores, 1
@@ -57,15 +82,22 @@ class FakeStore:
 
 
 @pytest.fixture
-async def directory():
+async def directory(tmp_path):
     graph = Metagraph(netuid=7, block=1, neurons=tuple(miner(uid, incentive) for uid, incentive in
                                                         [(1, 0.1), (2, 0.2), (3, 0.5), (4, 0.3), (5, 0.9)]))
-    dendrite = FakeDendrite({"hk1": [llm()], "hk2": [llm()], "hk3": [llm(ready=0)], "hk4": [llm(model="other")],
-                             "hk5": None})
-    store = FakeStore({"hk1": 0.2, "hk2": 0.8, "hk3": 1.0}, {"hk1": True, "hk2": True, "hk3": True, "hk4": False})
+    dendrite = FakeDendrite({"hk1": [llm()], "hk2": [llm()], "hk3": [llm(ready=0)],
+                             "hk4": [llm(model="other", name="other")], "hk5": None})
+    validator_store = await ValidatorStore.open(sqlite_url(tmp_path / "registry.sqlite"))
+    registry = ChuteRegistry(validator_store.engine)
+    for name in DEPLOYED:
+        await deploy(registry, name)
+    store = FakeStore({"hk1": 0.2, "hk2": 0.8, "hk3": 1.0}, {"hk1": True, "hk2": True, "hk3": True, "hk4": False},
+                      validator_store.engine)
     found = MinerDirectory(StaticChain(graph), 7, dendrite, store)
     await found.refresh()
-    return found
+    yield found
+    await found.stop()
+    await validator_store.close()
 
 
 async def test_default_is_least_connections_then_score_and_respects_capacity(directory):
@@ -95,7 +127,7 @@ async def test_top_n_uids_and_models(directory):
 
 async def test_the_view_survives_an_unreachable_miner_and_refreshes(directory):
     assert {r.uid for r in directory.routes} == {1, 2, 3, 4}, "uid 5 timed out: not listed"
-    directory.dendrite.inventories["hk5"] = [llm(model="m", chute_id="c5")]
+    directory.dendrite.inventories["hk5"] = [llm(model="m", name="c5")]
     directory.store.verified["hk5"] = True
     await directory.refresh()
     assert [r.uid for r in directory.candidates("m")][0] == 2 and 5 in {r.uid for r in directory.candidates("m")}
@@ -108,6 +140,9 @@ def test_api_flags_and_prompt_opt_in():
     assert config.global_rate_limits == (RateRule(5, 1), RateRule(100, 3600))
     assert (config.request_timeout_s, config.race, config.log_prompts) == (9.0, 2, True)
     assert gateway_config(load_settings([]).api).log_prompts is False
+    chutes = gateway_config(load_settings(["--api.cold_start_wait_s", "3", "--api.chute_domain", "Chutes.Example.com."]).api)
+    assert (chutes.cold_start_wait_s, chutes.chute_domain) == (3.0, "chutes.example.com")
+    assert gateway_config(load_settings([]).api).chute_domain is None
     with pytest.raises(ConfigError, match="--api.rate_limit: .*not N/Ws"):
         load_settings(["--api.rate_limit", "lots"])
     with pytest.raises(ConfigError, match="exceeds --api.max_race"):
@@ -120,11 +155,11 @@ def test_api_flags_and_prompt_opt_in():
 
 async def test_the_background_refresh_keeps_the_last_view_when_a_refresh_fails(directory):
     directory.interval_s = 0.01
-    directory.dendrite.inventories["hk4"] = [llm(model="other"), llm(model="m", chute_id="c4")]
+    directory.dendrite.inventories["hk4"] = [llm(model="other", name="other"), llm(model="m", name="c4")]
     directory.start()
     try:
         for _ in range(100):
-            if any(r.chute.chute_id == "c4" for r in directory.routes):
+            if any(r.chute.chute_id == chute_id(OWNER, "c4") for r in directory.routes):
                 break
             await asyncio.sleep(0.01)
         assert 4 in {r.uid for r in directory.candidates("m", "uids:4")}
@@ -138,3 +173,67 @@ async def test_the_background_refresh_keeps_the_last_view_when_a_refresh_fails(d
     finally:
         await directory.stop()
     assert directory._task is None
+
+
+def uids(routes) -> list[int]:
+    return [route.uid for route in routes]
+
+
+async def test_only_registry_chutes_at_their_current_revision_are_routed(directory):
+    inventories, registry = directory.dendrite.inventories, directory.registry
+    inventories["hk1"] = [llm(rev=revision("c", "v0")), llm(name="ghost", model="m", rev=revision("ghost")),
+                          llm(name="c4", rev="")]
+    await directory.refresh()
+    assert uids(directory.candidates("m")) == [2], "uid 1 runs an old revision, a chute never deployed, no revision"
+    assert {r.chute.name for r in directory.routes if r.uid == 1} == set()
+
+    await deploy(registry, "c", "v2")
+    directory.registered(await registry.get(OWNER, "c"))
+    assert directory.candidates("m") == [], "a deploy made here drops the old revision's routes at once"
+    inventories["hk2"] = [llm(rev=revision("c", "v2"))]
+    await directory.refresh()
+    assert uids(directory.candidates("m")) == [2] and directory.chute(OWNER, "c").revision == revision("c", "v2")
+
+    assert await registry.delete(OWNER, "c")
+    directory.unregistered(chute_id(OWNER, "c"))
+    assert directory.candidates("m") == [] and directory.chute(OWNER, "c") is None
+    await directory.refresh()
+    assert directory.chute_by_id(chute_id(OWNER, "c")) is None and directory.candidates("m") == []
+
+
+async def test_every_chute_is_routed_by_id_and_private_ones_never_by_model(directory):
+    directory.dendrite.inventories["hk1"] = [llm(name="img", model="", ready=2), llm(name="mine", model="secret")]
+    directory.dendrite.inventories["hk2"] = [llm(name="img", model="", ready=1)]
+    await directory.refresh()
+    img = chute_id(OWNER, "img")
+    assert uids(directory.chute_candidates(img)) == [2, 1], "by score: 0.8 before 0.2"
+    assert directory.instances(img) == 3 and directory.instances(chute_id(OWNER, "nothing")) == 0
+    assert uids(directory.chute_candidates(img, "uids:1")) == [1]
+    assert uids(directory.chute_candidates(img, "top_n:1")) == [2], "uid 2 has the higher incentive"
+    assert "" not in directory.models() and not directory.known_model("")
+    assert "secret" not in directory.models() and not directory.known_model("secret")
+    assert directory.candidates("secret") == [], "a private LLM chute is called at its own path, by its owner"
+    assert uids(directory.chute_candidates(chute_id(OWNER, "mine"))) == [1]
+    assert directory.chute(OWNER, "mine").public is False
+    assert directory.chute_by_host("Tests-Mine") == directory.chute(OWNER, "mine")
+    assert directory.chute_by_host("tests-nothing") is None
+
+
+async def test_a_cold_start_wait_refreshes_often_once_for_every_waiter(directory):
+    directory.hurry_s = 0.1
+    img = chute_id(OWNER, "img")
+    before = directory.dendrite.queries
+    waiters = [asyncio.create_task(directory.wait_for_capacity(img, 5.0)) for _ in range(20)]
+    await asyncio.sleep(0.45)
+    assert not any(task.done() for task in waiters)
+    directory.dendrite.inventories["hk1"] = [llm(name="img", model="")]
+    started = asyncio.get_running_loop().time()
+    found = await asyncio.gather(*waiters)
+    assert asyncio.get_running_loop().time() - started < 1.0, "found within a few hurry_s"
+    assert all(uids(routes) == [1] for routes in found)
+    refreshes = directory.dendrite.queries - before
+    assert 3 <= refreshes <= 10, f"about one refresh per 0.1 s for all 20 waiters, not one each: {refreshes}"
+
+    started = asyncio.get_running_loop().time()
+    assert await directory.wait_for_capacity(chute_id(OWNER, "c5"), 0.3) == []
+    assert 0.3 <= asyncio.get_running_loop().time() - started < 0.6

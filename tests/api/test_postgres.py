@@ -24,7 +24,7 @@ from api.limits import MemoryRateLimiter
 from api.requestlog import RequestLogger, RequestRecord, log_stats, prune_logs, query_logs
 from store.api_tables import ApiKey, CreditLease, IdempotencyRecord, RequestLog
 from api.upstream import Upstream
-from tests.support.gateway import MODEL
+from tests.support.gateway import BROKEN, FLAKY, HONEST, MODEL, deploy_chutes
 from tests.support.postgres_server import needs_postgres
 from tests.support.network import NETUID
 from store.queries import ValidatorStore
@@ -264,6 +264,7 @@ async def test_a_gateway_request_on_postgres_charges_logs_records_and_replays(pg
                         for hotkey, uuid in ((hotkeys[0], "dev-a"), (hotkeys[1], "dev-b")))
     scores = {hotkeys[0]: 0.5, hotkeys[1]: 0.1, hotkeys[2]: 0.9}
     await pg.save_scores(1, 10, scores, scores, {hotkey: i + 1 for i, hotkey in enumerate(hotkeys)}, time.time())
+    await deploy_chutes(pg.engine, [HONEST, BROKEN, FLAKY])  # the directory routes registry chutes only
     dendrite = gateway.upstream.dendrite
     directory = MinerDirectory(gateway.chain, NETUID, dendrite, pg)
     await directory.refresh()

@@ -5,9 +5,13 @@ instance processes, on an in-memory metagraph (``StaticChain``), the validator's
 real SQLite file with passing GraVal rows and scores) and the API app (``api.app.build_app``)
 on uvicorn in the same event loop, so tests can read its parts (``app.state``, the
 ``api.gateway.Gateway``) directly; ``tests/api/conftest.py``'s ``gateway`` fixture is one.
+The gateway routes only registry chutes at their current revision, so every chute the miners
+host is deployed into the store's registry first (``deploy_chutes``: its file bundled with
+``canopy.bundle``, owner its username) and the miners report that revision.
 The rest are the requests and checks the API tests share: ``chat`` (a chat body),
 ``new_key``, ``post``, ``log_row`` (a request's ``RequestLog`` row), ``invocations`` (the
-organic ``Invocation`` rows) and ``assert_envelope`` (an error in OpenAI's envelope).
+organic ``Invocation`` rows) and ``assert_envelope`` (an error in OpenAI's envelope, with
+the ``detail`` the chute routes add where they have one).
 """
 
 from __future__ import annotations
@@ -18,19 +22,21 @@ import dataclasses
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Collection, Mapping, Sequence
 
 import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import ApiConfig, build_app, close_gateway
 from api.directory import MinerDirectory
 from api.keys import KeyStore, RateRule
 from api.limits import MemoryRateLimiter
 from api.upstream import Upstream
+from canopy.bundle import Bundle, build_bundle
 from canopy.chute import load_chute
 from protocol.options import AxonSettings
 from node.wallets import create_devnet_wallet
@@ -45,6 +51,7 @@ from tests.support.chutes import cpu_devices
 from tests.support.network import NETUID, StaticChain, neuron
 from store.api_tables import RequestLog
 from store.queries import ValidatorStore
+from store.registry import ChuteRegistry
 from store.tables import DeviceVerification, Invocation
 
 HONEST, BROKEN = "tests.api.chutes.gateway_llm:chute", "tests.api.chutes.gateway_llm:broken"
@@ -52,6 +59,35 @@ FLAKY = "tests.api.chutes.gateway_llm:flaky"
 MODEL = "fake-model"
 MAX_BODY = 64 * 1024
 PROMPT = "name the trees of the north"
+
+
+def file_ref(ref: str) -> str:
+    """``path/to/file.py:attr`` (under the repository root) of module ref ``package.module:attr``."""
+    module, _, attr = ref.partition(":")
+    return f"{ROOT / (module.replace('.', '/') + '.py')}:{attr or 'chute'}"
+
+
+_BUNDLES: dict[str, Bundle] = {}
+
+
+def bundle_of(ref: str) -> Bundle:
+    """The bundle of module ref ``ref``'s file (its folder), built once per test run."""
+    if ref not in _BUNDLES:
+        _BUNDLES[ref] = build_bundle(file_ref(ref))
+    return _BUNDLES[ref]
+
+
+async def deploy_chutes(engine: AsyncEngine, refs: Collection[str], *, private: Collection[str] = ()) -> dict[str, str]:
+    """Deploy the chutes ``refs`` name into the registry on ``engine`` as their usernames (the
+    ones in ``private`` private), described in this process; ref -> revision."""
+    registry, revisions = ChuteRegistry(engine), {}
+    for ref in dict.fromkeys(refs):
+        info, bundle = load_chute(ref).describe(), bundle_of(ref)
+        await registry.put_revision(info.username, info.name, bundle.revision, bundle.data, info.model_dump(mode="json"),
+                                    public=ref not in private, max_instances=info.max_instances,
+                                    shutdown_after_seconds=300)
+        revisions[ref] = bundle.revision
+    return revisions
 
 
 async def _verify(store: ValidatorStore, hotkey: str, uuid: str) -> None:
@@ -62,10 +98,14 @@ async def _verify(store: ValidatorStore, hotkey: str, uuid: str) -> None:
 @contextlib.asynccontextmanager
 async def serve_gateway(root: Path, chutes: Sequence[Sequence[str]], *, verified: dict[int, str],
                         scores: Sequence[float], services: Sequence[type[ChutesService]] | None = None,
-                        ) -> AsyncIterator[SimpleNamespace]:
+                        private: Collection[str] = (), revisions: Mapping[tuple[int, str], str] | None = None,
+                        api: Mapping[str, Any] | None = None) -> AsyncIterator[SimpleNamespace]:
     """Miner i (uid i + 1, incentive 0.1 (i + 1)) hosts ``chutes[i]`` behind ``services[i]``
     (default ``ChutesService``), has a passing GraVal row for device ``verified[i]`` if any, and
-    the validator score ``scores[i]``; the gateway serves them on uvicorn until the block ends."""
+    the validator score ``scores[i]``; the gateway serves them on uvicorn until the block ends.
+    Every hosted chute is deployed (public, but those in ``private``) and reported at its
+    revision, but where ``revisions[(i, ref)]`` gives miner i another; ``api`` overrides
+    ``ApiConfig`` fields."""
     services = services or [ChutesService] * len(chutes)
     validator = create_devnet_wallet("gvalidator", "default", root)
     wallets = [create_devnet_wallet(f"gminer{i}", "default", root) for i in range(len(chutes))]
@@ -80,9 +120,13 @@ async def serve_gateway(root: Path, chutes: Sequence[Sequence[str]], *, verified
     async def describe(ref: str):
         return load_chute(ref).describe()
 
+    store = await ValidatorStore.open(f"sqlite+aiosqlite:///{root / 'validator.sqlite'}")
+    deployed = await deploy_chutes(store.engine, [ref for refs in chutes for ref in refs], private=private)
     managers, axons = [], []
-    for wallet, port, refs, service_class in zip(wallets, ports, chutes, services):
+    for index, (wallet, port, refs, service_class) in enumerate(zip(wallets, ports, chutes, services)):
         plan = await plan_hosting(HostingConfig(chutes=[ChuteEntry(ref=ref) for ref in refs]), devices, describe=describe)
+        for hosted in plan.hosted:  # the revision its instances run and Inventory reports
+            hosted.revision = (revisions or {}).get((index, hosted.entry.ref), deployed[hosted.entry.ref])
         low = min(free_port(), 65000)
         manager = InstanceManager(plan.instance_specs(), port_range=(low, low + 40), log_dir=root / "logs", cwd=ROOT,
                                   backoff_base_s=30.0, backoff_cap_s=60.0, grace_s=1.0, start_timeout_s=60)
@@ -92,7 +136,6 @@ async def serve_gateway(root: Path, chutes: Sequence[Sequence[str]], *, verified
         managers.append(manager)
         axons.append(axon)
 
-    store = await ValidatorStore.open(f"sqlite+aiosqlite:///{root / 'validator.sqlite'}")
     hotkeys = [wallet.hotkey.ss58_address for wallet in wallets]
     for index, uuid in verified.items():
         await _verify(store, hotkeys[index], uuid)
@@ -104,7 +147,8 @@ async def serve_gateway(root: Path, chutes: Sequence[Sequence[str]], *, verified
     dendrite = Dendrite(validator)
     directory = MinerDirectory(chain, NETUID, dendrite, store)
     upstream = Upstream(dendrite, directory, store, timeout_s=20.0)
-    config = ApiConfig(global_rate_limits=(RateRule(10_000, 60),), request_timeout_s=20.0, max_body_bytes=MAX_BODY)
+    config = ApiConfig(**{"global_rate_limits": (RateRule(10_000, 60),), "request_timeout_s": 20.0,
+                          "max_body_bytes": MAX_BODY, **(api or {})})
     app = build_app(keys=keys, limiter=MemoryRateLimiter(), directory=directory, upstream=upstream, store=store,
                     config=config)
     port = free_port()
@@ -118,7 +162,8 @@ async def serve_gateway(root: Path, chutes: Sequence[Sequence[str]], *, verified
         while not server.started:
             await asyncio.sleep(0.02)
         yield SimpleNamespace(url=f"http://127.0.0.1:{port}", app=app, keys=keys, store=store, directory=directory,
-                              hotkeys=hotkeys, upstream=upstream, chain=chain)
+                              hotkeys=hotkeys, upstream=upstream, chain=chain, registry=app.state.registry,
+                              revisions=deployed)
     finally:
         server.should_exit = True
         if serving is not None:
@@ -162,7 +207,7 @@ async def invocations(gateway) -> list[Invocation]:
 def assert_envelope(response: httpx.Response, status: int, *, param=None, type_=None) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert set(error) - {"detail"} == {"message", "type", "param", "code"} and error["message"]
     assert error["param"] == param
     if type_:
         assert error["type"] == type_
