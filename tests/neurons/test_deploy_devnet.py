@@ -4,9 +4,10 @@ A devnet with a validator process, its API process (one SQLite store) and three 
 processes: ``m1`` and ``m2`` honest and started **without** a hosting file, and ``tamper``,
 which pins its own code under the name of the author's chute (same owner and name, so the
 same chute id; other code, so another revision). The author ``alice`` deploys, with the
-real ``canopy`` CLI, a chute this test writes to its temporary folder, a private one, and
-``examples/echo_chute.py``. One test walks the issue's checks in order, so the subnet
-starts once:
+real ``canopy`` CLI, a chute this test writes to its temporary folder and a private one;
+the author ``me`` runs README.md's deploy examples as written (``examples/echo_chute.py``:
+deploy, list, get, call, warmup, delete). One test walks the issue's checks in order, so
+the subnet starts once:
 
 1. both honest miners pick the chutes up and they are callable through
    ``/chutes/alice/...`` within a bounded time; a bad payload gets the cord's 422 naming
@@ -22,6 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -31,6 +36,7 @@ from canopy.chute import chute_id
 from node.wallets import create_devnet_wallet
 from protocol.dendrite import Dendrite
 from protocol.graval.synapses import Inventory
+from tests.support import ROOT
 from tests.support.subnet import DeployNet
 
 SHOUT = '''
@@ -57,6 +63,20 @@ def chute_file(folder: Path, name: str, body: str, **constants: object) -> str:
     path = folder / f"{name}.py"
     path.write_text("".join(f"{k} = {v!r}\n" for k, v in constants.items()) + body)
     return f"{path}:chute"
+
+
+def run_readme_deploy_block(net: DeployNet, key: str) -> subprocess.CompletedProcess:
+    """README.md's "Deploying a chute" shell block, with bash, ``canopy`` on PATH, from the
+    repository root; only the API's address is replaced by this test's."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Deploying a chute"):]
+    block = re.search(r"^```bash\n(.*?)^```$", section, flags=re.S | re.M)
+    assert block is not None, "the README's deploy section has no bash block"
+    script = block.group(1).replace("http://127.0.0.1:8000", net.api_url)
+    env = {**os.environ, "MY_KEY": key, "CANOPY_HOME": str(net.home), "COLUMNS": "200",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)
 
 
 async def inventories(net: DeployNet) -> dict[str, list]:
@@ -93,8 +113,6 @@ async def test_deploy_call_redeploy_and_delete_on_the_devnet(tmp_path):
         secret = chute_file(tmp_path / "private", "secret", SHOUT.replace('name="shout"', 'name="secret"'),
                             SUFFIX="?", VERSION=1)
         assert net.cli("deploy", secret, "--private", key=alice).returncode == 0
-        echo = net.cli("deploy", "examples/echo_chute.py:chute", key=alice)
-        assert echo.returncode == 0, echo.stdout + echo.stderr
 
         async def hosted_by_both() -> bool:
             seen = await inventories(net)
@@ -108,8 +126,6 @@ async def test_deploy_call_redeploy_and_delete_on_the_devnet(tmp_path):
                 status, body, headers = await net.call(http, "/chutes/alice/shout/shout", {"text": "hi"}, key=alice)
                 assert (status, body) == (200, {"text": "HI", "version": 1}), body
                 served_by.add(int(headers["x-canopy-miner-uid"]))
-            status, body, _ = await net.call(http, "/chutes/alice/echo/echo", {"text": "hello"}, key=bob)
-            assert status == 200 and "hello" in json.dumps(body), body
             status, body, _ = await net.call(http, "/chutes/alice/shout/shout", {"txt": "hi"}, key=alice)
             assert status == 422 and "text" in json.dumps(body), body
             status, body, _ = await net.call(http, "/chutes/alice/shout/whisper", {"text": "hi"}, key=alice)
@@ -120,6 +136,12 @@ async def test_deploy_call_redeploy_and_delete_on_the_devnet(tmp_path):
             assert status == 403, body
             status, body, _ = await net.call(http, "/chutes/alice/secret/shout", {"text": "hi"}, key=alice)
             assert (status, body) == (200, {"text": "HI?", "version": 1}), body
+
+            # The README's deploy examples, run as written (owner "me"): deploy, list, get, call, warmup, delete.
+            me = await net.key("me", owner="me")
+            readme = await asyncio.to_thread(run_readme_deploy_block, net, me)
+            assert readme.returncode == 0, readme.stdout[-3000:] + readme.stderr[-3000:]
+            assert '"text":"hello"' in readme.stdout.replace(" ", "") and "me/echo" in readme.stdout, readme.stdout
 
             # 2. The tampered copy: listed by its miner, under another revision; no traffic, no score.
             tamper_listing = [c for c in (await inventories(net))["tamper"] if c.chute_id == SHOUT_ID]
