@@ -1,5 +1,7 @@
 """The miner role: devices (``miner.inventory``), GraVal proving (``miner.graval``), chute
-hosting (``miner.hosting``, ``miner.placement``, ``miner.instances``, ``miner.chutes_service``).
+hosting (``miner.hosting``, ``miner.placement``, ``miner.instances``, ``miner.processes``,
+``miner.chutes_service``) and registry chutes (``miner.announcements``, ``miner.bundles``,
+``miner.autoscaler``, ``miner.registry_service``).
 """
 
 from canopy.extras import require_node_extra

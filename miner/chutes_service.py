@@ -6,6 +6,12 @@ loads=graval.loads).attach(axon)``, after ``GravalService`` so that its Inventor
 capacity and load) replaces the devices-only one. The validator and the API read ``ledger``
 (compute seconds and tokens per chute).
 
+Chutes are kept by (chute_id, revision): the hosting file's at start, the registry's as the
+autoscaler starts (``register``) and retires (``unregister``) their revisions; Inventory
+lists one ``HostedChute`` per pair with its live counts. An Invoke naming a ``revision``
+goes to that revision's instances only (404 when it is not hosted); one without goes to the
+newest registered revision of the chute that has a ready instance.
+
 An Invoke is checked here (chute and cord known, payload within ``max_payload_bytes``),
 takes the ready instance with free capacity and the fewest requests in flight
 (``InstanceManager.acquire``), and is forwarded over the manager's keep-alive session.
@@ -178,21 +184,37 @@ class ChutesService:
                  ledger: Ledger | None = None, loads: Callable[[], Awaitable[list[DeviceLoad]]] | None = None) -> None:
         self.manager = manager
         self.loads = loads  # the GraVal service's: what the instances hold on each device
-        self.chutes = {chute.chute_id: chute for chute in hosted}
+        self.chutes: dict[tuple[str, str], HostedChute] = {}  # (chute_id, revision) -> chute, oldest first
+        self._cords: dict[tuple[str, str], dict[str, HostedCord]] = {}
         self.refused = list(refused)
         self.devices = list(devices)
         self.max_payload_bytes = max_payload_bytes
         self.invoke_timeout_s = invoke_timeout_s
         self.ledger = ledger or Ledger()
         self._timeout = aiohttp.ClientTimeout(total=invoke_timeout_s)
-        self._cords: dict[str, dict[str, HostedCord]] = {}
         for chute in hosted:
-            routes = self._cords[chute.chute_id] = {}
-            for cord in chute.cords:
-                routes.setdefault(cord.path, cord)
-            for cord in chute.cords:  # the public path as an alias, when no cord uses it as its own
-                if cord.public_api_path:
-                    routes.setdefault(cord.public_api_path, cord)
+            self.register(chute)
+
+    def register(self, chute: HostedChute) -> None:
+        """Serve ``chute`` at its revision (replacing the same pair; the newest added last)."""
+        key = (chute.chute_id, chute.revision)
+        routes: dict[str, HostedCord] = {}
+        for cord in chute.cords:
+            routes.setdefault(cord.path, cord)
+        for cord in chute.cords:  # the public path as an alias, when no cord uses it as its own
+            if cord.public_api_path:
+                routes.setdefault(cord.public_api_path, cord)
+        self._cords[key] = routes
+        self.chutes[key] = chute
+
+    def unregister(self, chute_id: str, revision: str) -> None:
+        """Stop serving ``chute_id`` at ``revision`` (new calls get 404; calls in flight finish)."""
+        self.chutes.pop((chute_id, revision), None)
+        self._cords.pop((chute_id, revision), None)
+
+    def revisions(self, chute_id: str) -> list[str]:
+        """The registered revisions of ``chute_id``, oldest first."""
+        return [revision for (cid, revision) in self.chutes if cid == chute_id]
 
     def attach(self, axon: Axon) -> "ChutesService":
         axon.attach(Invoke, self.invoke)
@@ -204,8 +226,8 @@ class ChutesService:
     def hosted(self) -> list[HostedChute]:
         """The hosted chutes with their current instance counts and load."""
         chutes = []
-        for chute in self.chutes.values():
-            instances, ready, in_flight = self.manager.load(chute.chute_id)
+        for (chute_id, revision), chute in list(self.chutes.items()):
+            instances, ready, in_flight = self.manager.load(chute_id, revision)
             chutes.append(chute.model_copy(update={"instances": instances, "ready_instances": ready,
                                                    "in_flight": in_flight}))
         return chutes
@@ -216,11 +238,25 @@ class ChutesService:
 
     # --- Invoke --------------------------------------------------------------------------------
 
-    def _cord(self, synapse: Invoke) -> HostedCord:
-        chute = self.chutes.get(synapse.chute_id)
-        if chute is None:
+    def _target(self, synapse: Invoke) -> tuple[str, str]:
+        """The (chute_id, revision) that serves ``synapse``."""
+        if synapse.revision is not None:
+            if (synapse.chute_id, synapse.revision) not in self.chutes:
+                if not self.revisions(synapse.chute_id):
+                    raise errors.NotFound(f"chute {synapse.chute_id} is not hosted on this miner")
+                raise errors.NotFound(f"chute {synapse.chute_id} is not hosted at revision {synapse.revision}")
+            return synapse.chute_id, synapse.revision
+        revisions = self.revisions(synapse.chute_id)
+        if not revisions:
             raise errors.NotFound(f"chute {synapse.chute_id} is not hosted on this miner")
-        cord = self._cords[synapse.chute_id].get(synapse.path)
+        for revision in reversed(revisions):
+            if self.manager.load(synapse.chute_id, revision)[1]:
+                return synapse.chute_id, revision
+        return synapse.chute_id, revisions[-1]
+
+    def _cord(self, synapse: Invoke, key: tuple[str, str]) -> HostedCord:
+        chute = self.chutes[key]
+        cord = self._cords[key].get(synapse.path)
         if cord is None:
             known = ", ".join(sorted({c.path for c in chute.cords})) or "none"
             raise errors.NotFound(f"chute {chute.name} has no cord {synapse.path} (its cords: {known})")
@@ -229,14 +265,15 @@ class ChutesService:
         return cord
 
     async def invoke(self, synapse: Invoke, caller: Caller) -> AsyncIterator[InvokeChunk]:
-        cord = self._cord(synapse)
+        key = self._target(synapse)
+        cord = self._cord(synapse, key)
         body = b"" if synapse.payload is None else pydantic_core.to_json(synapse.payload)
         if len(body) > self.max_payload_bytes:
             raise errors.PayloadTooLarge(f"payload of {len(body)} bytes exceeds this miner's {self.max_payload_bytes}-byte limit")
-        instance = self.manager.acquire(synapse.chute_id)
+        instance = self.manager.acquire(*key)
         if instance is None:
             self.ledger.refuse(synapse.chute_id)
-            _, ready, in_flight = self.manager.load(synapse.chute_id)
+            _, ready, in_flight = self.manager.load(*key)
             if not ready:
                 raise ChuteUnavailable(f"no instance of chute {synapse.chute_id} is ready; retry shortly",
                                        headers={"Retry-After": "5"})

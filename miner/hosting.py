@@ -18,6 +18,10 @@ chute's NodeSelector is matched against the device inventory, instance by instan
 config order: an instance takes the devices ``NodeSelector.matches`` picks among those no
 earlier instance took (the devnet's CPU pseudo-device is shared); a chute that gets no
 instance is refused with the selector's explanation.
+
+These are the miner's pinned chutes: their instances are ``pinned`` (the autoscaler,
+``miner.autoscaler``, never stops them) and carry the revision ``canopy deploy`` would give
+their code (``HostedPlan.revision``, set by the miner from ``miner.bundles.pinned_revision``).
 """
 
 from __future__ import annotations
@@ -149,6 +153,7 @@ class HostedPlan:
     entry: ChuteEntry
     info: ChuteInfo
     devices: list[list[DeviceSpec]] = field(default_factory=list)  # one list per instance
+    revision: str = ""  # what ``canopy deploy`` would name its code (``miner.bundles.pinned_revision``)
 
     @property
     def concurrency(self) -> int:
@@ -157,14 +162,15 @@ class HostedPlan:
     def instance_specs(self) -> list[InstanceSpec]:
         return [InstanceSpec(chute_id=self.info.chute_id, name=self.info.name, ref=self.entry.ref,
                              devices=tuple(devices), concurrency=self.concurrency,
-                             concurrency_override=self.entry.concurrency is not None)
+                             concurrency_override=self.entry.concurrency is not None, revision=self.revision,
+                             pinned=True)
                 for devices in self.devices]
 
     def hosted_chute(self) -> HostedChute:
         """What callers see of it in Inventory (the live counts are filled in by the service)."""
         info = self.info
         return HostedChute(chute_id=info.chute_id, name=info.name, username=info.username, tagline=info.tagline,
-                           ref=self.entry.ref, model=info.model,
+                           ref=self.entry.ref, revision=self.revision, model=info.model,
                            cords=[HostedCord.model_validate(cord.model_dump()) for cord in info.cords],
                            instances=len(self.devices), concurrency=self.concurrency)
 

@@ -1,18 +1,25 @@
 """InstanceManager: the chute instance processes of a miner, and which one takes a request.
 
 Built from ``miner.hosting.HostingPlan`` (one ``InstanceSpec`` per instance), started and
-stopped with the miner; a request takes an instance with ``acquire``/``release`` and goes
-over the shared aiohttp ``session``; ``report_failure`` tells it an instance dropped one.
+stopped with the miner; a request takes an instance with ``acquire``/``release`` (of one
+revision of the chute, or any) and goes over the shared aiohttp ``session``;
+``report_failure`` tells it an instance dropped one. The autoscaler (``miner.autoscaler``)
+adds instances of registry chutes while it runs (``add``: the bundle's folder is the
+working directory, its entry the ref) and removes them with ``drain``: out of routing at
+once, its requests in flight finish (up to a timeout), then it stops and is forgotten, and
+it is not restarted meanwhile. Each instance keeps an idle clock (``last_used``: a request
+taken or ended, or the instance became ready).
 
 Each instance is its own process, in its own process group::
 
     python -m canopy.instance serve REF --host 127.0.0.1 --port P [--concurrency N]
 
-(run through a few lines of ``-c`` that first ask the kernel for SIGTERM when the miner
-dies, ``PR_SET_PDEATHSIG`` on Linux, so a killed miner leaves no orphans holding GPUs or
-ports), with ``CUDA_VISIBLE_DEVICES`` set to the uuids of its GPUs (uuids, not indexes:
-they mean the same whatever the miner's own CUDA_VISIBLE_DEVICES; empty for the CPU
-pseudo-device) and ``CANOPY_INSTANCE_ID``.
+(run through ``miner.processes.LAUNCHER``, a few lines of ``-c`` that first ask the kernel
+for SIGTERM when the miner dies, so a killed miner leaves no orphans holding GPUs or ports;
+``-c`` puts the working directory first on ``sys.path``, where a bundle's entry module is),
+with ``CUDA_VISIBLE_DEVICES`` set to the uuids of its GPUs (uuids, not indexes: they mean
+the same whatever the miner's own CUDA_VISIBLE_DEVICES; empty for the CPU pseudo-device)
+and ``CANOPY_INSTANCE_ID``.
 
 One supervisor task per instance: pick a free port from the configured range, spawn, poll
 ``GET /_canopy/health`` until 200 (``cold_start_s`` is spawn to ready) or the start
@@ -35,7 +42,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -48,25 +54,12 @@ from typing import Sequence
 import aiohttp
 from loguru import logger
 
+from miner.processes import LAUNCHER, ChildProcess, backoff_delay, bindable, exit_text, signal_group
 from protocol.graval.devices import DeviceSpec
 
+__all__ = ["HEALTH_PATH", "ChildProcess", "Instance", "InstanceManager", "InstanceSpec", "State", "backoff_delay"]
+
 HEALTH_PATH = "/_canopy/health"
-# Runs canopy.instance as `python -m` would, after asking for SIGTERM when the miner dies.
-_LAUNCHER = """\
-# canopy chute instance, launched by miner.instances
-import os, runpy, signal, sys
-if sys.platform.startswith("linux"):
-    import ctypes
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-    if os.getppid() != int(os.environ.get("CANOPY_MINER_PID", os.getppid())):
-        sys.exit(3)  # the miner died before prctl took effect
-runpy.run_module("canopy.instance", run_name="__main__", alter_sys=True)
-"""
-
-
 class State(str, Enum):
     STARTING = "starting"
     READY = "ready"
@@ -77,7 +70,11 @@ class State(str, Enum):
 
 @dataclass(frozen=True)
 class InstanceSpec:
-    """What to run: one instance of chute ``ref`` on ``devices``."""
+    """What to run: one instance of chute ``ref`` on ``devices``.
+
+    ``revision``: the sha256 of the code bundle it runs ("" when unknown); ``cwd``: its
+    working directory (a registry chute's unpacked bundle; None: the manager's);
+    ``pinned``: a hosting-file chute, which the autoscaler never stops."""
 
     chute_id: str
     name: str
@@ -85,31 +82,9 @@ class InstanceSpec:
     devices: tuple[DeviceSpec, ...] = ()
     concurrency: int = 1
     concurrency_override: bool = False  # pass --concurrency (the hosting config overrides the chute's)
-
-
-class ChildProcess:
-    """An instance process as the supervisor sees it: ``pid``, ``returncode``, ``await wait()``.
-
-    Spawned with ``subprocess.Popen`` (CPython's fork/exec child runs no Python and takes
-    no lock before exec) rather than the event loop's subprocess support: under uvloop,
-    spawning while a GraVal proof ran numpy in a thread was seen to hang the miner for
-    good. Exit is noticed by polling, which costs nothing at this rate.
-    """
-
-    POLL_S = 0.05
-
-    def __init__(self, popen: subprocess.Popen) -> None:
-        self.popen = popen
-        self.pid = popen.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self.popen.poll()
-
-    async def wait(self) -> int:
-        while (code := self.popen.poll()) is None:
-            await asyncio.sleep(self.POLL_S)
-        return code
+    revision: str = ""
+    cwd: str | None = None
+    pinned: bool = False
 
 
 class Instance:
@@ -131,12 +106,25 @@ class Instance:
         self.ready_since: float | None = None
         self.last_error = ""
         self.failures: deque[str] = deque(maxlen=10)  # why it was restarted, latest last
+        self.last_used = time.monotonic()  # the idle clock: a request taken or ended, or ready
+        self.draining = False  # out of routing for good: finishing its in-flight requests
+        self._halt = False  # stop the process now (drain's end)
+        self._task: asyncio.Task[None] | None = None
         self._poke = asyncio.Event()
         self._first_outcome = asyncio.Event()  # set once the first start attempt is decided
 
     @property
     def available(self) -> bool:
-        return self.state is State.READY and self.in_flight < self.spec.concurrency
+        return self.state is State.READY and not self.draining and self.in_flight < self.spec.concurrency
+
+    @property
+    def ready(self) -> bool:
+        """Ready and in routing (a draining instance is not)."""
+        return self.state is State.READY and not self.draining
+
+    def idle_s(self, now: float | None = None) -> float:
+        """Seconds since its last request (0 while one is in flight)."""
+        return 0.0 if self.in_flight else max(0.0, (time.monotonic() if now is None else now) - self.last_used)
 
     @property
     def alive(self) -> bool:
@@ -187,19 +175,14 @@ class InstanceManager:
         self.grace_s = grace_s
         self.instances: list[Instance] = []
         self.by_chute: dict[str, list[Instance]] = {}
-        counts: dict[str, int] = {}
+        self._counts: dict[str, int] = {}  # instance numbers are never reused (nor their log files)
         # A tag per manager: several miners on one host must never take each other's
         # instances (same chute, same number) for their own in health checks or logs.
-        tag = secrets.token_hex(3)
+        self._tag = secrets.token_hex(3)
         for spec in specs:
-            number = counts[spec.chute_id] = counts.get(spec.chute_id, 0) + 1
-            safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in spec.name)
-            name = f"{safe}-{spec.chute_id[:8]}-{number}-{tag}"
-            instance = Instance(spec, name, self.log_dir / f"{name}.log")
-            self.instances.append(instance)
-            self.by_chute.setdefault(spec.chute_id, []).append(instance)
+            self._new_instance(spec)
         self._session: aiohttp.ClientSession | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
         self._stopping = False
         # start at a random place: miners sharing a host and a range rarely race for a port
         self._next_port = port_range[0] + secrets.randbelow(port_range[1] - port_range[0] + 1)
@@ -216,20 +199,27 @@ class InstanceManager:
                 skip_auto_headers=("User-Agent",), raise_for_status=False)
         return self._session
 
-    def acquire(self, chute_id: str) -> Instance | None:
-        """The ready instance of ``chute_id`` with free capacity and the fewest requests in
-        flight (its count taken), or None. ``release`` it when the request ends."""
+    def _of(self, chute_id: str, revision: str | None) -> list[Instance]:
+        instances = self.by_chute.get(chute_id, [])
+        return instances if revision is None else [i for i in instances if i.spec.revision == revision]
+
+    def acquire(self, chute_id: str, revision: str | None = None) -> Instance | None:
+        """The ready instance of ``chute_id`` (of ``revision`` when given) with free capacity and
+        the fewest requests in flight (its count taken), or None. ``release`` it when the
+        request ends."""
         best: Instance | None = None
-        for instance in self.by_chute.get(chute_id, ()):
+        for instance in self._of(chute_id, revision):
             if instance.available and (best is None or (instance.in_flight, instance.served) < (best.in_flight, best.served)):
                 best = instance
         if best is not None:
             best.in_flight += 1
             best.served += 1
+            best.last_used = time.monotonic()
         return best
 
     def release(self, instance: Instance) -> None:
         instance.in_flight = max(0, instance.in_flight - 1)
+        instance.last_used = time.monotonic()
 
     def report_failure(self, instance: Instance, reason: str) -> None:
         """A request to ``instance`` failed at the connection: take it out of routing and
@@ -240,22 +230,81 @@ class InstanceManager:
             instance.last_error = reason
             instance._poke.set()
 
-    def load(self, chute_id: str) -> tuple[int, int, int]:
-        """(instances, ready instances, requests in flight) of ``chute_id``."""
-        instances = self.by_chute.get(chute_id, [])
-        return len(instances), sum(i.state is State.READY for i in instances), sum(i.in_flight for i in instances)
+    def load(self, chute_id: str, revision: str | None = None) -> tuple[int, int, int]:
+        """(instances, ready instances, requests in flight) of ``chute_id`` (of ``revision`` when
+        given); a draining instance counts only its requests in flight."""
+        instances = self._of(chute_id, revision)
+        return (sum(not i.draining for i in instances), sum(i.ready for i in instances),
+                sum(i.in_flight for i in instances))
+
+    # --- dynamic instances (the autoscaler) ------------------------------------------------
+
+    def _new_instance(self, spec: InstanceSpec) -> Instance:
+        number = self._counts[spec.chute_id] = self._counts.get(spec.chute_id, 0) + 1
+        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in spec.name)
+        name = f"{safe}-{spec.chute_id[:8]}-{number}-{self._tag}"
+        instance = Instance(spec, name, self.log_dir / f"{name}.log")
+        self.instances.append(instance)
+        self.by_chute.setdefault(spec.chute_id, []).append(instance)
+        return instance
+
+    def add(self, spec: InstanceSpec) -> Instance:
+        """A new instance of ``spec``; on a started manager its supervisor starts now."""
+        if self._stopping:
+            raise RuntimeError("the instance manager is stopping: no new instances")
+        instance = self._new_instance(spec)
+        if self._started:
+            self._supervise_task(instance)
+        return instance
+
+    async def drain(self, instance: Instance, timeout_s: float) -> None:
+        """Take ``instance`` out of routing now, let its requests in flight finish (at most
+        ``timeout_s``), then stop its process and forget it."""
+        if instance not in self.instances:
+            return
+        instance.draining = True
+        deadline = time.monotonic() + timeout_s
+        while instance.in_flight and time.monotonic() < deadline and not self._stopping:
+            await asyncio.sleep(0.05)
+        if instance.in_flight:
+            logger.warning("instance {}: {} request(s) still in flight after {:g}s of draining; stopping it",
+                           instance.id, instance.in_flight, timeout_s)
+        instance._halt = True
+        instance._poke.set()
+        if instance._task is not None:
+            await asyncio.gather(instance._task, return_exceptions=True)
+        else:
+            await self._terminate(instance)
+            instance.state = State.STOPPED
+        self._forget(instance)
+        logger.info("instance {} ({}) drained and stopped", instance.id, instance.spec.ref)
+
+    def _forget(self, instance: Instance) -> None:
+        if instance in self.instances:
+            self.instances.remove(instance)
+        siblings = self.by_chute.get(instance.spec.chute_id, [])
+        if instance in siblings:
+            siblings.remove(instance)
+        if not siblings:
+            self.by_chute.pop(instance.spec.chute_id, None)
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self, *, wait: bool = True) -> None:
         """Start every instance's supervisor; with ``wait``, return once each instance is
         ready or its first start failed (a failed one keeps retrying in the background)."""
-        if self._tasks:
+        if self._started:
             raise RuntimeError("the instance manager is already started")
+        self._started = True
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._tasks = [asyncio.create_task(self._supervise(i), name=f"instance:{i.id}") for i in self.instances]
+        for instance in self.instances:
+            self._supervise_task(instance)
         if wait:
             await self.wait_started()
+
+    def _supervise_task(self, instance: Instance) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        instance._task = asyncio.create_task(self._supervise(instance), name=f"instance:{instance.id}")
 
     async def wait_started(self) -> None:
         await asyncio.gather(*(instance._first_outcome.wait() for instance in self.instances))
@@ -264,7 +313,7 @@ class InstanceManager:
         """Wait until ``instance`` is ready (again); False after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while instance.state is not State.READY:
-            if time.monotonic() > deadline or self._stopping:
+            if time.monotonic() > deadline or self._stopping or instance.draining:
                 return False
             await asyncio.sleep(0.02)
         return True
@@ -274,9 +323,9 @@ class InstanceManager:
         self._stopping = True
         for instance in self.instances:
             instance._poke.set()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        tasks = [instance._task for instance in self.instances if instance._task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -293,7 +342,7 @@ class InstanceManager:
     async def _supervise(self, instance: Instance) -> None:
         failures = 0
         try:
-            while not self._stopping:
+            while not self._halted(instance):
                 ready = await self._launch(instance)
                 instance._first_outcome.set()
                 if ready:
@@ -302,7 +351,7 @@ class InstanceManager:
                 instance.ready_since = None
                 instance.state = State.BACKOFF  # out of routing while it goes down
                 await self._terminate(instance)
-                if self._stopping:
+                if self._halted(instance) or instance.draining:  # a draining instance is not restarted
                     break
                 if was_ready_for >= self.stable_s:
                     failures = 0
@@ -322,19 +371,22 @@ class InstanceManager:
             instance.state = State.STOPPED
             instance._first_outcome.set()
 
+    def _halted(self, instance: Instance) -> bool:
+        return self._stopping or instance._halt
+
     def _allocate_port(self) -> int:
         low, high = self.port_range
         used = {i.port for i in self.instances if i.alive}
         for offset in range(high - low + 1):
             port = low + (self._next_port - low + offset) % (high - low + 1)
-            if port in used or not _bindable(port):
+            if port in used or not bindable(port):
                 continue
             self._next_port = port + 1 if port < high else low
             return port
         raise RuntimeError(f"no free port in {low}..{high} for a chute instance (widen --chutes.port_min/port_max)")
 
     def _command(self, instance: Instance) -> list[str]:
-        command = [self.python, "-c", _LAUNCHER, "serve", instance.spec.ref, "--host", "127.0.0.1",
+        command = [self.python, "-c", LAUNCHER, "serve", instance.spec.ref, "--host", "127.0.0.1",
                    "--port", str(instance.port)]
         if instance.spec.concurrency_override:
             command += ["--concurrency", str(instance.spec.concurrency)]
@@ -368,7 +420,7 @@ class InstanceManager:
             log.flush()
             try:
                 instance.process = ChildProcess(subprocess.Popen(
-                    self._command(instance), cwd=self.cwd, env=self._environment(instance),
+                    self._command(instance), cwd=instance.spec.cwd or self.cwd, env=self._environment(instance),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             except OSError as error:
                 instance.last_error = f"cannot start {self.python}: {error}"
@@ -378,16 +430,16 @@ class InstanceManager:
                     instance.port, instance.process.pid, ", ".join(str(d.index) for d in instance.spec.devices))
         deadline = started + self.start_timeout_s
         pause = 0.02
-        while not self._stopping:
+        while not self._halted(instance):
             if not instance.alive:
-                instance.last_error = (f"exited ({_exit_text(instance.process.returncode)}) before it was ready: "
+                instance.last_error = (f"exited ({exit_text(instance.process.returncode)}) before it was ready: "
                                        f"{instance.last_error or self._log_tail(instance)} (log: {instance.log_path})")
                 logger.error("instance {} ({}) failed to start: {}", instance.id, instance.spec.ref, instance.last_error)
                 return False
             status, body = await self._health(instance)
             if status == 200:
                 instance.cold_start_s = time.monotonic() - started
-                instance.ready_since = time.monotonic()
+                instance.ready_since = instance.last_used = time.monotonic()
                 instance.last_error = ""
                 instance.state = State.READY
                 logger.info("instance {} ({}) ready on port {} after {:.2f}s", instance.id, instance.spec.ref,
@@ -410,18 +462,18 @@ class InstanceManager:
         exited = asyncio.ensure_future(instance.process.wait())
         failed_checks = 0
         try:
-            while not self._stopping:
+            while not self._halted(instance):
                 poked = asyncio.ensure_future(instance._poke.wait())
                 await asyncio.wait({exited, poked}, timeout=self.health_interval_s, return_when=asyncio.FIRST_COMPLETED)
                 poked.cancel()
                 instance._poke.clear()
-                if self._stopping:
+                if self._halted(instance):
                     return
                 checking = instance.state is State.CHECKING
                 if checking and not exited.done():  # a dropped connection: is the process going down?
                     await asyncio.wait({exited}, timeout=1.0)
                 if exited.done():
-                    instance.last_error = f"crashed ({_exit_text(instance.process.returncode)}; log: {instance.log_path})"
+                    instance.last_error = f"crashed ({exit_text(instance.process.returncode)}; log: {instance.log_path})"
                     logger.error("instance {} ({}) {}", instance.id, instance.spec.ref, instance.last_error)
                     return
                 status, body = await self._health(instance)
@@ -465,15 +517,15 @@ class InstanceManager:
         if process is None:
             return
         if process.returncode is None:
-            _signal_group(process.pid, signal.SIGTERM)
+            signal_group(process.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(process.wait(), self.grace_s)
             except TimeoutError:
                 logger.warning("instance {} ignored SIGTERM for {:g}s: SIGKILL", instance.id, self.grace_s)
-                _signal_group(process.pid, signal.SIGKILL)
+                signal_group(process.pid, signal.SIGKILL)
                 await process.wait()
         else:
-            _signal_group(process.pid, signal.SIGKILL)  # whatever the instance left behind in its group
+            signal_group(process.pid, signal.SIGKILL)  # whatever the instance left behind in its group
         instance.process = None
 
     @staticmethod
@@ -487,30 +539,3 @@ class InstanceManager:
             return "(no log)"
         tail = [line.strip() for line in text.split("=== canopy miner:")[-1].splitlines()[1:] if line.strip()]
         return " | ".join(tail[-lines:]) or "(nothing logged)"
-
-
-def _exit_text(code: int | None) -> str:
-    if code is not None and code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
-
-
-def backoff_delay(failures: int, base_s: float, cap_s: float) -> float:
-    """Seconds before restart number ``failures + 1`` in a row: base, 2 base, 4 base ... up to cap."""
-    return min(cap_s, base_s * (2 ** min(failures, 32)))
-
-
-def _signal_group(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signum)
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

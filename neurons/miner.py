@@ -6,23 +6,37 @@ chain, and serves until SIGINT/SIGTERM. It answers ``Ping``, the GraVal synapses
 ``Invoke`` for the chutes named in ``--chutes.config`` (``miner.hosting``), each run as
 instance processes on those devices (``miner.instances``) and served by
 ``miner.chutes_service``, whose Inventory reply adds the hosted chutes and their load.
-On shutdown the axon stops first, then every instance gets SIGTERM (SIGKILL after
-``--chutes.shutdown_grace_s``).
+Those hosting-file chutes are pinned, and carry the revision ``canopy deploy`` would give
+their code (``miner.bundles.pinned_revision``, computed in a thread at start).
+
+Registry chutes come from the validators: ``Announce`` and ``DeliverBundle``
+(``miner.registry_service``) feed the announcements and the verified bundles
+(``--chutes.bundle_dir``, default ``$CANOPY_HOME/bundles``), and the autoscaler
+(``miner.autoscaler``, off with ``--chutes.autoscale false``) starts and drains their
+instances. A miner with no hosting file hosts nothing until validators announce.
+On shutdown the axon stops first, then the autoscaler, then every instance gets SIGTERM
+(SIGKILL after ``--chutes.shutdown_grace_s``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from pathlib import Path
 
 from loguru import logger
 
 from node.runtime import NeuronContext, StartupError, run_neuron
 from canopy.paths import canopy_home
 from node.config import ChutesSettings
+from miner.announcements import Announcements
+from miner.autoscaler import Autoscaler, running_revisions
+from miner.bundles import BundleStore, pinned_revision
 from miner.chutes_service import ChutesService
 from miner.graval.service import GravalService, ProverFactory
 from miner.hosting import HostingConfigError, HostingPlan, load_hosting_config, plan_hosting
 from miner.instances import InstanceManager
+from miner.registry_service import RegistryService
 from miner.inventory import cpu_device, discover_devices
 from protocol.axon import Axon
 from protocol.graval.devices import DeviceSpec
@@ -32,16 +46,19 @@ from protocol.nonces import RedisNonceStore
 async def hosting_plan(settings: ChutesSettings, devices: list[DeviceSpec]) -> HostingPlan:
     """What to host, from ``--chutes.config`` (nothing without one)."""
     if not settings.config:
-        logger.info("no --chutes.config: this miner hosts no chutes")
+        logger.info("no --chutes.config: no pinned chutes (registry chutes come as validators announce them)")
         return HostingPlan()
     try:
         config = load_hosting_config(settings.config)
     except HostingConfigError as error:
         raise StartupError(str(error)) from None
     plan = await plan_hosting(config, devices)
-    for chute in plan.hosted:
-        logger.info("hosting chute {} ({}): {} instance(s), concurrency {}", chute.info.name, chute.entry.ref,
-                    len(chute.devices), chute.concurrency)
+    revisions = await asyncio.gather(*(asyncio.to_thread(pinned_revision, chute.entry.ref, Path.cwd())
+                                       for chute in plan.hosted))
+    for chute, revision in zip(plan.hosted, revisions):
+        chute.revision = revision
+        logger.info("hosting chute {} ({}): {} instance(s), concurrency {}, revision {}", chute.info.name,
+                    chute.entry.ref, len(chute.devices), chute.concurrency, revision[:12] or "unknown")
     if plan.refused:  # each was logged with its reason by plan_hosting
         logger.warning("not hosting {} of the {} chutes configured", len(plan.refused), len(config.chutes))
     return plan
@@ -76,14 +93,28 @@ async def serve(ctx: NeuronContext, *, prover_factory: ProverFactory | None = No
     chutes = ctx.settings.chutes
     plan = await hosting_plan(chutes, devices)
     manager = instance_manager(chutes, plan)
-    ChutesService(manager, plan.hosted_chutes(), refused=plan.refused, devices=devices, loads=verification.loads,
-                  invoke_timeout_s=chutes.invoke_timeout_s, max_payload_bytes=chutes.max_payload_bytes).attach(axon)
+    service = ChutesService(manager, plan.hosted_chutes(), refused=plan.refused, devices=devices,
+                            loads=verification.loads, invoke_timeout_s=chutes.invoke_timeout_s,
+                            max_payload_bytes=chutes.max_payload_bytes).attach(axon)
+    bundles = BundleStore(Path(chutes.bundle_dir).expanduser() if chutes.bundle_dir else canopy_home() / "bundles")
+    announcements = Announcements(chutes.announce_ttl_s)
+    autoscaler = None
+    if chutes.autoscale:
+        autoscaler = Autoscaler(manager, service, announcements, bundles, devices, cpu_slots=chutes.cpu_device_slots,
+                                interval_s=chutes.autoscale_interval_s, drain_timeout_s=chutes.drain_timeout_s)
+    else:
+        logger.info("--chutes.autoscale false: this miner hosts its hosting file's chutes only")
+    RegistryService(announcements, bundles, autoscaler, running=lambda: running_revisions(manager)).attach(axon)
     await manager.start(wait=False)  # Invoke answers 503 chute_unavailable until an instance is ready
     try:
+        if autoscaler is not None:
+            await autoscaler.start()
         await axon.start()
         await ctx.stop.wait()
     finally:
         await axon.stop()
+        if autoscaler is not None:
+            await autoscaler.stop()
         await manager.stop()
 
 

@@ -242,3 +242,32 @@ async def test_invoke_and_inventory_sit_behind_the_axons_signature_and_blacklist
         assert not result.ok and result.http_status == 403 and isinstance(result.error, errors.UnknownHotkey)
     finally:
         await stranger.close()
+
+
+async def test_chutes_are_kept_per_revision_and_an_invoke_without_one_takes_the_newest_ready(tmp_path):
+    from miner.instances import InstanceSpec
+    from protocol.chutes import HostedChute, HostedCord
+
+    old, new = "a" * 64, "b" * 64
+    [cpu] = cpu_devices(1)
+    manager = InstanceManager([InstanceSpec("c1", "c", "x:chute", (cpu,), revision=old),
+                               InstanceSpec("c1", "c", "x:chute", (cpu,), revision=new)], log_dir=tmp_path)
+    first, second = manager.instances
+    cords = [HostedCord(path="/go")]
+    service = ChutesService(manager, [HostedChute(chute_id="c1", name="c", revision=old, cords=cords)])
+    service.register(HostedChute(chute_id="c1", name="c", revision=new, cords=[HostedCord(path="/go2")]))
+    first.state = State.READY
+    plain = Invoke(chute_id="c1", path="/go")
+    assert service._target(plain) == ("c1", old), "the newest revision has no ready instance yet"
+    second.state = State.READY
+    assert service._target(plain) == ("c1", new)
+    assert service._target(plain.model_copy(update={"revision": old})) == ("c1", old)
+    listed = {chute.revision: (chute.instances, chute.ready_instances) for chute in service.hosted()}
+    assert listed == {old: (1, 1), new: (1, 1)}
+    with pytest.raises(errors.NotFound, match=f"is not hosted at revision {'c' * 64}"):
+        service._target(plain.model_copy(update={"revision": "c" * 64}))
+    service.unregister("c1", new)
+    assert service._target(plain) == ("c1", old) and [c.revision for c in service.hosted()] == [old]
+    service.unregister("c1", old)
+    with pytest.raises(errors.NotFound, match="is not hosted on this miner"):
+        service._target(plain)

@@ -150,3 +150,20 @@ async def test_the_miner_entry_point_refuses_a_bad_config_and_hosts_nothing_with
         await hosting_plan(ChutesSettings(config=str(tmp_path / "missing.toml")), cpu_devices(1))
     plan = await hosting_plan(ChutesSettings(), cpu_devices(1))
     assert plan.hosted == [] and plan.refused == []
+
+
+async def test_hosting_file_chutes_are_pinned_and_carry_the_revision_canopy_deploy_gives(tmp_path):
+    from canopy.bundle import build_bundle
+    from node.config import ChutesSettings
+    from neurons.miner import hosting_plan
+
+    config = tmp_path / "chutes.toml"
+    config.write_text('[[chutes]]\nref = "tests/miner/chutes/echo.py:chute"\n\n'
+                      '[[chutes]]\nref = "tests.miner.chutes.stubborn:chute"\n')
+    plan = await hosting_plan(ChutesSettings(config=str(config)), cpu_devices(1))
+    echo, stubborn = plan.hosted
+    assert echo.revision == build_bundle(f"{ROOT}/tests/miner/chutes/echo.py:chute").revision
+    assert stubborn.revision == "", "a module ref bundles the whole working directory: too big here"
+    [spec] = echo.instance_specs()
+    assert spec.pinned and spec.revision == echo.revision and spec.cwd is None
+    assert [chute.revision for chute in plan.hosted_chutes()] == [echo.revision, ""]

@@ -177,3 +177,68 @@ def test_acquire_picks_the_least_loaded_ready_instance_with_room(tmp_path):
     instances.release(b)
     assert instances.acquire("c") is b
     assert instances.acquire("unknown") is None
+
+
+async def test_added_instances_start_at_once_and_a_drain_lets_the_call_in_flight_finish(tmp_path):
+    [cpu] = cpu_devices(1)
+    old, new = "a" * 64, "b" * 64
+    instances = manager([], tmp_path)
+    await instances.start()
+    try:
+        first = instances.add(InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,), concurrency=2, revision=old))
+        second = instances.add(InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,), concurrency=2, revision=new))
+        assert await instances.wait_ready(first, 30), first.last_error
+        assert await instances.wait_ready(second, 30), second.last_error
+        assert instances.load(ECHO_ID) == (2, 2, 0) and instances.load(ECHO_ID, old) == (1, 1, 0)
+        assert instances.acquire(ECHO_ID, "c" * 64) is None, "no instance of that revision"
+        idle_before = first.last_used
+        assert instances.acquire(ECHO_ID, old) is first and first.idle_s() == 0.0 and first.last_used >= idle_before
+        instances.release(first)
+        pid = first.process.pid
+
+        async def slow_call() -> tuple[int, dict]:  # as the chutes service calls: the count held meanwhile
+            taken = instances.acquire(ECHO_ID, old)
+            assert taken is first
+            try:
+                async with instances.session.post(first.url + "/sleep", json={"seconds": 2.0}) as response:
+                    return response.status, await response.json()
+            finally:
+                instances.release(taken)
+
+        call = asyncio.create_task(slow_call())
+        await asyncio.sleep(0.3)
+        draining = asyncio.create_task(instances.drain(first, timeout_s=20))
+        await asyncio.sleep(0.1)
+        assert instances.acquire(ECHO_ID, old) is None, "out of routing at once"
+        assert instances.load(ECHO_ID, old) == (0, 0, 1) and not draining.done()
+        status, body = await call
+        assert status == 200 and body["slept"] == 2.0, "the call in flight finished"
+        await asyncio.wait_for(draining, 10)
+        assert first.state is State.STOPPED and first not in instances.instances
+        assert instances.by_chute[ECHO_ID] == [second] and second.state is State.READY
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        assert (await get(instances, second, "/whoami"))["instance"] == second.id, "the other revision serves on"
+        assert second.id != first.id and first.log_path != second.log_path
+    finally:
+        await instances.stop()
+
+
+async def test_a_drain_stops_the_instance_after_its_timeout_and_never_restarts_it(tmp_path):
+    [cpu] = cpu_devices(1)
+    instances = manager([], tmp_path, grace_s=0.5)
+    await instances.start()
+    try:
+        instance = instances.add(InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,), concurrency=2))
+        assert await instances.wait_ready(instance, 30), instance.last_error
+        instances.acquire(ECHO_ID)  # a request that never ends
+        started = time.monotonic()
+        await instances.drain(instance, timeout_s=0.3)
+        assert 0.3 <= time.monotonic() - started < 5
+        assert instance.state is State.STOPPED and instance.starts == 1 and instances.instances == []
+        assert ECHO_ID not in instances.by_chute
+        with pytest.raises(RuntimeError, match="stopping"):
+            await instances.stop()
+            instances.add(InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,)))
+    finally:
+        await instances.stop()
