@@ -49,7 +49,7 @@ class Text(BaseModel):
 
 
 @chute.cord(public_api_path="/echo")
-async def echo(args: Text) -> dict:
+async def echo(self, args: Text) -> dict:
     return {"text": args.text}
 '''
 

@@ -13,8 +13,10 @@ The rules, in the order ``decide`` applies them:
 2. **Rollover**: the non-pinned instances of a chute at a revision other than the announced
    one drain once an instance of the announced revision is ready (they finish their calls
    in flight first: no call is dropped).
-3. **Idle**: a non-pinned ready instance with no call for more than its chute's
-   ``shutdown_after_seconds`` drains; so does one that failed to become ready
+3. **Idle**: a non-pinned ready instance whose chute had no user demand for more than its
+   ``shutdown_after_seconds`` while it was ready drains (``users_idle_s``: the announced
+   ``idle_s`` counts organic calls, refusals and warm-ups, never the validators' probes,
+   which reach every hosted chute every few minutes); so does one that failed to become ready
    ``FAILED_STARTS`` times in a row.
 4. **Start**: the value of a chute is its demand, ``calls + 4 x refused`` (+
    ``WARMUP_BONUS`` when its owner asked for a warm-up), per instance it would have
@@ -56,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass
@@ -93,7 +96,8 @@ class Running:
     revision: str
     devices: tuple[str, ...] = ()  # uuids
     in_flight: int = 0
-    idle_s: float = 0.0
+    idle_s: float = 0.0  # since its last call (validators' probes included)
+    ready_s: float = 0.0  # since it became ready
     ready: bool = False
     pinned: bool = False
     draining: bool = False
@@ -119,6 +123,15 @@ def points(demand: ChuteDemand) -> float:
 
 def _free(devices: Sequence[DeviceSpec], used: Mapping[str, int], cpu_slots: int) -> list[DeviceSpec]:
     return [d for d in devices if used.get(d.uuid, 0) < (cpu_slots if d.kind == "cpu" else 1)]
+
+
+def users_idle_s(r: Running, chute: AnnouncedChute) -> float:
+    """Seconds the chute has had no user demand while ``r`` was ready: the announced ``idle_s``
+    (since the latest organic call, refusal or warm-up the validators saw; their own probes
+    are not demand, or a probed chute would never idle out), at most the instance's time
+    since it became ready. No demand in the validators' window counts as forever."""
+    users = chute.demand.idle_s if chute.demand.idle_s is not None else math.inf
+    return min(users, r.ready_s)
 
 
 def _may_start(chute: AnnouncedChute, stopped: tuple[str, float] | None, unmet_s: float) -> bool:
@@ -184,8 +197,9 @@ def decide(announced: Mapping[str, AnnouncedChute], running: Sequence[Running], 
         spec = announced.get(r.chute_id)
         if r.pinned or spec is None or r.instance_id in drained:
             continue
-        if r.ready and not r.in_flight and r.idle_s > spec.shutdown_after_seconds:
-            drain(r, "idle", f"no call for {r.idle_s:.0f}s (shutdown_after_seconds {spec.shutdown_after_seconds})")
+        idle_for = users_idle_s(r, spec)
+        if r.ready and not r.in_flight and idle_for > spec.shutdown_after_seconds:
+            drain(r, "idle", f"no user demand for {idle_for:.0f}s (shutdown_after_seconds {spec.shutdown_after_seconds})")
             stopped[r.revision] = ("idle", 0.0)
         elif not r.ready and r.failed_starts >= FAILED_STARTS:
             drain(r, "failing", f"failed to become ready {r.failed_starts} times in a row")
@@ -291,6 +305,7 @@ class Autoscaler:
         now = time.monotonic()
         return [Running(instance_id=i.id, chute_id=i.spec.chute_id, revision=i.spec.revision,
                         devices=tuple(d.uuid for d in i.spec.devices), in_flight=i.in_flight, idle_s=i.idle_s(now),
+                        ready_s=now - i.ready_since if i.ready_since is not None else 0.0,
                         ready=i.ready, pinned=i.spec.pinned, draining=i.draining or i.id in self._draining,
                         failed_starts=i.starts if i.cold_start_s is None and not i.alive else 0)
                 for i in self.manager.instances]

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from canopy.chute import check_chute_name, check_username, chute_id
 from store.registry_tables import Chute, ChuteDemandEvent, ChuteRevision
-from store.tables import Invocation
+from store.tables import ORGANIC, Invocation
 
 __all__ = ["DEMAND_KINDS", "ChuteRecord", "ChuteRegistry", "Demand", "RegistryError", "RevisionRecord", "chute_id"]
 
@@ -73,8 +73,8 @@ class ChuteRecord:
 
 @dataclass(frozen=True)
 class Demand:
-    """What a chute was asked for since some moment: calls served (organic and synthetic,
-    ``invocations``), calls that found no capacity, warmups."""
+    """What a chute's users asked for since some moment: organic calls served (``invocations``),
+    calls that found no capacity, warmups."""
 
     calls: int = 0
     refused: int = 0
@@ -251,9 +251,11 @@ class ChuteRegistry:
             session.add(ChuteDemandEvent(chute_id=chute_id, kind=kind, created_at=time.time() if now is None else now))
 
     async def demand_since(self, since: float) -> dict[str, Demand]:
-        """chute_id -> its demand since ``since`` (chutes with none are absent)."""
+        """chute_id -> its users' demand since ``since``: organic calls (the validators' synthetic
+        probes are measurement, not demand), calls that found no capacity, warm-ups (chutes
+        with none are absent)."""
         calls = (select(Invocation.chute_id, func.count(), func.max(Invocation.created_at))
-                 .where(Invocation.created_at >= since).group_by(Invocation.chute_id))
+                 .where(Invocation.created_at >= since, Invocation.source == ORGANIC).group_by(Invocation.chute_id))
         events = (select(ChuteDemandEvent.chute_id, ChuteDemandEvent.kind, func.count(), func.max(ChuteDemandEvent.created_at))
                   .where(ChuteDemandEvent.created_at >= since).group_by(ChuteDemandEvent.chute_id, ChuteDemandEvent.kind))
         counts: dict[str, dict[str, Any]] = {}

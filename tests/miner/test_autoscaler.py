@@ -87,11 +87,15 @@ def test_a_selector_must_fit_the_free_devices_and_a_cpu_device_holds_its_slots()
 
 def test_an_idle_instance_drains_after_shutdown_after_seconds_and_is_not_restarted_at_once():
     gpus = fake_h100s(2)
-    idle = running("a-1", A, gpus[:1], idle_s=301)
-    busy = running("a-2", A, gpus[1:], idle_s=900, in_flight=1)
-    decisions = run(announced(chute(A, calls=3, instances=2)), [idle, busy])
+    idle = running("a-1", A, gpus[:1], idle_s=1, ready_s=900)  # the validators' probes reach it, users do not
+    busy = running("a-2", A, gpus[1:], idle_s=0, ready_s=900, in_flight=1)
+    decisions = run(announced(chute(A, calls=3, instances=2, idle_s=301)), [idle, busy])
     assert summary(decisions) == [("drain", "a-1", "idle")], "busy is never idle; nothing starts in its place"
-    assert run(announced(chute(A, calls=3, instances=2, max_instances=2)), [running("a-1", A, gpus[:1], idle_s=299)]) == []
+    quiet = announced(chute(A, calls=3, instances=2, max_instances=2))  # no user demand in the validators' window
+    assert summary(run(quiet, [running("a-1", A, gpus[:1], ready_s=301)])) == [("drain", "a-1", "idle")]
+    assert run(quiet, [running("a-1", A, gpus[:1], ready_s=299)]) == [], "ready for less than shutdown_after_seconds"
+    assert run(announced(chute(A, calls=3, instances=2, max_instances=2, idle_s=299)),
+               [running("a-1", A, gpus[:1], ready_s=900)]) == [], "a user called 299 s ago"
     assert run(announced(chute(A, calls=3, idle_s=40)), stopped={NEW: ("idle", 30.0)}) == [], \
         "stopped for idleness: the demand before the stop does not start it again"
     assert run(announced(chute(A, calls=3)), stopped={NEW: ("idle", 30.0)}) == [], "no idle_s: no newer demand"
@@ -185,10 +189,10 @@ def test_a_start_without_a_verified_bundle_is_wanted_and_takes_no_device():
         "a chute that cannot fit here is not wanted"
 
 
-@pytest.mark.parametrize("idle_s", [0.0, 10.0])
-def test_zero_shutdown_after_seconds_stops_at_the_first_idle_moment(idle_s):
-    instance = running("a-1", A, fake_h100s(1), idle_s=idle_s)
-    expected = [("drain", "a-1", "idle")] if idle_s > 0 else []
+@pytest.mark.parametrize("ready_s", [0.0, 10.0])
+def test_zero_shutdown_after_seconds_stops_at_the_first_idle_moment(ready_s):
+    instance = running("a-1", A, fake_h100s(1), ready_s=ready_s)
+    expected = [("drain", "a-1", "idle")] if ready_s > 0 else []
     assert summary(run(announced(chute(A, calls=1, instances=1, max_instances=1, shutdown_after_seconds=0)), [instance])) == expected
 
 
@@ -199,7 +203,7 @@ def test_a_new_revision_that_fails_to_start_is_not_retried_at_once_and_the_old_o
     assert summary(run(announced(chute(A, calls=5)), [old, failing])) == [("drain", "a-new", "failing")], \
         "no rollover start of the revision that just failed"
     assert run(announced(chute(A, calls=5)), [old], stopped={NEW: ("failing", 10.0)}) == []
-    idle_old = running("a-old", A, gpus[:1], revision=OLD, idle_s=400)
+    idle_old = running("a-old", A, gpus[:1], revision=OLD, ready_s=400)
     assert summary(run(announced(chute(A)), [idle_old], stopped={NEW: ("failing", 10.0)})) == [
         ("drain", "a-old", "idle")], "an old revision nobody calls idles out like any other"
 

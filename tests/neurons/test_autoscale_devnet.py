@@ -34,7 +34,7 @@ class Words(BaseModel):
 
 
 @chute.cord(public_api_path="/say")
-async def say(args: Words) -> dict:
+async def say(self, args: Words) -> dict:
     return {"said": args.text, "by": NAME}
 '''
 IDLE_AFTER_S = 12

@@ -52,7 +52,7 @@ class Words(BaseModel):
 
 
 @chute.cord(public_api_path="/shout")
-async def shout(args: Words) -> dict:
+async def shout(self, args: Words) -> dict:
     return {"text": args.text.upper() + SUFFIX, "version": VERSION}
 '''
 SHOUT_ID = chute_id("alice", "shout")
@@ -105,7 +105,7 @@ async def test_deploy_call_redeploy_and_delete_on_the_devnet(tmp_path):
 
         # 1. Deploy with the CLI; both honest miners pick it up; the public calls.
         v1 = chute_file(tmp_path / "v1", "shout", SHOUT, SUFFIX="", VERSION=1)
-        deployed = net.cli("deploy", v1, "--json", key=alice)
+        deployed = net.cli("deploy", v1, "--max-instances", "3", "--json", key=alice)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         first = json.loads(deployed.stdout)
         assert (first["owner"], first["name"], first["chute_id"]) == ("alice", "shout", SHOUT_ID)
@@ -177,7 +177,7 @@ async def test_deploy_call_redeploy_and_delete_on_the_devnet(tmp_path):
             callers = [asyncio.create_task(caller()) for _ in range(2)]
             await asyncio.sleep(1.0)
             v2 = chute_file(tmp_path / "v2", "shout", SHOUT, SUFFIX="!", VERSION=2)
-            redeployed = await asyncio.to_thread(net.cli, "deploy", v2, "--json", key=alice)
+            redeployed = await asyncio.to_thread(net.cli, "deploy", v2, "--max-instances", "3", "--json", key=alice)
             assert redeployed.returncode == 0, redeployed.stdout + redeployed.stderr
             assert json.loads(redeployed.stdout)["revision"] != first["revision"]
 

@@ -44,7 +44,7 @@ class Words(BaseModel):
 
 
 @chute.cord(public_api_path="/shout")
-async def shout(args: Words) -> dict:
+async def shout(self, args: Words) -> dict:
     return {"text": args.text.upper()}
 '''
 UNKNOWN = "f" * 64
