@@ -25,7 +25,9 @@ The rules, in the order ``decide`` applies them:
    ``value > 0``, fewer network-wide instances than ``max_instances`` and no instance of
    ours still starting gets one start, highest value first, on the devices its
    ``NodeSelector`` picks among the free ones (a GPU holds one instance, the devnet's CPU
-   pseudo-device ``cpu_slots``). Not started:
+   pseudo-device ``cpu_slots``). A second instance here (one of ours is ready) needs calls
+   that found no capacity: the validators' instance counts lag a step behind, and without
+   that rule every miner would top the chute up to ``max_instances`` on its own. Not started:
 
    - a revision stopped here for idleness or preempted, until demand newer than the stop
      arrives (the announced ``idle_s``, seconds since the chute's latest call, refusal or
@@ -222,7 +224,7 @@ def decide(announced: Mapping[str, AnnouncedChute], running: Sequence[Running], 
             continue
         if rollover:
             candidates.append((True, value, chute_id, "rollover"))
-        elif value > 0 and network(chute_id) < spec.max_instances:
+        elif value > 0 and network(chute_id) < spec.max_instances and (not mine or spec.demand.refused):
             only_warmup = spec.demand.warmup and not (spec.demand.calls or spec.demand.refused)
             candidates.append((False, value, chute_id, "warmup" if only_warmup else "demand"))
     candidates.sort(key=lambda c: (not c[0], -c[1], c[2]))

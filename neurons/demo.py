@@ -4,13 +4,15 @@ Run as ``./run.sh demo`` or ``python -m neurons.demo``. It creates a fresh devne
 ``$CANOPY_HOME/demo``, makes the wallets (owner/validator and three miners), registers and
 stakes them, starts the miners as real processes (two honest ``neurons.miner`` with one and
 two CPU pseudo-devices, and ``neurons.demo_cheater``, which claims a device it cannot
-prove; each hosts the echo chute and the SmolLM2 chute) and the public API
-(``neurons.api``), waits for their axons on chain, pings each over
-the signed protocol from the validator's hotkey, then runs the validator's own steps
-(``validator.loop``: GraVal rounds, a synthetic round, scoring) in-process until it sets
-weights. It then creates an API key, asks the API a question with the official ``openai``
-client (streamed; the answering miner comes from the response headers), and prints the
-devices, chutes, the subnet table (devices claimed/verified, score, weight, incentive after
+prove), none with a hosting file, and the public API (``neurons.api``), waits for their
+axons on chain, pings each over the signed protocol from the validator's hotkey, creates an
+API key of the owner ``canopy`` and deploys the echo chute and the SmolLM2 chute through the
+API with ``canopy deploy``. The validator's own steps then run in-process: it announces the
+registry, the miners' autoscalers pick the chutes up (bundles delivered and checked), and
+GraVal rounds, a synthetic round and scoring run until it sets weights. It then asks the API
+a question with the official ``openai`` client (streamed; the answering miner comes from the
+response headers), calls the echo chute at its public route, and prints the deployed
+chutes, the devices, chutes hosted, the subnet table (devices claimed/verified, score, weight, incentive after
 the epoch), the metagraph, and the curl line and URLs to try next. Then the validator goes
 on as a process (weights every tempo): ``--once`` exits after printing (everything
 stopped), ``--keep`` leaves it all running in the background (``./run.sh demo stop`` ends
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -58,6 +61,8 @@ MINER_DEVICES = (1, 2, 1)  # CPU pseudo-devices each miner offers (claims)
 CHEATER = "miner3"  # commits to random GraVal roots: neurons/demo_cheater.py
 LLM_MINERS = len(MINERS)  # every miner hosts the LLM chute (SmolLM2 on CPU) and the echo chute
 QUESTION = "In one sentence: what is Bittensor?"
+CHUTE_OWNER = "canopy"  # the demo key's owner: the example chutes are deployed as canopy/NAME
+ECHO_REF, LLM_REF = "examples/echo_chute.py:chute", "examples/llm_chute.py:chute"
 DEVICE_MEMORY_MB = 16  # per device: 9 matrices of 1024 x 1024 and 144 access steps
 VALIDATOR_STAKE = 1000.0
 API_PORT = 8000  # the README's address, when it is free
@@ -81,20 +86,22 @@ def _fresh_devnet(paths: DemoPaths, block_time: float, tempo: int) -> DevnetLedg
     return ledger
 
 
-def _chutes_config(paths: DemoPaths, name: str, llm: bool) -> Path:
-    """The miner's hosting file: the echo chute everywhere, the LLM chute where ``llm``."""
-    refs = ["examples.echo_chute:chute"] + (["examples.llm_chute:chute"] if llm else [])
-    path = paths.home / f"{name}-chutes.toml"
-    path.write_text("".join(f'[[chutes]]\nref = "{ref}"\ninstances = 1\n\n' for ref in refs))
-    return path
-
-
-def _start_miner(paths: DemoPaths, name: str, port: int, devices: int, llm: bool) -> subprocess.Popen:
+def _start_miner(paths: DemoPaths, name: str, port: int, devices: int) -> subprocess.Popen:
+    """A miner with no hosting file: it hosts what the validator announces and its autoscaler picks."""
     entry = ["-m", "neurons.demo_cheater"] if name == CHEATER else ["-m", "neurons.miner"]
     return spawn(paths, name, [
         *entry, *devnet_flags(paths, name, "default"), "--axon.ip", "127.0.0.1", "--axon.port", str(port),
         "--graval.cpu_devices", str(devices), "--graval.cpu_memory_mb", str(DEVICE_MEMORY_MB),
-        "--chutes.config", str(_chutes_config(paths, name, llm)), "--chutes.log_dir", str(paths.logs)])
+        "--chutes.autoscale_interval_s", "1", "--chutes.log_dir", str(paths.logs)])
+
+
+def _deploy(url: str, key: str, ref: str, *flags: str) -> dict:
+    """``canopy deploy REF`` as a chute author runs it; its JSON answer."""
+    done = subprocess.run([sys.executable, "-m", "canopy.cli.main", "deploy", ref, "--api", url, "--key", key, "--json",
+                           *flags], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"canopy deploy {ref} failed: {(done.stdout + done.stderr).strip()[-2000:]}")
+    return json.loads(done.stdout)
 
 
 async def _wait_for_axons(chain: DevnetChain, processes: list[subprocess.Popen], progress: Progress, timeout: float) -> None:
@@ -125,6 +132,18 @@ def _devices_table(graph, rounds) -> Table:
 
 
 LLM_CHUTE_ID = chute_id("canopy", default_chute_name(BUNDLED_MODEL))
+ECHO_CHUTE_ID = chute_id("canopy", "echo")
+
+
+async def _wait_for_chute(dendrite: Dendrite, miners, chute: str, timeout: float) -> None:
+    """Until one of ``miners`` has a ready instance of ``chute`` (the announcements go on meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for result in await dendrite.query(miners, Inventory(), timeout=5.0):
+            if result.ok and any(c.chute_id == chute and c.ready_instances for c in result.response.chutes):
+                return
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"no verified miner picked chute {chute} up within {timeout:.0f}s (see the miner logs)")
 
 
 async def _wait_for_llm(dendrite: Dendrite, miners, timeout: float) -> None:
@@ -141,15 +160,42 @@ async def _wait_for_llm(dendrite: Dendrite, miners, timeout: float) -> None:
 
 
 async def _api_key(paths: DemoPaths) -> str:
-    """A fresh API key in the store the API reads (``canopy keys create`` does the same)."""
+    """A fresh API key in the store the API reads (``canopy keys create`` does the same), of the
+    owner ``canopy``: it deploys the example chutes (``canopy/echo``, ``canopy/<LLM>``) and calls them."""
     store = await ValidatorStore.open(paths.database_url)
     try:
         keys = KeyStore(store.engine)
         await keys.create_tables()
-        _, key = await keys.create(f"demo-{int(time.time())}", credits=1000, rate_limits=["60/60s"])
+        _, key = await keys.create(f"demo-{int(time.time())}", credits=1000, rate_limits=["60/60s"], owner=CHUTE_OWNER,
+                                   scopes=["invoke", "deploy"])
         return key
     finally:
         await store.close()
+
+
+async def _wait_for_health(url: str, api: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if api.poll() is not None:
+                raise RuntimeError(f"the API exited with code {api.returncode}; see logs/api.log")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{url}/health") as response:
+                    if response.status < 500:
+                        return
+            await asyncio.sleep(0.3)
+    raise RuntimeError(f"the API did not answer /health within {timeout:.0f}s (see logs/api.log)")
+
+
+async def _call_echo(url: str, key: str) -> tuple[dict, str, float]:
+    """The echo chute through the public API: (its answer, the miner uid, seconds)."""
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/chutes/{CHUTE_OWNER}/echo/echo", json={"text": "hello from the public API"},
+                                headers={"Authorization": f"Bearer {key}"}, timeout=aiohttp.ClientTimeout(total=90)) as reply:
+            if reply.status != 200:
+                raise RuntimeError(f"the echo chute answered {reply.status}: {(await reply.text())[:300]}")
+            return await reply.json(), reply.headers.get("x-canopy-miner-uid", "?"), time.perf_counter() - started
 
 
 async def _wait_for_api(url: str, api: subprocess.Popen, key: str, timeout: float) -> None:
@@ -198,6 +244,9 @@ def _try_next(url: str, key: str, mode: str) -> str:
             f"-H 'Content-Type: application/json' \\\n"
             f"    -d '{{\"model\": \"{BUNDLED_MODEL}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}], "
             f"\"max_tokens\": 32}}'\n"
+            f"  curl -s {url}/chutes/{CHUTE_OWNER}/echo/echo -H 'Authorization: Bearer {key}' "
+            f"-H 'Content-Type: application/json' -d '{{\"text\": \"hi\"}}'\n"
+            f"  CANOPY_API_URL={url} CANOPY_API_KEY={key} ./run.sh canopy chutes list   # and canopy deploy FILE.py:chute\n"
             f"  API docs: {url}/docs  ·  web UI: {url}/ui/  ·  metrics: {url}/metrics")
 
 
@@ -207,13 +256,24 @@ async def _inventories(validator, graph):
 
 
 def _chutes_table(graph, inventories) -> Table:
-    table = Table(title="Chutes hosted (Inventory)", header_style="bold")
-    for column in ("UID", "HOTKEY", "CHUTE", "CORDS", "READY"):
+    table = Table(title="Chutes hosted (Inventory): picked up from the registry by the miners' autoscalers",
+                  header_style="bold")
+    for column in ("UID", "HOTKEY", "CHUTE", "REVISION", "CORDS", "READY"):
         table.add_column(column)
     for neuron, result in zip(graph.serving_miners(), inventories):
         for chute in (result.response.chutes if result.ok else []):
-            table.add_row(str(neuron.uid), short(neuron.hotkey), chute.name, ", ".join(c.path for c in chute.cords),
-                          f"{chute.ready_instances}/{chute.instances}")
+            table.add_row(str(neuron.uid), short(neuron.hotkey), chute.name, chute.revision[:12],
+                          ", ".join(c.path for c in chute.cords), f"{chute.ready_instances}/{chute.instances}")
+    return table
+
+
+def _deployed_table(deployed: list[dict]) -> Table:
+    table = Table(title="Deployed with canopy deploy (the registry)", header_style="bold")
+    for column in ("CHUTE", "REVISION", "MAX INSTANCES", "PUBLIC URLS"):
+        table.add_column(column)
+    for chute in deployed:
+        table.add_row(f"{chute['owner']}/{chute['name']}", chute["revision"][:12], str(chute["max_instances"]),
+                      "\n".join(chute.get("urls") or []) or "(LLM: /v1/chat/completions)")
     return table
 
 
@@ -222,22 +282,16 @@ def _validator_settings(paths: DemoPaths):
     return load_settings([*devnet_flags(paths, "owner", "validator"), *VALIDATOR_FLAGS])
 
 
-async def _validate(paths: DemoPaths, wallet, chain: DevnetChain, store: ValidatorStore, dendrite: Dendrite,
-                    progress: Progress, max_steps: int = 30):
+async def _validate(validator: Validator, progress: Progress, max_steps: int = 30):
     """Validator steps (GraVal rounds, a synthetic round, scoring) until the first weights are set."""
     task = progress.add_task("validator: GraVal, synthetic calls, scores, weights", total=None)
-    validator = Validator(wallet=wallet, chain=chain, settings=_validator_settings(paths), store=store,
-                          dendrite=dendrite, table=load_gpu_table())
-    try:
-        for _ in range(max_steps):
-            report = await validator.step(wait=True)
-            progress.advance(task)
-            if report.weights is not None and report.weights.ok:
-                progress.update(task, total=1, completed=1)
-                return report
-            await asyncio.sleep(1.0)
-    finally:
-        await validator.close()
+    for _ in range(max_steps):
+        report = await validator.step(wait=True)
+        progress.advance(task)
+        if report.weights is not None and report.weights.ok:
+            progress.update(task, total=1, completed=1)
+            return report
+        await asyncio.sleep(1.0)
     raise RuntimeError(f"the validator set no weights within {max_steps} steps")
 
 
@@ -292,8 +346,7 @@ async def _run(paths: DemoPaths, mode: str, block_time: float, tempo: int) -> in
             ledger.add_stake(NETUID, validator.hotkey.ss58_address, VALIDATOR_STAKE)
             progress.advance(step)
 
-            processes = [_start_miner(paths, name, free_port(), devices, llm=index < LLM_MINERS)
-                         for index, (name, devices) in enumerate(zip(MINERS, MINER_DEVICES))]
+            processes = [_start_miner(paths, name, free_port(), devices) for name, devices in zip(MINERS, MINER_DEVICES)]
             await _wait_for_axons(chain, processes, progress, timeout=90)
             api_url = f"http://127.0.0.1:{free_port(preferred=API_PORT)}"
             api = start_api(paths, int(api_url.rsplit(":", 1)[1]))
@@ -306,10 +359,31 @@ async def _run(paths: DemoPaths, mode: str, block_time: float, tempo: int) -> in
                     results = await dendrite.query(graph.serving_miners(), Ping(), timeout=5.0)
                     if not any(result.ok for result in results):
                         raise RuntimeError("no miner answered the signed Ping")
-                    chat_task = progress.add_task("LLM chute ready on a miner (first run converts the model, ~40 s)", total=1)
-                    await _wait_for_llm(dendrite, graph.serving_miners(), timeout=300)
-                    progress.update(chat_task, completed=1)
-                    report = await _validate(paths, validator, chain, store, dendrite, progress)
+                    deploy_task = progress.add_task("canopy deploy: the echo and LLM chutes, through the API", total=2)
+                    key = await _api_key(paths)
+                    await _wait_for_health(api_url, api, timeout=60)
+                    deployed = [await asyncio.to_thread(_deploy, api_url, key, ECHO_REF)]
+                    progress.advance(deploy_task)
+                    deployed.append(await asyncio.to_thread(_deploy, api_url, key, LLM_REF, "--max-instances", str(LLM_MINERS)))
+                    progress.advance(deploy_task)
+                    steps = Validator(wallet=validator, chain=chain, settings=_validator_settings(paths), store=store,
+                                      dendrite=dendrite, table=load_gpu_table())
+                    announcing_stop = asyncio.Event()
+                    announcing = asyncio.create_task(steps.announce_forever(announcing_stop))
+                    try:
+                        chat_task = progress.add_task("miners pick the LLM chute up (first run converts the model, ~40 s)",
+                                                      total=1)
+                        await _wait_for_llm(dendrite, graph.serving_miners(), timeout=300)
+                        progress.update(chat_task, completed=1)
+                        report = await _validate(steps, progress)
+                        echo_task = progress.add_task("a verified miner picks the echo chute up", total=1)
+                        await _wait_for_chute(dendrite, [n for n in graph.serving_miners() if n.hotkey in steps.verified_miners],
+                                              ECHO_CHUTE_ID, timeout=90)
+                        progress.update(echo_task, completed=1)
+                    finally:
+                        announcing_stop.set()
+                        await announcing
+                        await steps.close()
                 rounds = await _verifications(store, graph)
                 activity = await store.activity_since(0.0)
             finally:
@@ -319,17 +393,20 @@ async def _run(paths: DemoPaths, mode: str, block_time: float, tempo: int) -> in
             while _registered((await chain.metagraph(NETUID)).by_uid(submission.uids[0])).incentive == 0:
                 await asyncio.sleep(block_time / 2)
             progress.update(weights_task, completed=1)
-            api_task = progress.add_task("API: a key, verified miners listed", total=1)
-            key = await _api_key(paths)
+            api_task = progress.add_task("API: verified miners listed", total=1)
             await _wait_for_api(api_url, api, key, timeout=60)
             progress.update(api_task, completed=1)
 
         console.print(_ping_table(graph, results))
         console.print(_devices_table(graph, rounds))
         console.print(_chutes_table(graph, await _inventories(validator, graph)))
+        console.print(_deployed_table(deployed))
         _, uid, hotkey, elapsed = await asyncio.to_thread(_ask_api, api_url, key)
         console.print(f"[dim]served by miner uid {uid} ({short(hotkey)}) in {elapsed:.1f} s, "
                       "through the API with the openai client[/]")
+        echoed, echo_uid, echo_s = await _call_echo(api_url, key)
+        console.print(f"[bold]echo[/] (POST {api_url}/chutes/{CHUTE_OWNER}/echo/echo → a miner that picked it up): "
+                      f"{json.dumps(echoed)}  [dim]miner uid {echo_uid}, {echo_s:.2f} s[/]")
         paid = await chain.metagraph(NETUID)
         on_chain = ledger.weights(NETUID).get(_registered(paid.by_hotkey(validator.hotkey.ss58_address)).uid, {})
         console.print(_subnet_table(paid, rounds, activity, report, on_chain))

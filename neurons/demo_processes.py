@@ -25,7 +25,8 @@ from canopy.templates.model_files import models_root
 REPO = Path(__file__).resolve().parent.parent
 NETUID = 1
 STOP_GRACE_S = 10.0
-VALIDATOR_FLAGS = ("--graval.allow_cpu", "--wandb.mode", "disabled")  # CPU pseudo-devices, no wandb run
+# CPU pseudo-devices, no wandb run, the registry announced every second (deploys show at once)
+VALIDATOR_FLAGS = ("--graval.allow_cpu", "--wandb.mode", "disabled", "--validator.announce_s", "1")
 
 
 @dataclass

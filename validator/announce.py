@@ -7,9 +7,9 @@ wire (``protocol.registry``). Every ``--validator.announce_s`` the validator:
 1. reads every chute not deleted at its current revision, with the demand of the last
    ``--validator.demand_window_s`` (calls recorded in ``invocations``, calls that found no
    capacity and warmups recorded by the API in ``chute_demand``) and the ready instances
-   its last Inventory round saw at that revision, network-wide;
+   its last step saw at that revision on verified miners (the API routes to no other);
 2. sends one ``Announce`` to every serving miner, each chute with the miner's ``rank`` in a
-   rendezvous order (``rendezvous_order``: the first ``max_instances`` miners start a chute
+   rendezvous order (verified miners first) (``rendezvous_order``: the first ``max_instances`` miners start a chute
    at once; the others only when calls keep finding no capacity);
 3. for each revision a miner answers as ``wanted`` (and that this announcement named),
    sends that miner the bundle (``DeliverBundle``), which the miner keeps only if its
@@ -26,7 +26,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from loguru import logger
 from pydantic import ValidationError
@@ -72,10 +72,13 @@ def rendezvous_order(chute: AnnouncedChute, hotkeys: Sequence[str]) -> list[str]
     return sorted(hotkeys, key=lambda hotkey: hashlib.sha256(f"{chute.chute_id}:{chute.revision}:{hotkey}".encode()).digest())
 
 
-def ranked(announce: Announce, hotkey: str, miners: Sequence[Any]) -> Announce:
-    """``announce`` as miner ``hotkey`` gets it: each chute with the miner's ``rank``."""
-    hotkeys = [miner.hotkey for miner in miners]
-    chutes = [chute.model_copy(update={"rank": rendezvous_order(chute, hotkeys).index(hotkey)}) for chute in announce.chutes]
+def ranked(announce: Announce, hotkey: str, miners: Sequence[Any], preferred: Collection[str] = ()) -> Announce:
+    """``announce`` as miner ``hotkey`` gets it: each chute with the miner's ``rank``, the
+    ``preferred`` miners (verified ones: the API routes to no other) first."""
+    first = [miner.hotkey for miner in miners if miner.hotkey in preferred]
+    then = [miner.hotkey for miner in miners if miner.hotkey not in preferred]
+    chutes = [chute.model_copy(update={"rank": (rendezvous_order(chute, first) + rendezvous_order(chute, then)).index(hotkey)})
+              for chute in announce.chutes]
     return announce.model_copy(update={"chutes": chutes})
 
 
@@ -98,13 +101,15 @@ class Announcer:
                                                    instances.get((record.chute_id, record.revision), 0), now)) is not None]
         return Announce(chutes=chutes, window_s=self.window_s)
 
-    async def announce(self, miners: Sequence[Any], instances: Mapping[tuple[str, str], int]) -> AnnounceReport:
-        """Announce to every miner (chain ``Neuron``s), then deliver what each wanted."""
+    async def announce(self, miners: Sequence[Any], instances: Mapping[tuple[str, str], int],
+                       preferred: Collection[str] = ()) -> AnnounceReport:
+        """Announce to every miner (chain ``Neuron``s; ``preferred``: the hotkeys ranked first),
+        then deliver what each wanted."""
         announce = await self.announcement(instances)
         report = AnnounceReport(chutes=len(announce.chutes), miners=len(miners))
         if not miners:
             return report
-        answers = await asyncio.gather(*(self.dendrite.call(miner, ranked(announce, miner.hotkey, miners),
+        answers = await asyncio.gather(*(self.dendrite.call(miner, ranked(announce, miner.hotkey, miners, preferred),
                                                             timeout=self.timeout_s) for miner in miners))
         named = {chute.revision for chute in announce.chutes}
         deliveries = []

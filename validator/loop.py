@@ -118,8 +118,9 @@ class Validator:
         self.registry = ChuteRegistry(store.engine)
         self.announcer = Announcer(self.registry, dendrite, window_s=self.settings.demand_window_s,
                                    timeout_s=self.settings.inventory_timeout_s)
-        # (chute_id, revision) -> ready instances network-wide, as the last Inventory round saw them
+        # (chute_id, revision) -> ready instances on verified miners, as the last step saw them
         self.instances_seen: dict[tuple[str, str], int] = {}
+        self.verified_miners: set[str] = set()  # hotkeys with a passing verification of a device they own
         self.weights = WeightSetter(chain, wallet, self.netuid, store, version_key=__spec_version__,
                                     retry_blocks=self.settings.weights_retry_blocks, top_n=self.settings.top_miners_logged)
         self.multiplier = device_multiplier(table)
@@ -190,15 +191,10 @@ class Validator:
         answers = await self.dendrite.query(miners, Inventory(), timeout=self.settings.inventory_timeout_s)
         current = await self.registry.current_revisions()
         views = {}
-        seen: dict[tuple[str, str], int] = {}
         for miner, answer in zip(miners, answers):
             if answer.ok and isinstance(answer.response, InventoryResponse):
                 chutes = registry_chutes(answer.response.chutes, current)
                 views[miner.hotkey] = MinerView(miner, list(answer.response.devices), chutes)
-                for chute in chutes:
-                    key = (chute.chute_id, chute.revision)
-                    seen[key] = seen.get(key, 0) + chute.ready_instances
-        self.instances_seen = seen
         now = time.time()
         await self.store.upsert_miners([dict(hotkey=v.neuron.hotkey, uid=v.neuron.uid, coldkey=v.neuron.coldkey,
                                              axon=_axon_url(v.neuron), first_seen_at=now, last_seen_at=now,
@@ -210,7 +206,19 @@ class Validator:
         """Announce the registry to every serving miner and deliver the bundles they want."""
         if self.graph is None:
             await self.sync(await self.chain.block())
-        return await self.announcer.announce(self.miners(), self.instances_seen)
+        return await self.announcer.announce(self.miners(), self.instances_seen, preferred=self.verified_miners)
+
+    def count_instances(self, views: dict[str, MinerView], latest: dict[tuple[str, str], Any]) -> None:
+        """What the announcements tell the miners: the ready instances of each chute on verified
+        miners (the API routes to no other), and those miners, ranked first for new chutes."""
+        owners = self.owners()
+        self.verified_miners = {hotkey for (hotkey, uuid), row in latest.items() if row.ok and owners.get(uuid) == hotkey}
+        seen: dict[tuple[str, str], int] = {}
+        for hotkey, view in views.items():
+            if hotkey in self.verified_miners:
+                for chute in view.chutes:
+                    seen[(chute.chute_id, chute.revision)] = seen.get((chute.chute_id, chute.revision), 0) + chute.ready_instances
+        self.instances_seen = seen
 
     async def announce_forever(self, stop: asyncio.Event) -> None:
         """``announce`` every ``--validator.announce_s`` until ``stop`` (a failed one is logged)."""
@@ -391,6 +399,7 @@ class Validator:
         if wait:
             await self.settle()
             latest = await self.read_verifications()
+        self.count_instances(views, latest)
         hyper = await self.chain.hyperparameters(self.netuid)
         pending = self.warming_up(views, block, hyper.tempo)
         outcome, scores = None, self.scores

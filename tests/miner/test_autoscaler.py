@@ -70,7 +70,9 @@ def test_max_instances_counts_the_network_and_our_own():
     ours = running("a-1", A, fake_h100s(1))
     assert run(announced(chute(A, calls=9, instances=0, max_instances=1)), [ours]) == [], \
         "our ready instance counts even before the validators report it"
-    assert summary(run(announced(chute(A, calls=9, instances=1, max_instances=2)), [ours])) == [("start", A, "demand")]
+    assert run(announced(chute(A, calls=9, instances=1, max_instances=2)), [ours]) == [], \
+        "a second instance here only when calls find no capacity"
+    assert summary(run(announced(chute(A, refused=2, instances=1, max_instances=2)), [ours])) == [("start", A, "demand")]
 
 
 def test_a_selector_must_fit_the_free_devices_and_a_cpu_device_holds_its_slots():

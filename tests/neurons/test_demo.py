@@ -1,8 +1,9 @@
 """The demo (``neurons.demo``) end to end: ``./run.sh demo --keep`` then ``./run.sh demo stop``.
 
 The devnet, three miner processes (one a cheater), the API, signed pings, the validator's
-steps (GraVal, synthetic calls, scores), weights, an epoch, a chat answer through the API
-with the openai client, then the subnet left running (the API answering, the validator a
+steps (GraVal, synthetic calls, scores), weights, an epoch, the chutes deployed with
+``canopy deploy`` and picked up by the miners, a chat answer through the API with the
+openai client, the echo chute at its public route, then the subnet left running (the API answering, the validator a
 process) until stopped."""
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def _check_output(result: subprocess.CompletedProcess) -> None:
     assert "Signed Ping from the validator" in out
     assert len(re.findall(r"│ ok", out)) == 3
     assert len(re.findall(r"│ verified", out)) == 3  # 1 + 2 honest CPU pseudo-devices; the cheater's fails
-    assert "Chutes hosted (Inventory)" in out and len(re.findall(r"│ smollm2-135m-instruct", out)) == 3
+    assert "Deployed with canopy deploy" in out and "canopy/echo" in out and "canopy/smollm2-135m-instruct" in out
+    assert "Chutes hosted (Inventory)" in out and len(re.findall(r"│ smollm2-135m-instruct", out)) == 3  # picked up
+    echo = re.search(r"POST http://127\.0\.0\.1:\d+/chutes/canopy/echo/echo .*hello from the public API", out)
+    assert echo, out  # the echo chute, deployed and picked up, answered at its public route
     answer = re.search(r"^A (.+)$", out, re.MULTILINE)
     assert answer and len(answer.group(1).split()) >= 3, out  # a real streamed chat answer
     served = re.search(r"served by miner uid (\d+) \(.+\) in [\d.]+ s, through the API with the openai client", out)

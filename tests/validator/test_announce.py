@@ -158,3 +158,19 @@ def test_the_rendezvous_order_spreads_chutes_and_survives_a_miner_leaving():
     assert rendezvous_order(chutes[0], list(reversed(hotkeys))) == orders["c0"], "the order does not depend on the input order"
     gone = orders["c0"][3]
     assert rendezvous_order(chutes[0], [h for h in hotkeys if h != gone]) == [h for h in orders["c0"] if h != gone]
+
+
+def test_verified_miners_are_ranked_first():
+    from types import SimpleNamespace as Miner
+
+    from protocol.registry import AnnouncedChute
+    from validator.announce import ranked
+
+    miners = [Miner(hotkey=f"5Miner{i:02d}") for i in range(6)]
+    announce = Announce(chutes=[AnnouncedChute(chute_id=f"c{i}", owner="o", name=f"n{i}", revision=f"{i:064x}")
+                                for i in range(8)])
+    verified = {"5Miner04", "5Miner05"}
+    for chute_index in range(8):
+        ranks = {m.hotkey: ranked(announce, m.hotkey, miners, verified).chutes[chute_index].rank for m in miners}
+        assert sorted(ranks[h] for h in verified) == [0, 1], "the miners the API routes to come first, for every chute"
+        assert sorted(ranks.values()) == list(range(6))
