@@ -21,8 +21,8 @@ function neuron(role, args) {
 
 module.exports = {
   apps: [
-    neuron("miner", ["--wallet.name", "miner", "--wallet.hotkey", "default", "--axon.port", "8091",
-                     "--chutes.config", "chutes.toml"]),
+    // hosts what the validators announce; add "--chutes.config", "chutes.toml" to pin chutes besides
+    neuron("miner", ["--wallet.name", "miner", "--wallet.hotkey", "default", "--axon.port", "8091"]),
     neuron("validator", ["--wallet.name", "validator", "--wallet.hotkey", "default",
                          "--validator.metrics_port", "9100"]),
     neuron("api", ["--wallet.name", "validator", "--wallet.hotkey", "default", "--axon.port", "8000"]),

@@ -4,8 +4,9 @@
 #   docker build -f docker/miner.Dockerfile -t canopy-miner .
 #   docker run --gpus all --network host -v ~/.bittensor/wallets:/root/.bittensor/wallets \
 #     -v canopy-miner:/var/lib/canopy canopy-miner --netuid <NETUID> --network test \
-#     --wallet.name miner --wallet.hotkey default --axon.port 8091 --axon.external_ip <PUBLIC_IP> \
-#     --chutes.config chutes.toml
+#     --wallet.name miner --wallet.hotkey default --axon.port 8091 --axon.external_ip <PUBLIC_IP>
+#
+# The miner hosts the chutes the validators announce; add --chutes.config chutes.toml to pin more.
 #
 # The extras are installed by name after the package (--no-deps), not as `.[gpu,vllm]`:
 # that would hold vLLM to requirements.txt's CPU-era torch pin. vLLM brings the CUDA torch
