@@ -140,7 +140,8 @@ async def _wait_for_chute(dendrite: Dendrite, miners, chute: str, timeout: float
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for result in await dendrite.query(miners, Inventory(), timeout=5.0):
-            if result.ok and any(c.chute_id == chute and c.ready_instances for c in result.response.chutes):
+            if isinstance(result.response, InventoryResponse) and any(
+                    c.chute_id == chute and c.ready_instances for c in result.response.chutes):
                 return
         await asyncio.sleep(0.5)
     raise RuntimeError(f"no verified miner picked chute {chute} up within {timeout:.0f}s (see the miner logs)")
@@ -173,20 +174,6 @@ async def _api_key(paths: DemoPaths) -> str:
         await store.close()
 
 
-async def _wait_for_health(url: str, api: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if api.poll() is not None:
-                raise RuntimeError(f"the API exited with code {api.returncode}; see logs/api.log")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{url}/health") as response:
-                    if response.status < 500:
-                        return
-            await asyncio.sleep(0.3)
-    raise RuntimeError(f"the API did not answer /health within {timeout:.0f}s (see logs/api.log)")
-
-
 async def _call_echo(url: str, key: str) -> tuple[dict, str, float]:
     """The echo chute through the public API: (its answer, the miner uid, seconds)."""
     started = time.perf_counter()
@@ -198,19 +185,24 @@ async def _call_echo(url: str, key: str) -> tuple[dict, str, float]:
             return await reply.json(), reply.headers.get("x-canopy-miner-uid", "?"), time.perf_counter() - started
 
 
-async def _wait_for_api(url: str, api: subprocess.Popen, key: str, timeout: float) -> None:
-    """Until ``GET /v1/models`` lists the LLM chute (verified miners with a ready instance)."""
+async def _wait_for_api(url: str, api: subprocess.Popen, timeout: float, key: str | None = None) -> None:
+    """Until the API answers ``/health`` (no ``key``), or ``GET /v1/models`` lists the LLM chute
+    (verified miners with a ready instance)."""
     deadline = time.monotonic() + timeout
+    path, headers = ("/v1/models", {"authorization": f"Bearer {key}"}) if key else ("/health", {})
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             if api.poll() is not None:
                 raise RuntimeError(f"the API exited with code {api.returncode}; see logs/api.log")
             with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{url}/v1/models", headers={"authorization": f"Bearer {key}"}) as response:
-                    if response.status == 200 and any(m["id"] == BUNDLED_MODEL for m in (await response.json())["data"]):
+                async with session.get(url + path, headers=headers) as response:
+                    if key is None and response.status < 500:
                         return
-            await asyncio.sleep(0.5)
-    raise RuntimeError(f"the API did not list {BUNDLED_MODEL} within {timeout:.0f}s (see logs/api.log)")
+                    if response.status == 200 and key and any(m["id"] == BUNDLED_MODEL for m in (await response.json())["data"]):
+                        return
+            await asyncio.sleep(0.3)
+    raise RuntimeError(f"the API did not {'list ' + BUNDLED_MODEL if key else 'answer /health'} within {timeout:.0f}s "
+                       "(see logs/api.log)")
 
 
 def _ask_api(url: str, key: str) -> tuple[str, str, str, float]:
@@ -361,7 +353,7 @@ async def _run(paths: DemoPaths, mode: str, block_time: float, tempo: int) -> in
                         raise RuntimeError("no miner answered the signed Ping")
                     deploy_task = progress.add_task("canopy deploy: the echo and LLM chutes, through the API", total=2)
                     key = await _api_key(paths)
-                    await _wait_for_health(api_url, api, timeout=60)
+                    await _wait_for_api(api_url, api, timeout=60)
                     deployed = [await asyncio.to_thread(_deploy, api_url, key, ECHO_REF)]
                     progress.advance(deploy_task)
                     deployed.append(await asyncio.to_thread(_deploy, api_url, key, LLM_REF, "--max-instances", str(LLM_MINERS)))
@@ -394,7 +386,7 @@ async def _run(paths: DemoPaths, mode: str, block_time: float, tempo: int) -> in
                 await asyncio.sleep(block_time / 2)
             progress.update(weights_task, completed=1)
             api_task = progress.add_task("API: verified miners listed", total=1)
-            await _wait_for_api(api_url, api, key, timeout=60)
+            await _wait_for_api(api_url, api, timeout=60, key=key)
             progress.update(api_task, completed=1)
 
         console.print(_ping_table(graph, results))

@@ -104,9 +104,9 @@ class ChutesSettings(BaseModel):
     autoscale: bool = Field(True, description="Miner: host registry chutes by the demand validators announce (off: the hosting file only).")
     autoscale_interval_s: float = Field(2.0, gt=0, le=600, description="Miner: seconds between two autoscaler decisions.")
     bundle_dir: str | None = Field(None, description="Miner: folder of the verified chute bundles (default: $CANOPY_HOME/bundles).")
-    announce_ttl_s: float = Field(120.0, gt=0, description="Miner: a validator's announcement counts this long after it arrived.")
+    announce_ttl_s: float = Field(120.0, gt=0, description="Miner: seconds a validator's announcement counts after it arrived.")
     cpu_device_slots: int = Field(8, ge=1, le=256, description="Miner: instances one CPU pseudo-device (devnet) may hold at once.")
-    drain_timeout_s: float = Field(60.0, ge=0, description="Miner: longest an instance being replaced or stopped keeps its in-flight calls.")
+    drain_timeout_s: float = Field(60.0, ge=0, description="Miner: longest a replaced or stopped instance keeps its in-flight calls.")
 
     @model_validator(mode="after")
     def _port_range(self) -> "ChutesSettings":
@@ -169,8 +169,8 @@ class ValidatorSettings(BaseModel):
     metrics_ip: str = Field("127.0.0.1", description="Interface the /metrics server binds to.")
     weights_retry_blocks: int = Field(2, ge=1, description="First wait (blocks) after a failed set_weights; doubles, capped at the tempo.")
     top_miners_logged: int = Field(5, ge=1, description="Miners named in the weights log line.")
-    announce_s: float = Field(5.0, gt=0, le=3600, description="Seconds between two announcements of the chute registry to the miners.")
-    demand_window_s: float = Field(300.0, gt=0, le=86400, description="The window of the demand announced per chute (calls, calls refused).")
+    announce_s: float = Field(5.0, gt=0, le=3600, description="Seconds between two announcements of the chute registry to miners.")
+    demand_window_s: float = Field(300.0, gt=0, le=86400, description="Window of the demand announced per chute (calls, refusals).")
     history_every_steps: int = Field(25, ge=1,
                                      description="Append the scores to score_history every this many steps (the current scores are saved "
                                                  "every step).")
@@ -217,8 +217,8 @@ class ApiSettings(BaseModel):
     log_retention_days: float = Field(30.0, ge=0, description="Days request logs are kept (pruned hourly); 0 keeps them.")
     idempotency_ttl_s: float = Field(86400.0, gt=0, description="Seconds an Idempotency-Key's answer is replayed.")
     cold_start_wait_s: float = Field(30.0, ge=0, le=600,
-                                     description="How long a call of a chute nobody hosts yet waits for an instance (then 503 no_capacity).")
-    chute_domain: str | None = Field(None, description="Serve each chute at https://OWNER-NAME.<this domain>{public_api_path} too.")
+                                     description="How long a call of a chute nobody hosts waits for an instance (then 503 no_capacity).")
+    chute_domain: str | None = Field(None, description="Also serve each chute at https://OWNER-NAME.<this domain>{public_api_path}.")
     moderation_blocklist: str | None = Field(
         None, description="File of blocked words/phrases (one a line, # comments); flagged inputs get 400.")
     moderation_openai_key: SecretStr | None = Field(
