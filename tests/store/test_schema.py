@@ -26,7 +26,7 @@ from tests.support import ROOT
 from tests.support.postgres_server import needs_postgres
 from tests.support.store import sqlite_url
 
-HEAD = "0005"
+HEAD = "0006"
 
 
 def _differences(connection: sa.Connection) -> list:
