@@ -10,6 +10,8 @@ on every ``Announce`` (``miner.registry_service``).
 The rules, in the order ``decide`` applies them:
 
 1. **Withdrawn**: every non-pinned instance of a chute no fresh announcement names drains.
+   With no fresh announcement at all (every validator silent for ``--chutes.announce_ttl_s``:
+   restarting, or this miner cut off), ``Autoscaler`` decides nothing and keeps what runs.
 2. **Rollover**: the non-pinned instances of a chute at a revision other than the announced
    one drain once an instance of the announced revision is ready (they finish their calls
    in flight first: no call is dropped).
@@ -294,6 +296,7 @@ class Autoscaler:
                                      ["chute", "revision"], registry=registry)
         self.wanted: list[str] = []
         self._gauged: set[tuple[str, str]] = set()
+        self._frozen = False  # no fresh announcement: nothing decided until one arrives
         self._stopped: dict[str, tuple[str, float]] = {}  # revision -> (why, when) of a stop by idleness, ...
         self._unmet_since: dict[str, float] = {}  # chute_id -> since when its calls find no capacity
         self._draining: dict[str, asyncio.Task[None]] = {}
@@ -346,6 +349,15 @@ class Autoscaler:
         """Decide once and apply it (starts at once, drains in the background)."""
         async with self._lock:
             now = time.monotonic()
+            if not self.announcements.fresh(now):
+                # No validator announced within --chutes.announce_ttl_s (all restarting, or this
+                # miner cut off): keep what runs as it is rather than drain every registry chute.
+                if not self._frozen and any(not i.spec.pinned for i in self.manager.instances):
+                    logger.warning("autoscaler: no fresh announcement from any validator: keeping the registry "
+                                   "instances as they are until one arrives")
+                self._frozen = True
+                return []
+            self._frozen = False
             announced = self.announcements.merged(now)
             self._track(announced, now)
             decisions = decide(announced, self.running(), self.devices, has_bundle=self.bundles.has,

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 from loguru import logger
+from prometheus_client import start_http_server
 
 from node.runtime import NeuronContext, StartupError, run_neuron
 from canopy.paths import canopy_home
@@ -105,6 +106,9 @@ async def serve(ctx: NeuronContext, *, prover_factory: ProverFactory | None = No
     else:
         logger.info("--chutes.autoscale false: this miner hosts its hosting file's chutes only")
     RegistryService(announcements, bundles, autoscaler, running=lambda: running_revisions(manager)).attach(axon)
+    if chutes.metrics_port:  # the autoscaler's decisions and the instances (prometheus_client's default registry)
+        start_http_server(chutes.metrics_port, addr=chutes.metrics_ip)
+        logger.info("metrics: Prometheus /metrics on http://{}:{}/metrics", chutes.metrics_ip, chutes.metrics_port)
     await manager.start(wait=False)  # Invoke answers 503 chute_unavailable until an instance is ready
     try:
         if autoscaler is not None:

@@ -106,6 +106,9 @@ class ChutesSettings(BaseModel):
     bundle_dir: str | None = Field(None, description="Miner: folder of the verified chute bundles (default: $CANOPY_HOME/bundles).")
     announce_ttl_s: float = Field(120.0, gt=0, description="Miner: seconds a validator's announcement counts after it arrived.")
     cpu_device_slots: int = Field(8, ge=1, le=256, description="Miner: instances one CPU pseudo-device (devnet) may hold at once.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Miner: serve Prometheus /metrics (autoscaler decisions, "
+                                                             "instances) on this port (0: off).")
+    metrics_ip: str = Field("127.0.0.1", description="Miner: interface the /metrics server binds to.")
     drain_timeout_s: float = Field(60.0, ge=0, description="Miner: longest a replaced or stopped instance keeps its in-flight calls.")
 
     @model_validator(mode="after")

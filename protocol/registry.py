@@ -25,10 +25,12 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from canopy.bundle import MAX_BUNDLE_BYTES
-from protocol.chutes import MAX_CHUTES, MAX_CORDS, HostedCord
+from protocol.chutes import MAX_CORDS, HostedCord
 from protocol.synapse import Synapse, SynapseResponse
 
 REVISION_PATTERN = r"^[0-9a-f]{64}$"
+#: Most chutes in one announcement (a registry holding more announces those most in demand).
+MAX_ANNOUNCED = 1024
 _REVISION = re.compile(REVISION_PATTERN)
 
 
@@ -71,15 +73,17 @@ class AnnouncedChute(BaseModel):
 
 class AnnounceResponse(SynapseResponse):
     running: dict[str, str] = Field(default_factory=dict, description="chute_id -> revision of ready instances")
-    wanted: list[str] = Field(default_factory=list, max_length=MAX_CHUTES, description="revisions to deliver")
+    wanted: list[str] = Field(default_factory=list, max_length=MAX_ANNOUNCED, description="revisions to deliver")
 
 
 class Announce(Synapse):
     """The validator's registry and the demand it sees; ``window_s`` is the demand window."""
 
     response_model: ClassVar[type[SynapseResponse]] = AnnounceResponse
+    # every chute's cords with their schemas: more than the axon's usual 1 MiB on a big registry
+    max_body_bytes: ClassVar[int | None] = 32 * 1024 * 1024
 
-    chutes: list[AnnouncedChute] = Field(default_factory=list, max_length=MAX_CHUTES)
+    chutes: list[AnnouncedChute] = Field(default_factory=list, max_length=MAX_ANNOUNCED)
     window_s: float = Field(60.0, gt=0, le=86400)
 
 

@@ -33,10 +33,16 @@ from pydantic import ValidationError
 
 from protocol.chutes import HostedCord
 from protocol.dendrite import Dendrite
-from protocol.registry import AnnouncedChute, Announce, AnnounceResponse, BundleReceipt, ChuteDemand, DeliverBundle
+from protocol.registry import MAX_ANNOUNCED, AnnouncedChute, Announce, AnnounceResponse, BundleReceipt, ChuteDemand, DeliverBundle
 from store.registry import ChuteRecord, ChuteRegistry, Demand
 
 BUNDLE_CACHE = 8
+MAX_WINDOW_S = 86400.0
+
+
+def points(demand: ChuteDemand) -> float:
+    """How much a chute is wanted, for choosing which to announce when there are too many."""
+    return demand.calls + 4 * demand.refused + (10 if demand.warmup else 0)
 
 
 @dataclass
@@ -89,17 +95,25 @@ class Announcer:
         self.window_s, self.timeout_s, self.delivery_timeout_s = window_s, timeout_s, delivery_timeout_s
         self._bundles: OrderedDict[str, bytes] = OrderedDict()
         self._deliveries = asyncio.Semaphore(deliveries_at_once)
+        self._delivering: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     async def announcement(self, instances: Mapping[tuple[str, str], int], now: float | None = None) -> Announce:
         """The ``Announce`` of the registry as it is now; ``instances``: (chute_id, revision) ->
         ready instances seen network-wide."""
         now = time.time() if now is None else now
         records = await self.registry.list_all()
-        demand = await self.registry.demand_since(now - self.window_s)
+        # The window reaches back at least as far as the longest shutdown_after_seconds, so "no
+        # demand in the window" (idle_s None) always means idle for longer than that.
+        window = min(MAX_WINDOW_S, max([self.window_s, *(record.shutdown_after_seconds for record in records)]))
+        demand = await self.registry.demand_since(now - window)
         chutes = [announced for record in records
                   if (announced := announced_chute(record, demand.get(record.chute_id, Demand()),
                                                    instances.get((record.chute_id, record.revision), 0), now)) is not None]
-        return Announce(chutes=chutes, window_s=self.window_s)
+        if len(chutes) > MAX_ANNOUNCED:
+            chutes.sort(key=lambda chute: (-points(chute.demand), chute.chute_id))
+            logger.warning("the registry holds {} chutes; announcing the {} most in demand", len(chutes), MAX_ANNOUNCED)
+            chutes = chutes[:MAX_ANNOUNCED]
+        return Announce(chutes=chutes, window_s=window)
 
     async def announce(self, miners: Sequence[Any], instances: Mapping[tuple[str, str], int],
                        preferred: Collection[str] = ()) -> AnnounceReport:
@@ -112,16 +126,28 @@ class Announcer:
         answers = await asyncio.gather(*(self.dendrite.call(miner, ranked(announce, miner.hotkey, miners, preferred),
                                                             timeout=self.timeout_s) for miner in miners))
         named = {chute.revision for chute in announce.chutes}
-        deliveries = []
         for miner, answer in zip(miners, answers):
             if not (answer.ok and isinstance(answer.response, AnnounceResponse)):
                 continue
             report.answered += 1
             for revision in dict.fromkeys(answer.response.wanted):
-                if revision in named:
-                    deliveries.append(self._deliver(miner, revision, report))
-        await asyncio.gather(*deliveries)
+                slot = (miner.hotkey, revision)
+                if revision in named and slot not in self._delivering:  # one delivery at a time per miner and bundle
+                    task = asyncio.create_task(self._deliver(miner, revision, report), name=f"deliver:{revision[:12]}")
+                    self._delivering[slot] = task
+                    task.add_done_callback(lambda _, slot=slot: self._delivering.pop(slot, None))
         return report
+
+    async def settle(self) -> None:
+        """Wait for the deliveries in flight (tests, shutdown). ``announce`` never does: a miner
+        slow to take an 8 MiB bundle must not hold up the next announcement to everyone."""
+        while self._delivering:
+            await asyncio.gather(*list(self._delivering.values()), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._delivering.values()):
+            task.cancel()
+        await asyncio.gather(*list(self._delivering.values()), return_exceptions=True)
 
     async def _deliver(self, miner: Any, revision: str, report: AnnounceReport) -> None:
         async with self._deliveries:

@@ -46,7 +46,7 @@ from protocol.graval.synapses import Inventory, InventoryResponse
 from store.registry import ChuteRegistry
 from validator import rounds
 from validator.activity import ActivityWindow
-from validator.announce import Announcer, AnnounceReport
+from validator.announce import MAX_WINDOW_S, Announcer, AnnounceReport
 from validator.graval.schedule import ReverifySchedule
 from validator.graval.session import GravalVerifier
 from validator.identity import ClaimFilter
@@ -411,6 +411,7 @@ class Validator:
             outcome = await self.weights.maybe_set(block, scores, graph, hyper)
         if raw and self.step_number % PRUNE_EVERY_STEPS == 0:
             await self.store.prune(time.time() - self.scoring.window_s)
+            await self.registry.prune_demand(time.time() - MAX_WINDOW_S)  # the longest window an announcement reads
         report = StepReport(self.step_number, block, len(miners), len(views), verifications, synthetic, dict(scores), raw,
                             outcome, time.perf_counter() - started)
         self._observe(report, graph)
@@ -439,6 +440,7 @@ class Validator:
                     "started" if report.synthetic_started else "-", report.duration_s)
 
     async def close(self) -> None:
+        await self.announcer.close()
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)

@@ -72,7 +72,7 @@ async def announced(bundle, *, shutdown_after_seconds: int = 300, **demand) -> A
                           max_instances=1, shutdown_after_seconds=shutdown_after_seconds, demand=ChuteDemand(**demand))
 
 
-async def miner_with(tmp_path, *, autoscale: bool = True):
+async def miner_with(tmp_path, *, autoscale: bool = True, ttl_s: float = 60):
     wallets = SimpleNamespace(miner=create_devnet_wallet("rminer", "default", tmp_path / "wallets"),
                               validator=create_devnet_wallet("rvalidator", "default", tmp_path / "wallets"))
     graph = Metagraph(netuid=NETUID, block=10, neurons=(neuron(0, wallets.miner, stake=0.0, permit=False),
@@ -83,7 +83,7 @@ async def miner_with(tmp_path, *, autoscale: bool = True):
                               grace_s=2.0, start_timeout_s=30)
     axon = Axon(wallets.miner, StaticChain(graph), NETUID, AxonSettings(ip="127.0.0.1", port=free_port()))
     service = ChutesService(manager, [], devices=devices, invoke_timeout_s=30).attach(axon)
-    bundles, announcements, metrics = BundleStore(tmp_path / "bundles"), Announcements(ttl_s=60), CollectorRegistry()
+    bundles, announcements, metrics = BundleStore(tmp_path / "bundles"), Announcements(ttl_s=ttl_s), CollectorRegistry()
     autoscaler = Autoscaler(manager, service, announcements, bundles, devices, cpu_slots=2, interval_s=0.2,
                             drain_timeout_s=20, registry=metrics) if autoscale else None
     RegistryService(announcements, bundles, autoscaler, running=lambda: running_revisions(manager)).attach(axon)
@@ -254,5 +254,25 @@ async def test_without_the_autoscaler_announcements_are_answered_and_bundles_ref
         receipt = await call(miner, deliver(bundle.revision, bundle.data))
         assert not receipt.stored and "--chutes.autoscale false" in receipt.reason
         assert not miner.bundles.has(bundle.revision) and miner.manager.instances == []
+    finally:
+        await shut(miner)
+
+
+async def test_silent_validators_leave_the_running_instances_as_they_are(tmp_path):
+    """Every announcement expired (validators restarting, or the miner cut off): nothing is
+    drained as withdrawn; the next announcement that leaves the chute out drains it."""
+    bundle = write_chute(tmp_path / "src", "still here")
+    chute = await announced(bundle, warmup=True)
+    miner = await miner_with(tmp_path, ttl_s=1.0)
+    try:
+        assert (await call(miner, Announce(chutes=[chute]))).wanted == [bundle.revision]
+        assert (await call(miner, deliver(bundle.revision, bundle.data))).stored
+        await until(lambda: any(i.ready for i in miner.manager.instances))
+        await asyncio.sleep(1.5)  # the announcement expires
+        assert await miner.autoscaler.step() == []
+        assert [i.ready for i in miner.manager.instances] == [True]
+        assert (await invoke(miner, chute, "/hello")) == {"greeting": "still here"}
+        await call(miner, Announce(chutes=[]))
+        await until(lambda: not miner.manager.instances, timeout=15)
     finally:
         await shut(miner)

@@ -4,8 +4,9 @@ One miner process with one CPU pseudo-device that holds one instance at a time
 (``--chutes.cpu_device_slots 1``), the validator and API processes, two chutes the test
 writes and deploys with the real CLI: ``idle`` (deployed first, so its deploy-time warmup
 gets it the device) and ``busy``, then called in a loop. The miner ends up hosting
-``busy`` and not ``idle``, with its reasons in its log; once the calls stop, ``busy`` is
-stopped after its ``shutdown_after_seconds`` and not before, and not started again.
+``busy`` and not ``idle`` (preempted: worth far less), with each decision's reason in its log
+and in its Prometheus ``/metrics``; once the calls stop, ``busy`` is stopped after its
+``shutdown_after_seconds`` and not before, and not started again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from canopy.chute import chute_id
 from node.wallets import create_devnet_wallet
 from protocol.dendrite import Dendrite
 from protocol.graval.synapses import Inventory
+from tests.support import free_port
 from tests.support.subnet import DeployNet
 
 CHUTE = '''
@@ -51,7 +53,9 @@ async def hosted(net: DeployNet) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 async def test_one_device_ends_up_hosting_the_busy_chute_and_stops_it_when_idle(tmp_path):
-    net = DeployNet(tmp_path, miners={"solo": 1}, miner_flags={"solo": ["--chutes.cpu_device_slots", "1"]},
+    metrics_port = free_port()
+    net = DeployNet(tmp_path, miners={"solo": 1}, miner_flags={"solo": ["--chutes.cpu_device_slots", "1",
+                                                                       "--chutes.metrics_port", str(metrics_port)]},
                     api_flags=["--api.cold_start_wait_s", "60"])
     refs = {}
     for name in ("idle", "busy"):
@@ -84,6 +88,10 @@ async def test_one_device_ends_up_hosting_the_busy_chute_and_stops_it_when_idle(
             await net.until("the miner hosting busy instead of idle", busy_only, 120)
             stop.set()
             await asyncio.gather(*callers)
+            async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                exposition = await response.text()
+        assert 'canopy_miner_autoscaler_decisions_total{action="drain",reason="preempted"} 1.0' in exposition, exposition
+        assert f'canopy_miner_instances{{chute="{ids["busy"]}"' in exposition
         last_call = time.monotonic()
         assert answers.count(200) >= 3
 
@@ -99,6 +107,7 @@ async def test_one_device_ends_up_hosting_the_busy_chute_and_stops_it_when_idle(
         outputs = net.stop()
         for name, (code, output) in outputs.items():
             print(f"===== {name} (exit {code})\n{output[-6000:]}")
-    miner_log = outputs["solo"][1]
-    assert "busy" in miner_log and "idle" in miner_log
+    decisions = [line for line in outputs["solo"][1].splitlines() if "autoscaler:" in line]
+    assert any("drain" in line and "(preempted)" in line and "alice/busy" in line for line in decisions), decisions
+    assert any("drain" in line and "(idle)" in line and "no user demand" in line for line in decisions), decisions
     assert all(code == 0 for code, _ in outputs.values()), {name: code for name, (code, _) in outputs.items()}

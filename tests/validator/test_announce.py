@@ -109,6 +109,7 @@ async def test_the_registry_is_announced_with_its_demand_and_bundles_go_only_whe
     announcer = Announcer(registry.registry, miners.dendrite, window_s=300)
 
     report = await announcer.announce(miners.targets, {(chute_id, revision): 2, (chute_id, "0" * 64): 9})
+    await announcer.settle()  # the deliveries run beside the announcements, never holding them up
 
     assert (report.chutes, report.miners, report.answered) == (1, 2, 2)
     [announce] = [m for m in miners.seen["idle"] if isinstance(m, Announce)]
@@ -135,6 +136,7 @@ async def test_a_deleted_chute_is_no_longer_announced(registry, miners):
     await registry.registry.delete("alice", "shout")
     assert (await announcer.announcement({})).chutes == []
     report = await announcer.announce(miners.targets, {})
+    await announcer.settle()
     assert report.delivered == [] and all(m.chutes == [] for m in miners.seen["keen"] if isinstance(m, Announce))
 
 
@@ -174,3 +176,40 @@ def test_verified_miners_are_ranked_first():
         ranks = {m.hotkey: ranked(announce, m.hotkey, miners, verified).chutes[chute_index].rank for m in miners}
         assert sorted(ranks[h] for h in verified) == [0, 1], "the miners the API routes to come first, for every chute"
         assert sorted(ranks.values()) == list(range(6))
+
+
+async def test_a_miner_slow_to_take_a_bundle_holds_up_no_announcement(registry, miners, monkeypatch):
+    """The deliveries run beside the announcements: one stalled miner delays nobody."""
+    import asyncio
+
+    announcer = Announcer(registry.registry, miners.dendrite, delivery_timeout_s=30)
+    stalled = asyncio.Event()
+    real_call = miners.dendrite.call
+
+    async def slow_delivery(target, synapse, timeout=None, **kwargs):
+        if isinstance(synapse, DeliverBundle):
+            await stalled.wait()
+        return await real_call(target, synapse, timeout=timeout, **kwargs)
+
+    monkeypatch.setattr(miners.dendrite, "call", slow_delivery)
+    started = time.monotonic()
+    for _ in range(3):
+        await announcer.announce(miners.targets, {})
+    assert time.monotonic() - started < 5, "three announcements went out while the delivery hung"
+    assert len(announcer._delivering) == 1, "one delivery per miner and revision at a time, not one per announcement"
+    stalled.set()
+    await announcer.settle()
+    assert [type(m).__name__ for m in miners.seen["keen"]].count("DeliverBundle") == 1
+
+
+async def test_the_demand_window_reaches_back_as_far_as_the_longest_shutdown_after(registry, miners):
+    chute_id = registry.record.chute_id
+    await registry.store.record_invocations([call("m1", chute_id, source=ORGANIC, at=time.time() - 500)])
+    short = Announcer(registry.registry, miners.dendrite, window_s=60)
+    [chute] = (await short.announcement({})).chutes  # shutdown_after_seconds 90: the window is 90 s
+    assert chute.demand.idle_s is None and chute.demand.calls == 0
+    await registry.registry.put_revision("alice", "shout", registry.bundle.revision, registry.bundle.data,
+                                         registry.record.description, public=True, max_instances=4,
+                                         shutdown_after_seconds=900)
+    [chute] = (await short.announcement({})).chutes
+    assert chute.demand.calls == 1 and 499 < chute.demand.idle_s < 510, "a call 500 s ago is inside a 900 s window"
