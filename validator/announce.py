@@ -26,6 +26,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Collection, Mapping, Sequence
 
 from loguru import logger
@@ -135,8 +136,11 @@ class Announcer:
                 if revision in named and slot not in self._delivering:  # one delivery at a time per miner and bundle
                     task = asyncio.create_task(self._deliver(miner, revision, report), name=f"deliver:{revision[:12]}")
                     self._delivering[slot] = task
-                    task.add_done_callback(lambda _, slot=slot: self._delivering.pop(slot, None))
+                    task.add_done_callback(partial(self._delivered, slot))
         return report
+
+    def _delivered(self, slot: tuple[str, str], _: asyncio.Task[None]) -> None:
+        self._delivering.pop(slot, None)
 
     async def settle(self) -> None:
         """Wait for the deliveries in flight (tests, shutdown). ``announce`` never does: a miner
