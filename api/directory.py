@@ -11,7 +11,13 @@ revisions, ready instances, concurrency), the validator's store (``load_scores``
 
 Only the registry's chutes are routed, and only at their current revision: a miner's hosted
 chute is a ``Route`` when its ``revision`` is the registry's current one for its id (a
-miner still running an older revision, or code the registry never saw, gets no traffic).
+miner still running an older revision, or code the registry never saw, gets no traffic),
+with one exception, a rollout: a redeployed chute's calls go to hosts of the revision it
+replaced while no host of the new one is ready (``ROLLOVER_GRACE_S`` at most), so a
+redeploy drops no call and waits for no cold start. A miner whose answer to one of the
+validator's probes of a non-LLM chute disagreed with the chute's other hosts (``flagged``:
+a deterministic cord answered otherwise, so other code under the chute's id and revision)
+gets none of that chute's calls for ``FLAG_BAN_S``.
 Private chutes are not offered by model name (``models``/``candidates``): their owner calls
 them at ``/chutes/OWNER/NAME/...``. While a call waits for a chute nobody hosts yet
 (``wait_for_capacity``) the view is refreshed every ``hurry_s`` instead of ``interval_s``,
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -45,6 +52,10 @@ if TYPE_CHECKING:
     from api.gateway import Store
 
 CHAT_PATH, COMPLETIONS_PATH = "/v1/chat/completions", "/v1/completions"
+#: How long a redeployed chute's previous revision may take calls while the new one starts.
+ROLLOVER_GRACE_S = 600.0
+#: How long a host whose answer to a deterministic probe differed from the others gets no calls of that chute.
+FLAG_BAN_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,10 @@ class MinerDirectory:
         self._task: asyncio.Task | None = None
         self._refreshing: asyncio.Task | None = None
         self._attempted_at = 0.0  # when the last refresh started (loop time)
+        # A redeployed chute's previous revision: (revision, since when, loop time). Its hosts
+        # take the chute's calls while no host of the new revision is ready (ROLLOVER_GRACE_S).
+        self._previous: dict[str, tuple[str, float]] = {}
+        self.fallback: list[Route] = []
 
     # --- refresh -------------------------------------------------------------------------
 
@@ -109,17 +124,34 @@ class MinerDirectory:
             if row.ok:
                 verified[row.miner_hotkey] = verified.get(row.miner_hotkey, 0) + 1
         current = {record.chute_id: record.revision for record in records}
-        routes = []
+        now = asyncio.get_running_loop().time()
+        for record in records:
+            self._note_revision(record, now)
+        flagged = await self.store.flagged_since(time.time() - FLAG_BAN_S)
+        routes, fallback = [], []
         for neuron, result in zip(miners, results):
             if not result.ok:
                 continue
             for chute in result.response.chutes:
+                if not chute.model and (neuron.hotkey, chute.chute_id) in flagged:
+                    continue  # answered a deterministic probe unlike the chute's other hosts: other code
+                route = Route(neuron, chute, verified.get(neuron.hotkey, 0) > 0, float(scores.get(neuron.hotkey, 0.0)))
                 if chute.revision and current.get(chute.chute_id) == chute.revision:
-                    routes.append(Route(neuron, chute, verified.get(neuron.hotkey, 0) > 0,
-                                        float(scores.get(neuron.hotkey, 0.0))))
-        self.graph, self.routes = graph, routes
+                    routes.append(route)
+                elif chute.revision and self._previous.get(chute.chute_id, ("", 0.0))[0] == chute.revision:
+                    fallback.append(route)
+        self.graph, self.routes, self.fallback = graph, routes, fallback
         self._index(records)
-        self.refreshed_at = asyncio.get_running_loop().time()
+        self.refreshed_at = now
+
+    def _note_revision(self, record: ChuteRecord, now: float) -> None:
+        """Remember the revision ``record`` replaces (for ``ROLLOVER_GRACE_S``)."""
+        known = self.chutes.get(record.chute_id)
+        if known is not None and known.revision != record.revision:
+            self._previous[record.chute_id] = (known.revision, now)
+        for chute_id, (_, since) in list(self._previous.items()):
+            if now - since > ROLLOVER_GRACE_S:
+                del self._previous[chute_id]
 
     def _index(self, records: list[ChuteRecord]) -> None:
         self.chutes = {record.chute_id: record for record in records}
@@ -174,7 +206,12 @@ class MinerDirectory:
         return self._by_host.get(label.lower())
 
     def registered(self, record: ChuteRecord) -> None:
-        """Take a deploy made here at once: ``record`` is current, routes of its older revisions go."""
+        """Take a deploy made here at once: ``record`` is current; the routes of the revision it
+        replaces serve only until a host of the new one is ready."""
+        self._note_revision(record, asyncio.get_running_loop().time())
+        previous = self._previous.get(record.chute_id, ("", 0.0))[0]
+        self.fallback = [r for r in self.fallback if r.chute.chute_id != record.chute_id] + [
+            r for r in self.routes if r.chute.chute_id == record.chute_id and r.chute.revision == previous]
         self.chutes[record.chute_id] = record
         self._by_ref[(record.owner, record.name)] = record
         self._by_host.setdefault(host_label(record.owner, record.name), record)
@@ -189,6 +226,8 @@ class MinerDirectory:
             if self._by_host.get(host_label(record.owner, record.name)) is record:
                 self._by_host.pop(host_label(record.owner, record.name))
         self.routes = [r for r in self.routes if r.chute.chute_id != chute_id]
+        self.fallback = [r for r in self.fallback if r.chute.chute_id != chute_id]
+        self._previous.pop(chute_id, None)
 
     # --- queries -------------------------------------------------------------------------
 
@@ -211,9 +250,13 @@ class MinerDirectory:
         return self._pick(hosts, strategy)
 
     def chute_candidates(self, chute_id: str, strategy: str = "default") -> list[Route]:
-        """The miners to call for chute ``chute_id`` (at the registry's current revision), by ``strategy``:
+        """The miners to call for chute ``chute_id`` (at the registry's current revision; during a
+        rollout, until a host of it is ready, at the revision it replaces), by ``strategy``:
         ``default`` is the least-loaded verified hosts with a ready instance and free capacity."""
-        return self._pick([r for r in self.routes if r.chute.chute_id == chute_id], strategy)
+        hosts = [r for r in self.routes if r.chute.chute_id == chute_id]
+        if not any(r.chute.ready_instances > 0 for r in hosts):  # a rollout: the previous revision serves meanwhile
+            hosts = [r for r in self.fallback if r.chute.chute_id == chute_id]
+        return self._pick(hosts, strategy)
 
     def instances(self, chute_id: str) -> int:
         """Ready instances of ``chute_id`` at its current revision, network-wide (as of the last refresh)."""

@@ -121,6 +121,8 @@ class Store(Protocol):
 
     async def last_weights(self) -> WeightSubmission | None: ...
 
+    async def flagged_since(self, since: float) -> set[tuple[str, str]]: ...
+
 
 class Metrics:
     def __init__(self) -> None:

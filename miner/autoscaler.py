@@ -13,8 +13,9 @@ The rules, in the order ``decide`` applies them:
    With no fresh announcement at all (every validator silent for ``--chutes.announce_ttl_s``:
    restarting, or this miner cut off), ``Autoscaler`` decides nothing and keeps what runs.
 2. **Rollover**: the non-pinned instances of a chute at a revision other than the announced
-   one drain once an instance of the announced revision is ready (they finish their calls
-   in flight first: no call is dropped).
+   one drain once an instance of the announced revision has been ready for
+   ``ROLLOVER_OVERLAP_S`` (callers' views catch up meanwhile; the drain lets the calls in
+   flight finish: no call is dropped).
 3. **Idle**: a non-pinned ready instance whose chute had no user demand for more than its
    ``shutdown_after_seconds`` while it was ready drains (``users_idle_s``: the announced
    ``idle_s`` counts organic calls, refusals and warm-ups, never the validators' probes,
@@ -89,6 +90,9 @@ FAILED_STARTS = 3
 FAILING_COOLDOWN_S = 300.0
 STALE_GRACE_S = 30.0
 RANK_PATIENCE_S = 30.0
+#: How long both revisions serve side by side in a rollover: callers (the API refreshes its
+#: view every few seconds) still send calls for the old one until they see the new one.
+ROLLOVER_OVERLAP_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,7 @@ def _may_start(chute: AnnouncedChute, stopped: tuple[str, float] | None, unmet_s
 def decide(announced: Mapping[str, AnnouncedChute], running: Sequence[Running], devices: Sequence[DeviceSpec], *,
            has_bundle: Callable[[str], bool], cpu_slots: int = 8,
            stopped: Mapping[str, tuple[str, float]] | None = None,
-           unmet_s: Mapping[str, float] | None = None) -> list[Decision]:
+           unmet_s: Mapping[str, float] | None = None, rollover_overlap_s: float = ROLLOVER_OVERLAP_S) -> list[Decision]:
     """The decisions for this moment (see the module docstring). ``stopped``: revision ->
     (why it was stopped here: "idle", "preempted" or "failing"; seconds ago); ``unmet_s``:
     chute_id -> seconds its calls have kept finding no capacity."""
@@ -195,7 +199,7 @@ def decide(announced: Mapping[str, AnnouncedChute], running: Sequence[Running], 
         spec = announced.get(r.chute_id)
         if r.pinned or spec is None or r.revision == spec.revision or r.instance_id in drained:
             continue
-        if any(n.ready for n in current(r.chute_id)):
+        if any(n.ready and n.ready_s >= rollover_overlap_s for n in current(r.chute_id)):
             drain(r, "rollover", f"revision {spec.revision[:12]} of {spec.owner}/{spec.name} is ready")
     for r in active:  # 3. idle, or failing to start
         spec = announced.get(r.chute_id)
@@ -285,8 +289,10 @@ class Autoscaler:
 
     def __init__(self, manager: InstanceManager, service: ChutesService, announcements: Announcements,
                  bundles: BundleStore, devices: Sequence[DeviceSpec], *, cpu_slots: int = 8, interval_s: float = 2.0,
-                 drain_timeout_s: float = 60.0, registry: CollectorRegistry | None = None) -> None:
+                 drain_timeout_s: float = 60.0, registry: CollectorRegistry | None = None,
+                 rollover_overlap_s: float = ROLLOVER_OVERLAP_S) -> None:
         self.manager, self.service, self.announcements, self.bundles = manager, service, announcements, bundles
+        self.rollover_overlap_s = rollover_overlap_s
         self.devices = list(devices)
         self.cpu_slots, self.interval_s, self.drain_timeout_s = cpu_slots, interval_s, drain_timeout_s
         registry = REGISTRY if registry is None else registry
@@ -363,7 +369,8 @@ class Autoscaler:
             decisions = decide(announced, self.running(), self.devices, has_bundle=self.bundles.has,
                                cpu_slots=self.cpu_slots,
                                stopped={rev: (why, now - at) for rev, (why, at) in self._stopped.items()},
-                               unmet_s={cid: now - since for cid, since in self._unmet_since.items()})
+                               unmet_s={cid: now - since for cid, since in self._unmet_since.items()},
+                               rollover_overlap_s=self.rollover_overlap_s)
             wanted = []
             for decision in decisions:
                 if decision.action == "want":

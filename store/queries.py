@@ -321,6 +321,14 @@ class ValidatorStore:
                           int(flagged or 0), int(organic or 0), float(latency_sum or 0.0))
                 for hotkey, chute, compute, n_ok, syn_ok, syn_total, flagged, organic, latency_sum in rows]
 
+    async def flagged_since(self, since: float) -> set[tuple[str, str]]:
+        """(miner hotkey, chute id) of the synthetic answers since ``since`` that disagreed with
+        the other hosts of the same probe (``flagged``)."""
+        query = (select(Invocation.miner_hotkey, Invocation.chute_id).distinct()
+                 .where(Invocation.created_at >= since, Invocation.flagged.is_(True)))
+        async with self.sessions() as session:
+            return {(hotkey, chute) for hotkey, chute in (await session.execute(query)).all()}
+
     async def last_invocation_id(self) -> int:
         async with self.sessions() as session:
             return int((await session.scalar(select(func.max(Invocation.id)))) or 0)

@@ -73,6 +73,10 @@ class FakeStore:
 
     def __init__(self, scores: dict[str, float], verified: dict[str, bool], engine) -> None:
         self.scores, self.verified, self.engine = scores, verified, engine
+        self.flagged: set[tuple[str, str]] = set()
+
+    async def flagged_since(self, since: float) -> set[tuple[str, str]]:
+        return set(self.flagged)
 
     async def load_scores(self):
         return self.scores, 1
@@ -199,6 +203,42 @@ async def test_only_registry_chutes_at_their_current_revision_are_routed(directo
     assert directory.candidates("m") == [] and directory.chute(OWNER, "c") is None
     await directory.refresh()
     assert directory.chute_by_id(chute_id(OWNER, "c")) is None and directory.candidates("m") == []
+
+
+async def test_a_redeploy_keeps_the_previous_revision_serving_until_a_host_of_the_new_one_is_ready(directory):
+    inventories, registry = directory.dendrite.inventories, directory.registry
+    img = chute_id(OWNER, "img")
+    inventories["hk1"] = [llm(name="img", model="")]
+    inventories["hk2"] = [llm(name="img", model="")]
+    await directory.refresh()
+    await deploy(registry, "img", "v2")
+    directory.registered(await registry.get(OWNER, "img"))
+    assert uids(directory.chute_candidates(img)) == [2, 1], "nobody runs v2 yet: the v1 hosts take the calls"
+    assert all(r.chute.revision == revision("img") for r in directory.chute_candidates(img))
+    inventories["hk1"] = [llm(name="img", model="", ready=0, rev=revision("img", "v2"))]  # v2 starting on uid 1
+    await directory.refresh()
+    assert uids(directory.chute_candidates(img)) == [2], "still v1, on the host that keeps it"
+    inventories["hk1"] = [llm(name="img", model="", rev=revision("img", "v2"))]
+    await directory.refresh()
+    assert [(r.uid, r.chute.revision) for r in directory.chute_candidates(img)] == [(1, revision("img", "v2"))], \
+        "a v2 host is ready: only v2 from now on"
+    inventories["hk1"] = [llm(name="img", model="", rev=revision("img", "v2"), concurrency=1)]
+    await directory.refresh()
+    [route] = directory.chute_candidates(img)
+    directory.acquire(route)
+    assert directory.chute_candidates(img) == [], "v2 at capacity: wait for it, never back to v1"
+    directory.release(route)
+
+
+async def test_a_host_flagged_on_a_deterministic_probe_gets_none_of_that_chutes_calls(directory):
+    inventories = directory.dendrite.inventories
+    img = chute_id(OWNER, "img")
+    inventories["hk1"] = [llm(name="img", model=""), llm()]
+    inventories["hk2"] = [llm(name="img", model="")]
+    directory.store.flagged = {("hk1", img), ("hk1", chute_id(OWNER, "c"))}
+    await directory.refresh()
+    assert uids(directory.chute_candidates(img)) == [2], "uid 1 answered the chute's probe unlike its other hosts"
+    assert 1 in uids(directory.candidates("m")), "an LLM's greedy drift is judged by the score, not by a ban"
 
 
 async def test_every_chute_is_routed_by_id_and_private_ones_never_by_model(directory):

@@ -162,7 +162,9 @@ def test_rollover_starts_the_new_revision_then_drains_the_old_once_it_is_ready()
     assert start.devices == (gpus[1],)
     starting = running("a-new", A, gpus[1:], ready=False)
     assert run(announced(chute(A)), [old, starting]) == [], "the old one serves until the new one is ready"
-    ready = running("a-new", A, gpus[1:])
+    just_ready = running("a-new", A, gpus[1:], ready_s=2.0)
+    assert run(announced(chute(A)), [old, just_ready]) == [], "both serve while callers' views catch up"
+    ready = running("a-new", A, gpus[1:], ready_s=10.0)
     assert summary(run(announced(chute(A)), [old, ready])) == [("drain", "a-old", "rollover")]
     crowded = run(announced(chute(A, calls=1)), [old], devices=gpus[:1])
     assert summary(crowded) == [("drain", "a-old", "rollover")], "no room for both: the old one makes room"

@@ -72,7 +72,7 @@ async def announced(bundle, *, shutdown_after_seconds: int = 300, **demand) -> A
                           max_instances=1, shutdown_after_seconds=shutdown_after_seconds, demand=ChuteDemand(**demand))
 
 
-async def miner_with(tmp_path, *, autoscale: bool = True, ttl_s: float = 60):
+async def miner_with(tmp_path, *, autoscale: bool = True, ttl_s: float = 60, rollover_overlap_s: float = 1.0):
     wallets = SimpleNamespace(miner=create_devnet_wallet("rminer", "default", tmp_path / "wallets"),
                               validator=create_devnet_wallet("rvalidator", "default", tmp_path / "wallets"))
     graph = Metagraph(netuid=NETUID, block=10, neurons=(neuron(0, wallets.miner, stake=0.0, permit=False),
@@ -85,7 +85,7 @@ async def miner_with(tmp_path, *, autoscale: bool = True, ttl_s: float = 60):
     service = ChutesService(manager, [], devices=devices, invoke_timeout_s=30).attach(axon)
     bundles, announcements, metrics = BundleStore(tmp_path / "bundles"), Announcements(ttl_s=ttl_s), CollectorRegistry()
     autoscaler = Autoscaler(manager, service, announcements, bundles, devices, cpu_slots=2, interval_s=0.2,
-                            drain_timeout_s=20, registry=metrics) if autoscale else None
+                            drain_timeout_s=20, registry=metrics, rollover_overlap_s=rollover_overlap_s) if autoscale else None
     RegistryService(announcements, bundles, autoscaler, running=lambda: running_revisions(manager)).attach(axon)
     await manager.start()
     await axon.start()

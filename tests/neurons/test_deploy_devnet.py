@@ -97,7 +97,7 @@ async def test_deploy_call_redeploy_and_delete_on_the_devnet(tmp_path):
     (tmp_path / "tamper.toml").write_text(f'[[chutes]]\nref = "{tampered}"\n')
     net = DeployNet(tmp_path, miners={"m1": 1, "m2": 1, "tamper": 1},
                     miner_flags={"tamper": ["--chutes.config", str(tmp_path / "tamper.toml")]},
-                    api_flags=["--api.cold_start_wait_s", "60"])
+                    api_flags=["--api.cold_start_wait_s", "60", "--api.rate_limit", "100000/60s"])
     try:
         await net.start()
         alice = await net.key("alice", owner="alice")
@@ -172,7 +172,7 @@ async def test_deploy_call_redeploy_and_delete_on_the_devnet(tmp_path):
             async def caller() -> None:
                 while not stop.is_set():
                     status, body, _ = await net.call(http, "/chutes/alice/shout/shout", {"text": "go"}, key=alice)
-                    answers.append((status, body.get("version") if isinstance(body, dict) else body))
+                    answers.append((status, body.get("version", body) if isinstance(body, dict) else body))
 
             callers = [asyncio.create_task(caller()) for _ in range(2)]
             await asyncio.sleep(1.0)
