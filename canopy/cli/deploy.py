@@ -105,8 +105,8 @@ def deploy(
     max_instances: int | None = typer.Option(None, "--max-instances", min=1, show_default=False,
                                              help="Most instances the network runs at once (default: the chute's own)."),
     shutdown_after: int | None = typer.Option(None, "--shutdown-after", min=0, show_default=False,
-                                              help="Seconds without calls before a miner may stop an instance "
-                                              "(default: the chute's own)."),
+                                              help="Seconds without users' calls before a miner stops an instance "
+                                              "(default: 300)."),
     wait: bool = typer.Option(False, "--wait/--no-wait", help="After deploying, wait until a miner runs an instance."),
     wait_timeout: float = typer.Option(600.0, "--wait-timeout", min=1, help="Seconds --wait waits (then exit 1)."),
     poll_s: float = typer.Option(2.0, "--poll-interval", min=0.05, hidden=True, help="Seconds between --wait's polls."),
