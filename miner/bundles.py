@@ -3,8 +3,9 @@
 The seam between what validators deliver (``protocol.registry.DeliverBundle``, handled by
 ``miner.registry_service``) and the instances the autoscaler starts (``miner.instances``,
 run with the bundle's folder as their working directory). A bundle is kept only when the
-sha256 of its bytes is the revision it was delivered as, so no validator, proxy or disk can
-make the miner run code the registry does not name::
+sha256 of its bytes is the revision it was delivered as (and ``miner.registry_service`` takes
+only announced revisions), so a delivery cannot swap other code for what the announcements
+name. A folder already on disk is trusted as written by an earlier ``put``::
 
     root/<revision>/               the unpacked source, canopy-bundle.json (the manifest) in it
     root/.tmp-<revision>-<random>/ a put in progress (renamed into place when complete)

@@ -11,8 +11,10 @@ axon, which serves only validators it accepts (permit and stake, as for every sy
   miner answers the revisions it runs and the bundles it ``wanted`` (chutes it decided to
   host and holds no verified copy of).
 - ``DeliverBundle``: the bundle of one wanted revision (base64 of the ``canopy.bundle``
-  tar.gz). The miner keeps it only when its sha256 equals the revision, so no validator,
-  proxy or store can make a miner run code the registry does not name.
+  tar.gz). The miner keeps it only when its sha256 equals an announced revision, so a
+  delivery can never swap other code for the code the announcements name. (What an
+  accepted validator announces, the miner runs: a chute's code is a stranger's, and its
+  isolation on the miner is the sandbox's job, not this check's.)
 """
 
 from __future__ import annotations
