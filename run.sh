@@ -133,6 +133,19 @@ ensure_chromium() {
   fi
 }
 
+ensure_bubblewrap() {
+  # Miners run deployed chutes in bubblewrap (miner/sandbox.py); its tests start real sandboxes.
+  command -v bwrap >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing bubblewrap from Debian packages (the chute instances' sandbox)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "run.sh: bubblewrap is missing; install it (sudo apt-get install bubblewrap)" >&2
+    return 1
+  fi
+}
+
 gpu_check_python() {
   # The GPU host's own interpreter (it has torch / cupy); never the .venv.
   local python=${PYTHON:-python3}
@@ -176,7 +189,8 @@ case "$command" in
     ensure_redis
     ensure_postgres
     ensure_chromium
-    export CANOPY_REQUIRE_REDIS=1 CANOPY_REQUIRE_POSTGRES=1 CANOPY_REQUIRE_CHROMIUM=1
+    ensure_bubblewrap
+    export CANOPY_REQUIRE_REDIS=1 CANOPY_REQUIRE_POSTGRES=1 CANOPY_REQUIRE_CHROMIUM=1 CANOPY_REQUIRE_BWRAP=1
     set +e
     "$VENV/bin/python" -m pytest "$@"
     status=$?

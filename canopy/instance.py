@@ -368,7 +368,8 @@ def _setup_logging(role: str) -> None:
 
 
 def serve(ref: str | Chute, host: str = "127.0.0.1", port: int = 8000, *, concurrency: int | None = None,
-          dev: bool = False, graceful_timeout_s: float = 30.0, failed_exit_delay_s: float | None = None) -> int:
+          dev: bool = False, graceful_timeout_s: float = 30.0, failed_exit_delay_s: float | None = None,
+          uds: str | None = None) -> int:
     """Serve a chute until SIGTERM/SIGINT; the exit code (0, 2 load failed, 3 startup failed)."""
     import uvicorn
 
@@ -388,12 +389,12 @@ def serve(ref: str | Chute, host: str = "127.0.0.1", port: int = 8000, *, concur
         asyncio.get_running_loop().call_later(delay, setattr, server, "should_exit", True)
 
     app = create_app(chute, dev=dev, concurrency=concurrency, on_startup_failed=startup_failed)
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=dev, lifespan="on",
+    config = uvicorn.Config(app, host=host, port=port, uds=uds, log_config=None, access_log=dev, lifespan="on",
                             timeout_graceful_shutdown=graceful_timeout_s,  # type: ignore[arg-type]  # uvicorn annotates int; a float works
                             timeout_keep_alive=30)
     server = uvicorn.Server(config)
-    logger.info("serving chute {}/{} ({}) on http://{}:{} (concurrency {})", chute.username, chute.name,
-                chute.chute_id, host, port, concurrency or chute.concurrency)
+    logger.info("serving chute {}/{} ({}) on {} (concurrency {})", chute.username, chute.name, chute.chute_id,
+                f"unix:{uds}" if uds else f"http://{host}:{port}", concurrency or chute.concurrency)
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with these no-op handlers in
     # place that re-raise is harmless, so a stopped instance exits 0 instead of dying by signal.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -432,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("ref", help="MODULE:ATTR or path/to/file.py:ATTR (ATTR defaults to chute)")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--uds", default=None, help="serve on this Unix socket instead of host:port (the miner's sandbox)")
     run.add_argument("--concurrency", type=int, default=None, help="override the chute's concurrency")
     run.add_argument("--dev", action="store_true", help="development mode (CORS, local dependencies)")
     run.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM")
@@ -444,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--concurrency must be >= 1")
     _setup_logging("instance")
     return serve(args.ref, args.host, args.port, concurrency=args.concurrency, dev=args.dev,
-                 graceful_timeout_s=args.graceful_timeout)
+                 graceful_timeout_s=args.graceful_timeout, uds=args.uds)
 
 
 if __name__ == "__main__":

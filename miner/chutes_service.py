@@ -302,7 +302,7 @@ class ChutesService:
                        started: float) -> AsyncIterator[InvokeChunk]:
         headers = {"Content-Type": "application/json"} if body else None
         try:
-            response = await self.manager.session.request(cord.method, instance.url + cord.path, data=body or None,
+            response = await self.manager.session_for(instance).request(cord.method, instance.url + cord.path, data=body or None,
                                                           headers=headers, timeout=self._timeout)
         except TimeoutError:
             raise InstanceTimeout(f"instance {instance.id} did not answer within {self.invoke_timeout_s:g}s") from None

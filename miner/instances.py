@@ -41,9 +41,11 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ import aiohttp
 from loguru import logger
 
 from miner.processes import LAUNCHER, ChildProcess, backoff_delay, bindable, exit_text, signal_group
+from miner.sandbox import SandboxPolicy, bwrap_path, sandboxed
 from protocol.graval.devices import DeviceSpec
 
 __all__ = ["HEALTH_PATH", "ChildProcess", "Instance", "InstanceManager", "InstanceSpec", "State", "backoff_delay"]
@@ -96,6 +99,8 @@ class Instance:
         self.log_path = log_path
         self.port: int | None = None
         self.url = ""
+        self.session: aiohttp.ClientSession | None = None  # a sandboxed instance's own (its Unix socket)
+        self.scratch: Path | None = None  # a sandboxed instance's scratch folder
         self.process: ChildProcess | None = None
         self.state = State.STARTING
         self.in_flight = 0
@@ -157,6 +162,7 @@ class InstanceManager:
         backoff_cap_s: float = 60.0,
         stable_s: float = 60.0,
         grace_s: float = 10.0,
+        sandbox: bool = False,
     ) -> None:
         if port_range[1] < port_range[0]:
             raise ValueError(f"empty port range {port_range}")
@@ -173,6 +179,11 @@ class InstanceManager:
         self.backoff_cap_s = backoff_cap_s
         self.stable_s = stable_s
         self.grace_s = grace_s
+        # Registry chutes (a bundle folder as their cwd) run in bubblewrap (miner.sandbox) and are
+        # reached over a Unix socket; pinned chutes, the operator's own code, run as processes.
+        self.sandbox = sandbox
+        if sandbox:
+            bwrap_path()  # SandboxUnavailable names the fix now, not at the first start
         self.instances: list[Instance] = []
         self.by_chute: dict[str, list[Instance]] = {}
         self._counts: dict[str, int] = {}  # instance numbers are never reused (nor their log files)
@@ -385,14 +396,14 @@ class InstanceManager:
             return port
         raise RuntimeError(f"no free port in {low}..{high} for a chute instance (widen --chutes.port_min/port_max)")
 
-    def _command(self, instance: Instance) -> list[str]:
-        command = [self.python, "-c", LAUNCHER, "serve", instance.spec.ref, "--host", "127.0.0.1",
-                   "--port", str(instance.port)]
+    def _command(self, instance: Instance, policy: SandboxPolicy | None = None) -> list[str]:
+        where = ["--uds", str(policy.socket)] if policy else ["--host", "127.0.0.1", "--port", str(instance.port)]
+        command = [self.python, "-c", LAUNCHER, "serve", instance.spec.ref, *where]
         if instance.spec.concurrency_override:
             command += ["--concurrency", str(instance.spec.concurrency)]
         # in-flight requests get most of our grace period; SIGKILL comes after all of it
         command += ["--graceful-timeout", f"{max(0.1, self.grace_s * 0.8):g}"]
-        return command
+        return sandboxed(command, policy) if policy else command
 
     def _environment(self, instance: Instance) -> dict[str, str]:
         env = dict(os.environ if self.env is None else self.env)
@@ -405,13 +416,22 @@ class InstanceManager:
         instance.state = State.STARTING
         instance.last_error = ""
         instance._poke.clear()
+        policy: SandboxPolicy | None = None
         try:
-            instance.port = self._allocate_port()
-        except RuntimeError as error:
+            if self.sandboxed(instance):
+                policy = self._sandbox_policy(instance)
+                instance.port, instance.url, instance.scratch = None, "http://chute", policy.scratch
+                instance.session = aiohttp.ClientSession(
+                    connector=aiohttp.UnixConnector(path=str(policy.socket), limit=0),
+                    timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False,
+                    skip_auto_headers=("User-Agent",), raise_for_status=False)
+            else:
+                instance.port = self._allocate_port()
+                instance.url = f"http://127.0.0.1:{instance.port}"
+        except (RuntimeError, OSError) as error:
             instance.last_error = str(error)
             logger.error("instance {}: {}", instance.id, error)
             return False
-        instance.url = f"http://127.0.0.1:{instance.port}"
         instance.starts += 1
         started = time.monotonic()
         with open(instance.log_path, "ab") as log:
@@ -420,14 +440,15 @@ class InstanceManager:
             log.flush()
             try:
                 instance.process = ChildProcess(subprocess.Popen(
-                    self._command(instance), cwd=instance.spec.cwd or self.cwd, env=self._environment(instance),
+                    self._command(instance, policy), cwd=instance.spec.cwd or self.cwd, env=self._environment(instance),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             except OSError as error:
                 instance.last_error = f"cannot start {self.python}: {error}"
                 logger.error("instance {}: {}", instance.id, instance.last_error)
                 return False
-        logger.info("instance {} ({}) starting on port {} (pid {}, devices [{}])", instance.id, instance.spec.ref,
-                    instance.port, instance.process.pid, ", ".join(str(d.index) for d in instance.spec.devices))
+        logger.info("instance {} ({}) starting {} (pid {}, devices [{}])", instance.id, instance.spec.ref,
+                    f"sandboxed on {policy.socket}" if policy else f"on port {instance.port}", instance.process.pid,
+                    ", ".join(str(d.index) for d in instance.spec.devices))
         deadline = started + self.start_timeout_s
         pause = 0.02
         while not self._halted(instance):
@@ -496,10 +517,27 @@ class InstanceManager:
         finally:
             exited.cancel()
 
+    def session_for(self, instance: Instance) -> aiohttp.ClientSession:
+        """The client that reaches ``instance``: its Unix socket's (sandboxed), else the shared one."""
+        return instance.session if instance.session is not None else self.session
+
+    def sandboxed(self, instance: Instance) -> bool:
+        return self.sandbox and instance.spec.cwd is not None
+
+    def _sandbox_policy(self, instance: Instance) -> SandboxPolicy:
+        """A fresh scratch folder (short: a Unix socket path must fit 108 bytes) and the instance's devices."""
+        scratch = Path(tempfile.gettempdir()) / f"canopy-{self._tag}" / secrets.token_hex(4)
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True, mode=0o700)
+        assert instance.spec.cwd is not None
+        env = {"CUDA_VISIBLE_DEVICES": instance.cuda_visible_devices(), "CANOPY_INSTANCE_ID": instance.id}
+        return SandboxPolicy(bundle=Path(instance.spec.cwd), scratch=scratch,
+                             gpu_indexes=tuple(d.index for d in instance.spec.devices if d.kind == "cuda"), env=env)
+
     async def _health(self, instance: Instance) -> tuple[int, object]:
         """(status, JSON body) of the instance's health route; (0, None) when it does not answer."""
         try:
-            async with self.session.get(instance.url + HEALTH_PATH,
+            async with self.session_for(instance).get(instance.url + HEALTH_PATH,
                                         timeout=aiohttp.ClientTimeout(total=self.health_timeout_s)) as response:
                 try:
                     body = await response.json(content_type=None)
@@ -527,6 +565,12 @@ class InstanceManager:
         else:
             signal_group(process.pid, signal.SIGKILL)  # whatever the instance left behind in its group
         instance.process = None
+        if instance.session is not None:
+            await instance.session.close()
+            instance.session = None
+        if instance.scratch is not None:
+            shutil.rmtree(instance.scratch, ignore_errors=True)
+            instance.scratch = None
 
     @staticmethod
     def _log_tail(instance: Instance, lines: int = 3, limit: int = 8192) -> str:

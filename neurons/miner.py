@@ -38,6 +38,7 @@ from miner.graval.service import GravalService, ProverFactory
 from miner.hosting import HostingConfigError, HostingPlan, load_hosting_config, plan_hosting
 from miner.instances import InstanceManager
 from miner.registry_service import RegistryService
+from miner.sandbox import SandboxUnavailable
 from miner.inventory import cpu_device, discover_devices
 from protocol.axon import Axon
 from protocol.graval.devices import DeviceSpec
@@ -66,10 +67,14 @@ async def hosting_plan(settings: ChutesSettings, devices: list[DeviceSpec]) -> H
 
 
 def instance_manager(settings: ChutesSettings, plan: HostingPlan) -> InstanceManager:
-    return InstanceManager(
-        plan.instance_specs(), port_range=(settings.port_min, settings.port_max),
-        log_dir=settings.log_dir or canopy_home() / "logs", start_timeout_s=settings.start_timeout_s,
-        health_interval_s=settings.health_interval_s, grace_s=settings.shutdown_grace_s)
+    try:
+        return InstanceManager(
+            plan.instance_specs(), port_range=(settings.port_min, settings.port_max),
+            log_dir=settings.log_dir or canopy_home() / "logs", start_timeout_s=settings.start_timeout_s,
+            health_interval_s=settings.health_interval_s, grace_s=settings.shutdown_grace_s,
+            sandbox=settings.runtime == "sandbox")
+    except SandboxUnavailable as error:
+        raise StartupError(str(error)) from None
 
 
 async def serve(ctx: NeuronContext, *, prover_factory: ProverFactory | None = None) -> None:

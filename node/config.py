@@ -101,6 +101,9 @@ class ChutesSettings(BaseModel):
                                    description="Miner: largest Invoke payload (JSON bytes); --axon.max_body_bytes also caps it.")
     shutdown_grace_s: float = Field(10.0, ge=0, description="Miner: seconds instances get to exit after SIGTERM before SIGKILL.")
     log_dir: str | None = Field(None, description="Miner: folder of the instances' stdout/stderr logs (default: $CANOPY_HOME/logs).")
+    runtime: Literal["process", "sandbox"] = Field(
+        "process", description="Miner: how registry chutes run: process (the miner's user and network) or sandbox "
+                               "(bubblewrap: no miner files, no network; in progress, see the README).")
     autoscale: bool = Field(True, description="Miner: host registry chutes by the demand validators announce (off: the hosting file only).")
     autoscale_interval_s: float = Field(2.0, gt=0, le=600, description="Miner: seconds between two autoscaler decisions.")
     bundle_dir: str | None = Field(None, description="Miner: folder of the verified chute bundles (default: $CANOPY_HOME/bundles).")

@@ -1,7 +1,8 @@
 """The autoscaler on the devnet: a miner with one device hosts the chute its callers want.
 
 One miner process with one CPU pseudo-device that holds one instance at a time
-(``--chutes.cpu_device_slots 1``), the validator and API processes, two chutes the test
+(``--chutes.cpu_device_slots 1``) that runs them in its bubblewrap sandbox
+(``--chutes.runtime sandbox``), the validator and API processes, two chutes the test
 writes and deploys with the real CLI: ``idle`` (deployed first, so its deploy-time warmup
 gets it the device) and ``busy``, then called in a loop. The miner ends up hosting
 ``busy`` and not ``idle`` (preempted: worth far less), with each decision's reason in its log
@@ -55,7 +56,8 @@ async def hosted(net: DeployNet) -> set[str]:
 async def test_one_device_ends_up_hosting_the_busy_chute_and_stops_it_when_idle(tmp_path):
     metrics_port = free_port()
     net = DeployNet(tmp_path, miners={"solo": 1}, miner_flags={"solo": ["--chutes.cpu_device_slots", "1",
-                                                                       "--chutes.metrics_port", str(metrics_port)]},
+                                                                       "--chutes.metrics_port", str(metrics_port),
+                                                                       "--chutes.runtime", "sandbox"]},
                     api_flags=["--api.cold_start_wait_s", "60"])
     refs = {}
     for name in ("idle", "busy"):
@@ -107,6 +109,7 @@ async def test_one_device_ends_up_hosting_the_busy_chute_and_stops_it_when_idle(
         outputs = net.stop()
         for name, (code, output) in outputs.items():
             print(f"===== {name} (exit {code})\n{output[-6000:]}")
+    assert "busy:chute) starting sandboxed on" in outputs["solo"][1], "the registry chutes ran in the sandbox"
     decisions = [line for line in outputs["solo"][1].splitlines() if "autoscaler:" in line]
     assert any("drain" in line and "(preempted)" in line and "alice/busy" in line for line in decisions), decisions
     assert any("drain" in line and "(idle)" in line and "no user demand" in line for line in decisions), decisions

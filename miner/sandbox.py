@@ -1,0 +1,149 @@
+"""Sandbox: a chute instance inside bubblewrap, seeing nothing of the miner but what it needs.
+
+The seam between ``miner.instances`` (which runs an instance's command) and the kernel's
+namespaces, through bubblewrap (``bwrap``, Debian package ``bubblewrap``, installed by
+``./run.sh``). ``sandboxed(command, policy)`` wraps an instance's command line; the miner
+then reaches the instance over a Unix socket in the instance's scratch folder
+(``policy.socket``), the only way in: the instance has a network namespace of its own.
+
+What the instance gets:
+
+- **Files**: a fresh root with ``/usr`` (and the merged ``/bin``, ``/lib`` links) and the
+  parts of ``/etc`` a program needs (``ETC``: names, resolver, libraries, certificates)
+  read-only, the Python runtime (the base interpreter, the miner's virtualenv and
+  the Canopy SDK) read-only, its bundle read-only as its working directory, a private
+  writable scratch folder (its ``HOME``), a private ``/tmp``, a fresh ``/proc`` and a
+  minimal ``/dev``. Nothing else of the host: not the wallets, not ``~/.bittensor``, not
+  ``$CANOPY_HOME`` (its models folder excepted, read-only, for the LLM template), not the
+  store, not the hosting file, not other instances' folders. Inside a user namespace as
+  ``nobody`` (65534), files that only root may read stay unreadable.
+- **Processes**: its own PID namespace (it sees only its own processes: ``/proc/<miner
+  pid>`` is not the miner), killed with the miner (``--die-with-parent``); no terminal (the
+  miner starts bwrap in a session of its own, so the miner's SIGTERM to that process group
+  reaches the instance too).
+- **Network**: its own network namespace with only a loopback of its own: no connection to
+  the outside, to the miner's axon or to any port of the host.
+- **Environment**: cleared, then only what an instance needs (``PATH``, ``HOME``,
+  ``CUDA_VISIBLE_DEVICES``, ``CANOPY_INSTANCE_ID`` ...): no secret of the miner's environment.
+- **Devices**: the GPU device nodes of its own GPUs (and NVIDIA's control nodes) where the
+  host has them, no others.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import canopy
+from canopy.paths import canopy_home
+
+NOBODY = 65534
+SOCKET_NAME = "instance.sock"
+#: Environment variables an instance keeps from the miner's (none is a secret).
+KEPT_ENV = ("LANG", "LC_ALL", "TZ", "CANOPY_DEBUG", "CANOPY_FAILED_EXIT_DELAY_S", "CANOPY_MODEL_CACHE")
+_NVIDIA_CONTROL = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+#: What of the host's /etc an instance sees (read-only): names, resolver, libraries, certificates.
+#: Not the rest: a miner run as root maps the sandbox's user to root for the files it is given,
+#: so a whole /etc would hand it /etc/shadow and private keys.
+ETC = ("passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "localtime", "timezone", "ld.so.cache",
+       "ld.so.conf", "ld.so.conf.d", "ssl/certs", "ca-certificates", "ca-certificates.conf", "alternatives",
+       "mime.types", "os-release")
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap is missing or cannot create namespaces here; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """One instance's sandbox: its bundle (read-only, the working directory), its scratch
+    folder (read-write, HOME; the socket lives there) and its GPUs' indexes."""
+
+    bundle: Path
+    scratch: Path
+    gpu_indexes: tuple[int, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def socket(self) -> Path:
+        return self.scratch / SOCKET_NAME
+
+
+def bwrap_path() -> str:
+    """The bubblewrap binary, or SandboxUnavailable naming the fix."""
+    found = shutil.which("bwrap")
+    if found is None:
+        raise SandboxUnavailable("bubblewrap (bwrap) is not installed: apt-get install bubblewrap (./run.sh setup does), "
+                                 "or run chutes unsandboxed with --chutes.runtime process")
+    return found
+
+
+def runtime_paths() -> list[Path]:
+    """What the instance's Python needs, read-only: the base interpreter, the virtualenv, the SDK."""
+    paths = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), Path(canopy.__file__).resolve().parent}
+    return sorted(path for path in paths if path.exists() and not _under_system(path))
+
+
+def _under_system(path: Path) -> bool:
+    return path == Path("/usr") or Path("/usr") in path.parents
+
+
+def _root_links() -> list[str]:
+    """``/bin``, ``/lib``, ... as the host has them: links into ``/usr`` (merged /usr), else read-only binds."""
+    args: list[str] = []
+    for name in ("bin", "sbin", "lib", "lib64", "lib32"):
+        host = Path("/") / name
+        if host.is_symlink():
+            args += ["--symlink", os.readlink(host), str(host)]
+        elif host.is_dir():
+            args += ["--ro-bind", str(host), str(host)]
+    return args
+
+
+def _etc() -> list[str]:
+    args: list[str] = []
+    for name in ETC:
+        path = Path("/etc") / name
+        if path.exists():
+            args += ["--ro-bind", str(path), str(path)]
+    return args
+
+
+def _gpu_nodes(indexes: Sequence[int]) -> list[str]:
+    nodes = [f"/dev/nvidia{index}" for index in indexes] + list(_NVIDIA_CONTROL)
+    args: list[str] = []
+    for node in nodes:
+        if Path(node).exists():
+            args += ["--dev-bind", node, node]
+    return args
+
+
+def environment(policy: SandboxPolicy) -> dict[str, str]:
+    """The instance's whole environment (the miner's is cleared first)."""
+    env = {name: os.environ[name] for name in KEPT_ENV if name in os.environ}
+    env.update(PATH=f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", HOME=str(policy.scratch),
+               TMPDIR="/tmp", PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+    env.update(policy.env)
+    return env
+
+
+def sandboxed(command: Sequence[str], policy: SandboxPolicy) -> list[str]:
+    """``command`` run inside the instance's sandbox (see the module docstring)."""
+    args = [bwrap_path(), "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
+            "--unshare-cgroup-try", "--uid", str(NOBODY), "--gid", str(NOBODY), "--die-with-parent",
+            "--hostname", "chute", "--ro-bind", "/usr", "/usr", *_root_links(), *_etc(),
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for path in runtime_paths():
+        args += ["--ro-bind", str(path), str(path)]
+    models = Path(os.environ.get("CANOPY_MODEL_CACHE") or canopy_home() / "models")
+    if models.is_dir():
+        args += ["--ro-bind", str(models), str(models)]
+    args += ["--ro-bind", str(policy.bundle), str(policy.bundle), "--bind", str(policy.scratch), str(policy.scratch),
+             *_gpu_nodes(policy.gpu_indexes), "--chdir", str(policy.bundle), "--clearenv"]
+    for name, value in environment(policy).items():
+        args += ["--setenv", name, value]
+    return [*args, "--", *command]
