@@ -57,6 +57,7 @@ import aiohttp
 from loguru import logger
 
 from miner.processes import LAUNCHER, ChildProcess, backoff_delay, bindable, exit_text, signal_group
+from miner.limits import InstanceCgroup
 from miner.sandbox import SandboxPolicy, bwrap_path, sandboxed
 from protocol.graval.devices import DeviceSpec
 
@@ -101,6 +102,7 @@ class Instance:
         self.url = ""
         self.session: aiohttp.ClientSession | None = None  # a sandboxed instance's own (its Unix socket)
         self.scratch: Path | None = None  # a sandboxed instance's scratch folder
+        self.cgroup: InstanceCgroup | None = None  # a sandboxed instance's memory and process caps
         self.process: ChildProcess | None = None
         self.state = State.STARTING
         self.in_flight = 0
@@ -163,6 +165,8 @@ class InstanceManager:
         stable_s: float = 60.0,
         grace_s: float = 10.0,
         sandbox: bool = False,
+        memory_mb: int = 8192,
+        max_pids: int = 512,
     ) -> None:
         if port_range[1] < port_range[0]:
             raise ValueError(f"empty port range {port_range}")
@@ -182,6 +186,7 @@ class InstanceManager:
         # Registry chutes (a bundle folder as their cwd) run in bubblewrap (miner.sandbox) and are
         # reached over a Unix socket; pinned chutes, the operator's own code, run as processes.
         self.sandbox = sandbox
+        self.memory_mb, self.max_pids = memory_mb, max_pids  # a sandboxed instance's caps (miner.limits)
         if sandbox:
             bwrap_path()  # SandboxUnavailable names the fix now, not at the first start
         self.instances: list[Instance] = []
@@ -439,8 +444,17 @@ class InstanceManager:
                       f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
             log.flush()
             try:
+                command = self._command(instance, policy)
+                if policy is not None:
+                    instance.cgroup = InstanceCgroup.create(f"canopy-{self._tag}-{policy.scratch.name}",
+                                                            memory_bytes=self.memory_mb << 20, max_pids=self.max_pids)
+                    if instance.cgroup is None:
+                        logger.warning("instance {}: no cgroup can be made here: it runs without memory and process "
+                                       "caps", instance.id)
+                    else:
+                        command = instance.cgroup.entered(command)
                 instance.process = ChildProcess(subprocess.Popen(
-                    self._command(instance, policy), cwd=instance.spec.cwd or self.cwd, env=self._environment(instance),
+                    command, cwd=instance.spec.cwd or self.cwd, env=self._environment(instance),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             except OSError as error:
                 instance.last_error = f"cannot start {self.python}: {error}"
@@ -494,7 +508,10 @@ class InstanceManager:
                 if checking and not exited.done():  # a dropped connection: is the process going down?
                     await asyncio.wait({exited}, timeout=1.0)
                 if exited.done():
-                    instance.last_error = f"crashed ({exit_text(instance.process.returncode)}; log: {instance.log_path})"
+                    memory = (f"; past its {self.memory_mb} MiB memory cap"
+                              if instance.cgroup is not None and instance.cgroup.oom_killed() else "")
+                    instance.last_error = (f"crashed ({exit_text(instance.process.returncode)}{memory}; "
+                                           f"log: {instance.log_path})")
                     logger.error("instance {} ({}) {}", instance.id, instance.spec.ref, instance.last_error)
                     return
                 status, body = await self._health(instance)
@@ -571,6 +588,9 @@ class InstanceManager:
         if instance.scratch is not None:
             shutil.rmtree(instance.scratch, ignore_errors=True)
             instance.scratch = None
+        if instance.cgroup is not None:
+            await asyncio.to_thread(instance.cgroup.remove)
+            instance.cgroup = None
 
     @staticmethod
     def _log_tail(instance: Instance, lines: int = 3, limit: int = 8192) -> str:

@@ -27,6 +27,8 @@ What the instance gets:
   ``CUDA_VISIBLE_DEVICES``, ``CANOPY_INSTANCE_ID`` ...): no secret of the miner's environment.
 - **Devices**: the GPU device nodes of its own GPUs (and NVIDIA's control nodes) where the
   host has them, no others.
+- **Caps**: memory and processes, from a cgroup of its own (``miner.limits``, applied by
+  ``miner.instances`` around this command).
 """
 
 from __future__ import annotations

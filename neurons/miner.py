@@ -72,7 +72,8 @@ def instance_manager(settings: ChutesSettings, plan: HostingPlan) -> InstanceMan
             plan.instance_specs(), port_range=(settings.port_min, settings.port_max),
             log_dir=settings.log_dir or canopy_home() / "logs", start_timeout_s=settings.start_timeout_s,
             health_interval_s=settings.health_interval_s, grace_s=settings.shutdown_grace_s,
-            sandbox=settings.runtime == "sandbox")
+            sandbox=settings.runtime == "sandbox", memory_mb=settings.instance_memory_mb,
+            max_pids=settings.instance_max_pids)
     except SandboxUnavailable as error:
         raise StartupError(str(error)) from None
 

@@ -104,6 +104,9 @@ class ChutesSettings(BaseModel):
     runtime: Literal["process", "sandbox"] = Field(
         "process", description="Miner: how registry chutes run: process (the miner's user and network) or sandbox "
                                "(bubblewrap: no miner files, no network; in progress, see the README).")
+    instance_memory_mb: int = Field(8192, ge=64, description="Miner: memory cap of a sandboxed instance (MiB; past it the "
+                                                               "kernel kills it and it restarts).")
+    instance_max_pids: int = Field(512, ge=16, description="Miner: most processes and threads a sandboxed instance may run.")
     autoscale: bool = Field(True, description="Miner: host registry chutes by the demand validators announce (off: the hosting file only).")
     autoscale_interval_s: float = Field(2.0, gt=0, le=600, description="Miner: seconds between two autoscaler decisions.")
     bundle_dir: str | None = Field(None, description="Miner: folder of the verified chute bundles (default: $CANOPY_HOME/bundles).")

@@ -6,7 +6,10 @@ returns what it saw: the miner's hotkey file, its wallets folder, the store, the
 ``/proc/<pid>/environ`` and a secret in the miner's environment; TCP to a port the miner
 listens on (its "axon") and to an outside address; writes outside its scratch folder. The
 test asserts it saw nothing, reached nothing and wrote nowhere but its scratch folder,
-while an ordinary call of the same instance is served over the sandbox's Unix socket.
+while an ordinary call of the same instance is served over the sandbox's Unix socket. A
+second chute forks without end (stopped at its process cap, the miner and another
+instance unaffected) and allocates past its memory cap (killed by the kernel mid-call,
+restarted, its failure naming the cap).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import os
 import shutil
 
+import aiohttp
 import pytest
 
 from miner.instances import InstanceManager, InstanceSpec
@@ -121,3 +125,72 @@ async def test_a_hostile_chute_sees_reaches_and_writes_nothing_of_the_miner(tmp_
         server.close()
         await server.wait_closed()
     assert instance.scratch is None, "the scratch folder goes with the instance"
+
+
+GREEDY = '''
+import os, time
+from canopy import Chute, NodeSelector
+
+chute = Chute(username="mallory", name="greedy", node_selector=NodeSelector(gpu_count=1, min_vram_gb_per_gpu=0))
+
+
+@chute.cord()
+async def forks(self) -> dict:
+    made, error = 0, ""
+    for _ in range(10_000):
+        try:
+            pid = os.fork()
+        except OSError as failure:
+            error = type(failure).__name__
+            break
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        made += 1
+    return {"made": made, "error": error}
+
+
+@chute.cord()
+async def hog(self) -> dict:
+    blocks = [bytearray(16 << 20) for _ in range(64)]  # 1 GiB, touched page by page
+    return {"held": sum(len(block) for block in blocks)}
+
+
+@chute.cord()
+async def ping(self) -> dict:
+    return {"pong": True}
+'''
+
+
+async def test_fork_bombs_and_memory_hogs_hit_their_caps_and_the_rest_keeps_serving(tmp_path):
+    bundle = tmp_path / "bundles" / "greedy"
+    bundle.mkdir(parents=True)
+    (bundle / "greedy.py").write_text(GREEDY)
+    spec = dict(ref="greedy:chute", devices=tuple(cpu_devices(1)), cwd=str(bundle))
+    manager = InstanceManager([InstanceSpec(chute_id="bomb", name="bomb", **spec),
+                               InstanceSpec(chute_id="calm", name="calm", **spec)],
+                              log_dir=tmp_path / "logs", sandbox=True, start_timeout_s=60, memory_mb=192, max_pids=64,
+                              backoff_base_s=0.2)
+
+    async def post(instance, path):
+        async with manager.session_for(instance).post(instance.url + path, json={}) as response:
+            return response.status, await response.json()
+
+    try:
+        await manager.start()
+        bomb, calm = manager.instances
+        assert bomb.ready and calm.ready and bomb.cgroup is not None, bomb.last_error
+        status, forked = await post(bomb, "/forks")
+        assert status == 200 and forked["error"] == "BlockingIOError" and forked["made"] < 64, forked
+        assert await post(calm, "/ping") == (200, {"pong": True}), "the other instance keeps serving"
+        assert (await asyncio.create_subprocess_exec("true")).pid > 0, "the miner can still start processes"
+
+        with pytest.raises(aiohttp.ClientError):
+            await post(bomb, "/hog")  # past 192 MiB: the kernel kills it mid-call
+        manager.report_failure(bomb, "dropped a request (test)")
+        assert await manager.wait_ready(bomb, 30), bomb.last_error
+        assert bomb.restarts >= 1 and "memory cap" in bomb.failures[-1], list(bomb.failures)
+        assert await post(bomb, "/ping") == (200, {"pong": True}), "restarted"
+        assert await post(calm, "/ping") == (200, {"pong": True})
+    finally:
+        await manager.stop()
