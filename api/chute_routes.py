@@ -27,6 +27,7 @@ classes of the chute routes (with a ``detail`` in the envelope) live here too.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 from functools import lru_cache
@@ -43,6 +44,7 @@ from api.keys import KeyInfo
 from canopy.bundle import MAX_BUNDLE_BYTES, BundleError
 from canopy.chute import ChuteInfo, chute_id
 from canopy.inspect import ChuteInspectionError, inspect_bundle
+from node.sandbox import inspection_sandbox
 from canopy.node_selector import VRAM_SLACK, NodeSelector
 from protocol.graval.devices import GpuModel, load_gpu_table
 from store.registry import ChuteRecord, RegistryError
@@ -244,11 +246,16 @@ async def _read_bundle(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+#: The uploaded code is imported in the node's bubblewrap sandbox (no file of the node's, no network).
+_sandbox = functools.cache(inspection_sandbox)
+
+
 async def _inspect(data: bytes, revision: str) -> ChuteInfo:
     semaphore = _inspections.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(MAX_INSPECTIONS))
     async with semaphore:
         try:
-            return await asyncio.to_thread(inspect_bundle, data, revision=revision, timeout_s=INSPECT_TIMEOUT_S)
+            return await asyncio.to_thread(inspect_bundle, data, revision=revision, timeout_s=INSPECT_TIMEOUT_S,
+                                           wrap=_sandbox())
         except ChuteInspectionError as error:
             raise InvalidChute(f"the chute does not load: {error}", detail=error.detail or None) from None
         except BundleError as error:

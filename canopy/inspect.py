@@ -9,7 +9,8 @@ prints one JSON line on stdout::
 
 ``inspect_bundle(data, revision=...)`` unpacks a bundle into a temporary folder, runs that
 child (``sys.executable``, cwd and ``PYTHONPATH`` the folder, an environment holding only
-PATH, HOME, the locale and TMPDIR: no ``CANOPY_*`` secrets), kills its process group on
+PATH, HOME, the locale and TMPDIR: no ``CANOPY_*`` secrets; through ``wrap`` when given: the
+API passes the node's bubblewrap sandbox, ``node.sandbox.inspection_sandbox``), kills its process group on
 timeout, and returns the ``ChuteInfo`` or raises ``ChuteInspectionError`` (a bad bundle
 raises ``canopy.bundle.BundleError`` before anything runs).
 """
@@ -25,14 +26,17 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from pydantic import ValidationError
 
 from canopy.bundle import unpack_bundle
 from canopy.chute import ChuteInfo
 
-__all__ = ["ChuteInspectionError", "inspect_bundle", "inspect_folder", "main"]
+__all__ = ["ChuteInspectionError", "Wrap", "inspect_bundle", "inspect_folder", "main"]
+
+#: Wraps the child's command line in a sandbox: ``wrap(command, folder)`` (the node's bubblewrap).
+Wrap = Callable[[list[str], Path], list[str]]
 
 DETAIL_LINES = 12  # how much of a traceback ``detail`` keeps (its last lines)
 _MAX_OUTPUT = 16 * 1024 * 1024  # the most of the child's stdout read back
@@ -51,21 +55,24 @@ class ChuteInspectionError(Exception):
 # -- the calling side --------------------------------------------------------------------
 
 
-def inspect_bundle(data: bytes, *, revision: str | None = None, timeout_s: float = 60) -> ChuteInfo:
-    """The ChuteInfo of the chute in bundle ``data``, read by a child process."""
+def inspect_bundle(data: bytes, *, revision: str | None = None, timeout_s: float = 60,
+                   wrap: Wrap | None = None) -> ChuteInfo:
+    """The ChuteInfo of the chute in bundle ``data``, read by a child process (run through
+    ``wrap``, a sandbox, when given)."""
     with tempfile.TemporaryDirectory(prefix="canopy-inspect-") as tmp:
         folder = Path(tmp, "bundle")
         entry = unpack_bundle(data, folder, revision=revision)
-        return inspect_folder(folder, entry, timeout_s=timeout_s)
+        return inspect_folder(folder, entry, timeout_s=timeout_s, wrap=wrap)
 
 
-def inspect_folder(folder: Path, entry: str, *, timeout_s: float = 60) -> ChuteInfo:
+def inspect_folder(folder: Path, entry: str, *, timeout_s: float = 60, wrap: Wrap | None = None) -> ChuteInfo:
     """The ChuteInfo of ``entry`` (``module:attr``) in the unpacked bundle ``folder``."""
     folder = Path(folder).resolve()
     env = {key: os.environ[key] for key in _KEPT_ENV if key in os.environ}
     env.update(PYTHONPATH=str(folder), PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
+    command = [sys.executable, "-m", "canopy.inspect", str(folder), entry]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen([sys.executable, "-m", "canopy.inspect", str(folder), entry], cwd=folder,
+        process = subprocess.Popen(wrap(command, folder) if wrap else command, cwd=folder,
                                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                    start_new_session=True)
         finished = _wait_then_kill_group(process, timeout_s)

@@ -58,7 +58,7 @@ from loguru import logger
 
 from miner.processes import LAUNCHER, ChildProcess, backoff_delay, bindable, exit_text, signal_group
 from miner.limits import InstanceCgroup
-from miner.sandbox import SandboxPolicy, bwrap_path, sandboxed
+from node.sandbox import SandboxPolicy, bwrap_path, sandboxed
 from protocol.graval.devices import DeviceSpec
 
 __all__ = ["HEALTH_PATH", "ChildProcess", "Instance", "InstanceManager", "InstanceSpec", "State", "backoff_delay"]
@@ -183,7 +183,7 @@ class InstanceManager:
         self.backoff_cap_s = backoff_cap_s
         self.stable_s = stable_s
         self.grace_s = grace_s
-        # Registry chutes (a bundle folder as their cwd) run in bubblewrap (miner.sandbox) and are
+        # Registry chutes (a bundle folder as their cwd) run in bubblewrap (node.sandbox) and are
         # reached over a Unix socket; pinned chutes, the operator's own code, run as processes.
         self.sandbox = sandbox
         self.memory_mb, self.max_pids = memory_mb, max_pids  # a sandboxed instance's caps (miner.limits)

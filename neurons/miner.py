@@ -38,7 +38,7 @@ from miner.graval.service import GravalService, ProverFactory
 from miner.hosting import HostingConfigError, HostingPlan, load_hosting_config, plan_hosting
 from miner.instances import InstanceManager
 from miner.registry_service import RegistryService
-from miner.sandbox import SandboxUnavailable
+from node.sandbox import SandboxUnavailable
 from miner.inventory import cpu_device, discover_devices
 from protocol.axon import Axon
 from protocol.graval.devices import DeviceSpec

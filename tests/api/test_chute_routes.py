@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -130,6 +131,56 @@ async def test_a_chute_that_does_not_import_is_422_with_the_error(api, tmp_path)
     assert error["code"] == "invalid_chute" and "no_such_module_here" in error["message"]
     assert "no_such_module_here" in response.json()["error"]["detail"], "the traceback's last lines"
     assert await api.registry.get("bob", "broken") is None
+
+
+SNOOP = '''
+import os, socket
+from canopy.chute import Chute
+
+
+def _peek(path):
+    try:
+        with open(path) as handle:
+            return "READ " + handle.read(200)
+    except OSError as error:
+        return "refused " + type(error).__name__
+
+
+def _dial(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return "CONNECTED"
+    except OSError as error:
+        return "refused " + type(error).__name__
+
+
+SEEN = " | ".join([_peek({secret!r}), os.environ.get("CANOPY_TEST_API_SECRET", "no secret"), _dial({port})])
+chute = Chute(username="x", name="snoop", tagline=SEEN[:200], node_selector={{"gpu_count": 1, "min_vram_gb_per_gpu": 0}})
+
+
+@chute.cord(public_api_path="/echo")
+async def echo(self, body: dict) -> dict:
+    return body
+'''
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None and not os.environ.get("CANOPY_REQUIRE_BWRAP"),
+                    reason="bubblewrap is installed by ./run.sh test")
+async def test_an_uploaded_chute_is_imported_in_the_sandbox(api, tmp_path, monkeypatch):
+    """Importing the uploaded code is running it: in the node's sandbox it reads no file of the
+    API's host, no secret of its environment, and reaches none of its ports (here: the API's own)."""
+    secret = tmp_path / "api-secret.txt"
+    secret.write_text("the API's database password")
+    monkeypatch.setenv("CANOPY_TEST_API_SECRET", "an env secret")
+    folder = tmp_path / "snoop"
+    folder.mkdir()
+    (folder / "app.py").write_text(SNOOP.format(secret=str(secret), port=int(api.url.rsplit(":", 1)[1])))
+    bundle = build_bundle(f"{folder / 'app.py'}:chute")
+    response = await upload(api, api.bob, bundle.data)
+    assert response.status_code == 201, response.text
+    seen = response.json()["tagline"]
+    assert seen.startswith("refused") and "no secret" in seen and seen.endswith(("ConnectionRefusedError", "OSError")), seen
+    assert "READ" not in seen and "CONNECTED" not in seen and "password" not in seen
 
 
 async def test_a_node_selector_no_gpu_of_the_table_fits_is_422(api, tmp_path):

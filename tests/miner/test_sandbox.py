@@ -1,4 +1,4 @@
-"""A hostile chute in the miner's sandbox (``miner.sandbox`` through ``InstanceManager(sandbox=True)``).
+"""A hostile chute in the miner's sandbox (``node.sandbox`` through ``InstanceManager(sandbox=True)``).
 
 The chute is written here, to a folder that stands for its verified bundle, and started by
 a real InstanceManager in bubblewrap. Its cord tries what a stranger's code would try and

@@ -1,6 +1,7 @@
-"""Sandbox: a chute instance inside bubblewrap, seeing nothing of the miner but what it needs.
+"""Sandbox: a chute's code inside bubblewrap, seeing nothing of the node but what it needs.
 
-The seam between ``miner.instances`` (which runs an instance's command) and the kernel's
+The seam between the node processes that run strangers' code (``miner.instances`` runs an
+instance, the API inspects an uploaded bundle: ``inspection_sandbox``) and the kernel's
 namespaces, through bubblewrap (``bwrap``, Debian package ``bubblewrap``, installed by
 ``./run.sh``). ``sandboxed(command, policy)`` wraps an instance's command line; the miner
 then reaches the instance over a Unix socket in the instance's scratch folder
@@ -38,7 +39,9 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
+
+from loguru import logger
 
 import canopy
 from canopy.paths import canopy_home
@@ -149,3 +152,21 @@ def sandboxed(command: Sequence[str], policy: SandboxPolicy) -> list[str]:
     for name, value in environment(policy).items():
         args += ["--setenv", name, value]
     return [*args, "--", *command]
+
+
+def inspection_sandbox() -> Callable[[list[str], Path], list[str]] | None:
+    """A wrapper that runs ``canopy.inspect``'s child in the sandbox (for ``inspect_bundle(...,
+    wrap=...)``): the unpacked bundle read-only, a scratch folder beside it, no network, no
+    file of the node's. None (logged) where bubblewrap is missing: the inspection then runs
+    as a plain child process with a scrubbed environment."""
+    if shutil.which("bwrap") is None:
+        logger.warning("bubblewrap is missing: uploaded chutes are inspected without a sandbox (apt-get install bubblewrap)")
+        return None
+
+    def wrap(command: list[str], folder: Path) -> list[str]:
+        scratch = folder.parent / "scratch"
+        scratch.mkdir(exist_ok=True)
+        policy = SandboxPolicy(bundle=folder, scratch=scratch, env={"PYTHONPATH": str(folder), "PYTHONNOUSERSITE": "1"})
+        return sandboxed(command, policy)
+
+    return wrap
