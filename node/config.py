@@ -102,8 +102,8 @@ class ChutesSettings(BaseModel):
     shutdown_grace_s: float = Field(10.0, ge=0, description="Miner: seconds instances get to exit after SIGTERM before SIGKILL.")
     log_dir: str | None = Field(None, description="Miner: folder of the instances' stdout/stderr logs (default: $CANOPY_HOME/logs).")
     runtime: Literal["process", "sandbox"] = Field(
-        "process", description="Miner: how registry chutes run: process (the miner's user and network) or sandbox "
-                               "(bubblewrap: no miner files, no network; in progress, see the README).")
+        "sandbox", description="Miner: how registry chutes run: sandbox (bubblewrap: no file of the miner's, no network, "
+                               "memory and process caps) or process (the miner's own user, files and network).")
     instance_memory_mb: int = Field(8192, ge=64, description="Miner: memory cap of a sandboxed instance (MiB; past it the "
                                                                "kernel kills it and it restarts).")
     instance_max_pids: int = Field(512, ge=16, description="Miner: most processes and threads a sandboxed instance may run.")

@@ -15,8 +15,11 @@ What the instance gets:
   the Canopy SDK) read-only, its bundle read-only as its working directory, a private
   writable scratch folder (its ``HOME``), a private ``/tmp``, a fresh ``/proc`` and a
   minimal ``/dev``. Nothing else of the host: not the wallets, not ``~/.bittensor``, not
-  ``$CANOPY_HOME`` (its models folder excepted, read-only, for the LLM template), not the
-  store, not the hosting file, not other instances' folders. Inside a user namespace as
+  ``$CANOPY_HOME``, not the
+  store, not the hosting file, not other instances' folders. One shared folder: the
+  converted-model cache (``model_cache``), read-write like a Hugging Face cache, so the LLM
+  template converts a model once per node (a chute could write into it; a model it altered
+  would answer the validators' probes unlike the other hosts). Inside a user namespace as
   ``nobody`` (65534), files that only root may read stay unreadable.
 - **Processes**: its own PID namespace (it sees only its own processes: ``/proc/<miner
   pid>`` is not the miner), killed with the miner (``--die-with-parent``); no terminal (the
@@ -127,11 +130,17 @@ def _gpu_nodes(indexes: Sequence[int]) -> list[str]:
     return args
 
 
+def model_cache() -> Path:
+    """The node's converted-model cache (``canopy.templates.model_files``), shared by the
+    instances read-write like a Hugging Face cache: the LLM template converts a model once."""
+    return Path(os.environ.get("CANOPY_MODEL_CACHE") or canopy_home() / "models").expanduser().resolve()
+
+
 def environment(policy: SandboxPolicy) -> dict[str, str]:
     """The instance's whole environment (the miner's is cleared first)."""
     env = {name: os.environ[name] for name in KEPT_ENV if name in os.environ}
     env.update(PATH=f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", HOME=str(policy.scratch),
-               TMPDIR="/tmp", PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+               TMPDIR="/tmp", PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", CANOPY_MODEL_CACHE=str(model_cache()))
     env.update(policy.env)
     return env
 
@@ -144,9 +153,9 @@ def sandboxed(command: Sequence[str], policy: SandboxPolicy) -> list[str]:
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for path in runtime_paths():
         args += ["--ro-bind", str(path), str(path)]
-    models = Path(os.environ.get("CANOPY_MODEL_CACHE") or canopy_home() / "models")
-    if models.is_dir():
-        args += ["--ro-bind", str(models), str(models)]
+    models = model_cache()
+    models.mkdir(parents=True, exist_ok=True)
+    args += ["--bind", str(models), str(models)]
     args += ["--ro-bind", str(policy.bundle), str(policy.bundle), "--bind", str(policy.scratch), str(policy.scratch),
              *_gpu_nodes(policy.gpu_indexes), "--chdir", str(policy.bundle), "--clearenv"]
     for name, value in environment(policy).items():
