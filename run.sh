@@ -120,30 +120,27 @@ ensure_postgres() {
   fi
 }
 
-ensure_chromium() {
-  # The web UI's browser test drives the system's Chromium through Playwright (no browser download).
-  command -v chromium >/dev/null 2>&1 && return 0
+apt_install_missing() {
+  # apt_install_missing COMMAND PACKAGE WHY: install PACKAGE from Debian when COMMAND is missing.
+  command -v "$1" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "==> installing chromium from Debian packages (used by the web UI's browser test)"
+    echo "==> installing $2 from Debian packages ($3)"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
   else
-    echo "run.sh: chromium is missing; install it (sudo apt-get install chromium)" >&2
+    echo "run.sh: $2 is missing; install it (sudo apt-get install $2)" >&2
     return 1
   fi
 }
 
+ensure_chromium() {
+  # The web UI's browser test drives the system's Chromium through Playwright (no browser download).
+  apt_install_missing chromium chromium "used by the web UI's browser test"
+}
+
 ensure_bubblewrap() {
-  # Miners run deployed chutes in bubblewrap (miner/sandbox.py); its tests start real sandboxes.
-  command -v bwrap >/dev/null 2>&1 && return 0
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "==> installing bubblewrap from Debian packages (the chute instances' sandbox)"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
-  else
-    echo "run.sh: bubblewrap is missing; install it (sudo apt-get install bubblewrap)" >&2
-    return 1
-  fi
+  # Miners run deployed chutes in bubblewrap (node/sandbox.py); its tests start real sandboxes.
+  apt_install_missing bwrap bubblewrap "the chute instances' sandbox"
 }
 
 gpu_check_python() {

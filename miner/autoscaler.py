@@ -21,8 +21,8 @@ The rules, in the order ``decide`` applies them:
    ``idle_s`` counts organic calls, refusals and warm-ups, never the validators' probes,
    which reach every hosted chute every few minutes); so does one that failed to become ready
    ``FAILED_STARTS`` times in a row.
-4. **Start**: the value of a chute is its demand, ``calls + 4 x refused`` (+
-   ``WARMUP_BONUS`` when its owner asked for a warm-up), per instance it would have
+4. **Start**: the value of a chute is its demand, ``ChuteDemand.points`` (``calls + 4 x
+   refused``, + 10 when its owner asked for a warm-up), per instance it would have
    network-wide: ``value = demand / (instances + 1)`` where ``instances`` is the larger of
    the validators' count and our ready instances, plus ours still starting. A chute with
    ``value > 0``, fewer network-wide instances than ``max_instances`` and no instance of
@@ -81,10 +81,8 @@ from miner.instances import Instance, InstanceManager, InstanceSpec
 from miner.placement import matching_devices
 from protocol.chutes import HostedChute
 from protocol.graval.devices import DeviceSpec
-from protocol.registry import AnnouncedChute, ChuteDemand
+from protocol.registry import AnnouncedChute
 
-REFUSED_WEIGHT = 4
-WARMUP_BONUS = 10.0
 PREEMPT_RATIO = 0.5
 FAILED_STARTS = 3
 FAILING_COOLDOWN_S = 300.0
@@ -123,10 +121,6 @@ class Decision:
     detail: str
     devices: tuple[DeviceSpec, ...] = ()
     instance_id: str = ""
-
-
-def points(demand: ChuteDemand) -> float:
-    return demand.calls + REFUSED_WEIGHT * demand.refused + (WARMUP_BONUS if demand.warmup else 0.0)
 
 
 def _free(devices: Sequence[DeviceSpec], used: Mapping[str, int], cpu_slots: int) -> list[DeviceSpec]:
@@ -190,7 +184,7 @@ def decide(announced: Mapping[str, AnnouncedChute], running: Sequence[Running], 
         spec = announced.get(r.chute_id)
         if spec is None or r.revision != spec.revision:
             return 0.0
-        return points(spec.demand) / max(network(r.chute_id), 1)
+        return spec.demand.points() / max(network(r.chute_id), 1)
 
     for r in active:  # 1. withdrawn
         if not r.pinned and r.chute_id not in announced:
@@ -222,7 +216,7 @@ def decide(announced: Mapping[str, AnnouncedChute], running: Sequence[Running], 
         older = [r for r in active if r.chute_id == chute_id and not r.pinned and r.revision != spec.revision
                  and r.instance_id not in drained]
         rollover = bool(older) and not mine
-        value = points(spec.demand) / (network(chute_id) + 1)
+        value = spec.demand.points() / (network(chute_id) + 1)
         stop = stopped.get(spec.revision)
         if stop is not None and stop[0] == "failing" and stop[1] < FAILING_COOLDOWN_S:
             continue  # not even for a rollover: the old revision serves on meanwhile

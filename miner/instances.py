@@ -144,6 +144,13 @@ class Instance:
         return f"Instance({self.id}, {self.state.value}, port={self.port}, in_flight={self.in_flight})"
 
 
+def _client(connector: aiohttp.BaseConnector) -> aiohttp.ClientSession:
+    """A keep-alive client to instances over ``connector``: no timeout of its own (each request
+    sets one), bodies passed through as the instance sent them."""
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False,
+                                 skip_auto_headers=("User-Agent",), raise_for_status=False)
+
+
 class InstanceManager:
     """Runs, supervises and routes to the instances of every hosted chute."""
 
@@ -209,10 +216,7 @@ class InstanceManager:
     def session(self) -> aiohttp.ClientSession:
         """One keep-alive client for every instance (closed by ``stop``)."""
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0, force_close=False)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False,
-                skip_auto_headers=("User-Agent",), raise_for_status=False)
+            self._session = _client(aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0, force_close=False))
         return self._session
 
     def _of(self, chute_id: str, revision: str | None) -> list[Instance]:
@@ -426,10 +430,7 @@ class InstanceManager:
             if self.sandboxed(instance):
                 policy = self._sandbox_policy(instance)
                 instance.port, instance.url, instance.scratch = None, "http://chute", policy.scratch
-                instance.session = aiohttp.ClientSession(
-                    connector=aiohttp.UnixConnector(path=str(policy.socket), limit=0),
-                    timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False,
-                    skip_auto_headers=("User-Agent",), raise_for_status=False)
+                instance.session = _client(aiohttp.UnixConnector(path=str(policy.socket), limit=0))
             else:
                 instance.port = self._allocate_port()
                 instance.url = f"http://127.0.0.1:{instance.port}"

@@ -95,17 +95,12 @@ class InstanceCgroup:
         return ["/bin/sh", "-c", f'{joins} exec "$@"', "canopy-instance", *command]
 
     def oom_killed(self) -> bool:
-        """Whether the kernel killed a process of this cgroup for memory."""
+        """Whether the kernel killed a process of this cgroup for memory (v2 ``memory.events``,
+        v1 ``memory.oom_control``: both count ``oom_kill``)."""
         for folder in self.folders:
-            with contextlib.suppress(OSError, ValueError):
-                events = folder / "memory.events"
-                if events.exists():
-                    counts = dict(line.split() for line in events.read_text().splitlines())
-                    if int(counts.get("oom_kill", 0)) > 0:
-                        return True
-                control = folder / "memory.oom_control"
-                if control.exists():
-                    counts = dict(line.split() for line in control.read_text().splitlines())
+            for name in ("memory.events", "memory.oom_control"):
+                with contextlib.suppress(OSError, ValueError):
+                    counts = dict(line.split() for line in (folder / name).read_text().splitlines())
                     if int(counts.get("oom_kill", 0)) > 0:
                         return True
         return False

@@ -135,29 +135,17 @@ LLM_CHUTE_ID = chute_id("canopy", default_chute_name(BUNDLED_MODEL))
 ECHO_CHUTE_ID = chute_id("canopy", "echo")
 
 
-async def _wait_for_chute(dendrite: Dendrite, miners, chute: str, timeout: float) -> None:
-    """Until one of ``miners`` has a ready instance of ``chute`` (the announcements go on meanwhile)."""
+async def _wait_for_chute(dendrite: Dendrite, miners, chute: str, timeout: float, *, hosts: int = 1) -> None:
+    """Until ``hosts`` of ``miners`` have a ready instance of ``chute`` (the announcements go on meanwhile)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for result in await dendrite.query(miners, Inventory(), timeout=5.0):
-            if isinstance(result.response, InventoryResponse) and any(
-                    c.chute_id == chute and c.ready_instances for c in result.response.chutes):
-                return
-        await asyncio.sleep(0.5)
-    raise RuntimeError(f"no verified miner picked chute {chute} up within {timeout:.0f}s (see the miner logs)")
-
-
-async def _wait_for_llm(dendrite: Dendrite, miners, timeout: float) -> None:
-    """Until every LLM host has a ready instance (so the validator's synthetic round measures them all)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready = [miner for miner, result in zip(miners, await dendrite.query(miners, Inventory(), timeout=5.0))
-                 if result.ok and isinstance(result.response, InventoryResponse)
-                 and any(c.chute_id == LLM_CHUTE_ID and c.ready_instances for c in result.response.chutes)]
-        if len(ready) >= LLM_MINERS:
+        ready = [result for result in await dendrite.query(miners, Inventory(), timeout=5.0)
+                 if isinstance(result.response, InventoryResponse)
+                 and any(c.chute_id == chute and c.ready_instances for c in result.response.chutes)]
+        if len(ready) >= hosts:
             return
-        await asyncio.sleep(1.0)
-    raise RuntimeError(f"the LLM chute was not ready on {LLM_MINERS} miners within {timeout:.0f}s (see the miner logs)")
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"chute {chute} was not ready on {hosts} miner(s) within {timeout:.0f}s (see the miner logs)")
 
 
 async def _api_key(paths: DemoPaths) -> str:
@@ -365,7 +353,7 @@ async def _run(paths: DemoPaths, mode: str, block_time: float, tempo: int) -> in
                     try:
                         chat_task = progress.add_task("miners pick the LLM chute up (first run converts the model, ~40 s)",
                                                       total=1)
-                        await _wait_for_llm(dendrite, graph.serving_miners(), timeout=300)
+                        await _wait_for_chute(dendrite, graph.serving_miners(), LLM_CHUTE_ID, timeout=300, hosts=LLM_MINERS)
                         progress.update(chat_task, completed=1)
                         report = await _validate(steps, progress)
                         echo_task = progress.add_task("a verified miner picks the echo chute up", total=1)

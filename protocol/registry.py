@@ -31,6 +31,8 @@ from protocol.chutes import MAX_CORDS, HostedCord
 from protocol.synapse import Synapse, SynapseResponse
 
 REVISION_PATTERN = r"^[0-9a-f]{64}$"
+#: The weights of ``ChuteDemand.points``.
+REFUSED_WEIGHT, WARMUP_BONUS = 4, 10.0
 #: Most chutes in one announcement (a registry holding more announces those most in demand).
 MAX_ANNOUNCED = 1024
 _REVISION = re.compile(REVISION_PATTERN)
@@ -48,6 +50,13 @@ class ChuteDemand(BaseModel):
     idle_s: float | None = Field(None, ge=0, description="seconds since the latest call, refusal or warmup (None: none "
                                                          "in the window); an instance stopped for idleness is not "
                                                          "started again until newer demand arrives")
+
+
+    def points(self) -> float:
+        """How much the chute is wanted: calls, refusals weighed ``REFUSED_WEIGHT`` (each one a
+        caller turned away), ``WARMUP_BONUS`` for an owner's warm-up. The miners' autoscalers rank
+        chutes by it (per instance), the validator when it must announce fewer than it holds."""
+        return self.calls + REFUSED_WEIGHT * self.refused + (WARMUP_BONUS if self.warmup else 0.0)
 
 
 class AnnouncedChute(BaseModel):

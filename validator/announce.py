@@ -41,10 +41,6 @@ BUNDLE_CACHE = 8
 MAX_WINDOW_S = 86400.0
 
 
-def points(demand: ChuteDemand) -> float:
-    """How much a chute is wanted, for choosing which to announce when there are too many."""
-    return demand.calls + 4 * demand.refused + (10 if demand.warmup else 0)
-
 
 @dataclass
 class AnnounceReport:
@@ -79,14 +75,18 @@ def rendezvous_order(chute: AnnouncedChute, hotkeys: Sequence[str]) -> list[str]
     return sorted(hotkeys, key=lambda hotkey: hashlib.sha256(f"{chute.chute_id}:{chute.revision}:{hotkey}".encode()).digest())
 
 
-def ranked(announce: Announce, hotkey: str, miners: Sequence[Any], preferred: Collection[str] = ()) -> Announce:
-    """``announce`` as miner ``hotkey`` gets it: each chute with the miner's ``rank``, the
-    ``preferred`` miners (verified ones: the API routes to no other) first."""
+def ranked(announce: Announce, miners: Sequence[Any], preferred: Collection[str] = ()) -> dict[str, Announce]:
+    """hotkey -> ``announce`` as that miner gets it: each chute with the miner's ``rank``, the
+    ``preferred`` miners (verified ones: the API routes to no other) first. Each chute's order
+    is computed once for all the miners."""
     first = [miner.hotkey for miner in miners if miner.hotkey in preferred]
     then = [miner.hotkey for miner in miners if miner.hotkey not in preferred]
-    chutes = [chute.model_copy(update={"rank": (rendezvous_order(chute, first) + rendezvous_order(chute, then)).index(hotkey)})
-              for chute in announce.chutes]
-    return announce.model_copy(update={"chutes": chutes})
+    ranks = {chute.chute_id: {hotkey: rank for rank, hotkey in enumerate(rendezvous_order(chute, first)
+                                                                      + rendezvous_order(chute, then))}
+             for chute in announce.chutes}
+    return {miner.hotkey: announce.model_copy(update={"chutes": [
+        chute.model_copy(update={"rank": ranks[chute.chute_id][miner.hotkey]}) for chute in announce.chutes]})
+        for miner in miners}
 
 
 class Announcer:
@@ -111,7 +111,7 @@ class Announcer:
                   if (announced := announced_chute(record, demand.get(record.chute_id, Demand()),
                                                    instances.get((record.chute_id, record.revision), 0), now)) is not None]
         if len(chutes) > MAX_ANNOUNCED:
-            chutes.sort(key=lambda chute: (-points(chute.demand), chute.chute_id))
+            chutes.sort(key=lambda chute: (-chute.demand.points(), chute.chute_id))
             logger.warning("the registry holds {} chutes; announcing the {} most in demand", len(chutes), MAX_ANNOUNCED)
             chutes = chutes[:MAX_ANNOUNCED]
         return Announce(chutes=chutes, window_s=window)
@@ -124,8 +124,9 @@ class Announcer:
         report = AnnounceReport(chutes=len(announce.chutes), miners=len(miners))
         if not miners:
             return report
-        answers = await asyncio.gather(*(self.dendrite.call(miner, ranked(announce, miner.hotkey, miners, preferred),
-                                                            timeout=self.timeout_s) for miner in miners))
+        per_miner = ranked(announce, miners, preferred)
+        answers = await asyncio.gather(*(self.dendrite.call(miner, per_miner[miner.hotkey], timeout=self.timeout_s)
+                                         for miner in miners))
         named = {chute.revision for chute in announce.chutes}
         for miner, answer in zip(miners, answers):
             if not (answer.ok and isinstance(answer.response, AnnounceResponse)):

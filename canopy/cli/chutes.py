@@ -248,16 +248,21 @@ def list_chutes(api: str = ApiUrl, key: str | None = ApiKey, as_json: bool = Jso
     console.print(table)
 
 
+def on_chute(api: str, key: str | None, name: str, method: str, suffix: str = "") -> tuple[str, str, dict[str, Any]]:
+    """(owner, name, the API's answer) of ``METHOD /chutes/OWNER/NAME{suffix}`` for chute ``name``."""
+    async def go() -> tuple[str, str, dict[str, Any]]:
+        async with ApiClient(api, key) as client:
+            owner, chute = await client.resolve(name)
+            body: dict[str, Any] = await client.request(method, chute_path(owner, chute) + suffix)
+            return owner, chute, body
+
+    return run_async(go)
+
+
 @app.command("get")
 def get_chute(name: str = ChuteName, api: str = ApiUrl, key: str | None = ApiKey, as_json: bool = JsonOut) -> None:
     """Show one chute: its revision, instances, public URLs and revisions."""
-    async def go() -> dict[str, Any]:
-        async with ApiClient(api, key) as client:
-            owner, chute = await client.resolve(name)
-            body: dict[str, Any] = await client.request("GET", chute_path(owner, chute))
-            return body
-
-    chute = run_async(go)
+    _, _, chute = on_chute(api, key, name, "GET")
     if as_json:
         print_json(chute)
         return
@@ -304,13 +309,7 @@ def delete_chute(name: str = ChuteName, yes: bool = typer.Option(False, "--yes",
 
 def warmup(name: str = ChuteName, api: str = ApiUrl, key: str | None = ApiKey, as_json: bool = JsonOut) -> None:
     """Ask the network to start an instance of a chute (miners pick it up at the validators' next announce)."""
-    async def go() -> tuple[str, str, dict[str, Any]]:
-        async with ApiClient(api, key) as client:
-            owner, chute = await client.resolve(name)
-            body: dict[str, Any] = await client.request("POST", chute_path(owner, chute) + "/_canopy/warmup")
-            return owner, chute, body
-
-    owner, chute, body = run_async(go)
+    owner, chute, body = on_chute(api, key, name, "POST", "/_canopy/warmup")
     if as_json:
         print_json(body)
         return

@@ -19,9 +19,6 @@ import aiohttp
 import pytest
 
 from canopy.chute import chute_id
-from node.wallets import create_devnet_wallet
-from protocol.dendrite import Dendrite
-from protocol.graval.synapses import Inventory
 from tests.support import free_port
 from tests.support.subnet import DeployNet
 
@@ -45,10 +42,7 @@ IDLE_AFTER_S = 12
 
 async def hosted(net: DeployNet) -> set[str]:
     """The chute ids the miner's instances are ready for."""
-    wallet = create_devnet_wallet("owner", "validator", net.home / "wallets")
-    async with Dendrite(wallet) as dendrite:
-        answer = await dendrite.call(net.ledger.metagraph(1).by_hotkey(net.hotkeys["solo"]), Inventory(), timeout=10)
-    return {chute.chute_id for chute in answer.response.chutes if chute.ready_instances} if answer.ok else set()
+    return {chute.chute_id for chute in (await net.inventories("solo"))["solo"] if chute.ready_instances}
 
 
 @pytest.mark.slow

@@ -33,9 +33,6 @@ import aiohttp
 import pytest
 
 from canopy.chute import chute_id
-from node.wallets import create_devnet_wallet
-from protocol.dendrite import Dendrite
-from protocol.graval.synapses import Inventory
 from tests.support import ROOT
 from tests.support.subnet import DeployNet
 
@@ -79,16 +76,6 @@ def run_readme_deploy_block(net: DeployNet, key: str) -> subprocess.CompletedPro
                           timeout=240)
 
 
-async def inventories(net: DeployNet) -> dict[str, list]:
-    """name -> the chutes each miner's Inventory lists (asked with the validator's hotkey)."""
-    wallet = create_devnet_wallet("owner", "validator", net.home / "wallets")
-    graph = net.ledger.metagraph(1)
-    miners = [graph.by_hotkey(net.hotkeys[name]) for name in ("m1", "m2", "tamper")]
-    async with Dendrite(wallet) as dendrite:
-        answers = await dendrite.query(miners, Inventory(), timeout=10)
-    return {name: (answer.response.chutes if answer.ok else []) for name, answer in zip(("m1", "m2", "tamper"), answers)}
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_deploy_call_redeploy_and_delete_on_the_devnet(tmp_path):
@@ -115,7 +102,7 @@ async def test_deploy_call_redeploy_and_delete_on_the_devnet(tmp_path):
         assert net.cli("deploy", secret, "--private", key=alice).returncode == 0
 
         async def hosted_by_both() -> bool:
-            seen = await inventories(net)
+            seen = await net.inventories("m1", "m2", "tamper")
             return all(any(c.chute_id == SHOUT_ID and c.revision == first["revision"] and c.ready_instances
                            for c in seen[name]) for name in ("m1", "m2"))
 
@@ -144,7 +131,7 @@ async def test_deploy_call_redeploy_and_delete_on_the_devnet(tmp_path):
             assert '"text":"hello"' in readme.stdout.replace(" ", "") and "me/echo" in readme.stdout, readme.stdout
 
             # 2. The tampered copy: listed by its miner, under another revision; no traffic, no score.
-            tamper_listing = [c for c in (await inventories(net))["tamper"] if c.chute_id == SHOUT_ID]
+            tamper_listing = [c for c in (await net.inventories("tamper"))["tamper"] if c.chute_id == SHOUT_ID]
             assert tamper_listing and tamper_listing[0].revision not in ("", first["revision"])
             assert net.uids["tamper"] not in served_by and served_by <= {net.uids["m1"], net.uids["m2"]}
 
@@ -203,7 +190,7 @@ async def test_deploy_call_redeploy_and_delete_on_the_devnet(tmp_path):
             await net.until("404 for the deleted chute", gone, 15)
 
             async def stopped() -> bool:
-                seen = await inventories(net)
+                seen = await net.inventories("m1", "m2")
                 return not any(c.chute_id == SHOUT_ID for name in ("m1", "m2") for c in seen[name])
 
             await net.until("the honest miners stopping alice/shout", stopped, 90)

@@ -24,20 +24,22 @@ import pytest
 
 from node.wallets import coldkey_ss58, create_devnet_wallet
 from chain.devnet import DevnetLedger
-from tests.support import ROOT, free_port
+from tests.support import free_port
 from tests.support.neurons import finish, start_neuron
 from tests.support.store import sqlite_url
-from tests.support.subnet import registry_deploy
+from tests.support.gateway import deploy_chutes, file_ref
 from store.queries import ORGANIC, ValidatorStore
 
-# Pinned by every miner's hosting file and deployed in the registry: the same code, the same revision.
-ECHO = f"{ROOT / 'examples' / 'echo_chute.py'}:chute"
+# Pinned by every miner's hosting file (as a file ref) and deployed in the registry: the same
+# code, the same revision.
+ECHO_MODULE = "examples.echo_chute:chute"
+ECHO = file_ref(ECHO_MODULE)
 
 
 async def deploy_echo(database: Path) -> None:
     store = await ValidatorStore.open(sqlite_url(database))
     try:
-        await registry_deploy(store, ECHO)
+        await deploy_chutes(store.engine, [ECHO_MODULE])
     finally:
         await store.close()
 

@@ -5,8 +5,7 @@ neurons.miner``, each with its own CPU pseudo-devices and, unless given one, no 
 file), the validator process and the API process sharing one SQLite store, with short
 cadences (announcements every second, steps every 2 s). Chute authors act through the real
 CLI (``canopy deploy``, ``canopy chutes``, ``canopy warmup``: ``cli``) and callers through
-HTTP (``call``). ``registry_deploy`` puts a chute file straight into a store's registry
-(what ``POST /chutes`` stores), for tests that start from a deployed chute.
+HTTP (``call``); ``inventories`` is what the miners say they host.
 """
 
 from __future__ import annotations
@@ -25,28 +24,17 @@ from typing import Any
 import aiohttp
 
 from api.keys import KeyStore
-from canopy.bundle import build_bundle
-from canopy.inspect import inspect_bundle
 from chain.devnet import DevnetLedger
 from node.wallets import coldkey_ss58, create_devnet_wallet
+from protocol.chutes import HostedChute
+from protocol.dendrite import Dendrite
+from protocol.graval.synapses import Inventory, InventoryResponse
 from store.queries import ValidatorStore
-from store.registry import ChuteRecord, ChuteRegistry
 from tests.support import ROOT, free_port
 from tests.support.neurons import finish, start_neuron
 from tests.support.store import sqlite_url
 
 NETUID = 1
-
-
-async def registry_deploy(store: ValidatorStore, ref: str, *, owner: str | None = None, public: bool = True,
-                          max_instances: int = 8, shutdown_after_seconds: int = 300) -> ChuteRecord:
-    """Deploy the chute at ``ref`` (``path/to/file.py:attr``) into ``store``'s registry as
-    ``owner`` (default: the chute's own username), as the API's upload route stores it."""
-    bundle = await asyncio.to_thread(build_bundle, ref)
-    info = await asyncio.to_thread(inspect_bundle, bundle.data, revision=bundle.revision)
-    return await ChuteRegistry(store.engine).put_revision(
-        owner or info.username, info.name, bundle.revision, bundle.data, info.model_dump(mode="json"), public=public,
-        max_instances=max_instances, shutdown_after_seconds=shutdown_after_seconds)
 
 
 @dataclass
@@ -175,6 +163,16 @@ class DeployNet:
                 return value
             await asyncio.sleep(pause)
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+    async def inventories(self, *names: str) -> dict[str, list[HostedChute]]:
+        """name -> the chutes miner ``name``'s Inventory lists (asked with the validator's hotkey;
+        [] when it does not answer)."""
+        wallet = create_devnet_wallet("owner", "validator", self.home / "wallets")
+        graph = self.ledger.metagraph(NETUID)
+        async with Dendrite(wallet) as dendrite:
+            answers = await dendrite.query([graph.by_hotkey(self.hotkeys[name]) for name in names], Inventory(), timeout=10)
+        return {name: list(answer.response.chutes) if isinstance(answer.response, InventoryResponse) else []
+                for name, answer in zip(names, answers)}
 
     async def store(self) -> ValidatorStore:
         return await ValidatorStore.open(self.url)
