@@ -7,10 +7,10 @@ import hashlib
 import json
 
 import pytest
-from loguru import logger
 
 from canopy.bundle import MANIFEST, MAX_FILES, build_bundle
 from miner.bundles import BundleRejected, BundleStore, pinned_revision
+from tests.support.logs import captured_logs
 
 CHUTE_FILE = '''
 from canopy.chute import Chute
@@ -27,10 +27,8 @@ async def hello(self) -> dict:
 
 @pytest.fixture
 def logs():
-    lines: list[str] = []
-    sink = logger.add(lambda message: lines.append(message.record["message"]), level="WARNING")
-    yield lines
-    logger.remove(sink)
+    with captured_logs("WARNING") as lines:
+        yield lines
 
 
 @pytest.fixture

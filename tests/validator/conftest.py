@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from loguru import logger
 
 from store.queries import ValidatorStore
+from tests.support.logs import captured_logs
 from tests.support.store import sqlite_url
 
 
@@ -19,7 +19,5 @@ async def store(tmp_path):
 @pytest.fixture
 def logs():
     """The loguru messages logged during the test (INFO and up), as plain strings."""
-    lines: list[str] = []
-    sink = logger.add(lambda message: lines.append(message.record["message"]), level="INFO")
-    yield lines
-    logger.remove(sink)
+    with captured_logs("INFO") as lines:
+        yield lines
