@@ -140,7 +140,12 @@ ensure_chromium() {
 
 ensure_bubblewrap() {
   # Miners run deployed chutes in bubblewrap (node/sandbox.py); its tests start real sandboxes.
+  # Chutes with allow_external_egress reach the internet through slirp4netns (node/egress.py),
+  # their namespace set up with util-linux's unshare and iproute2's ip.
   apt_install_missing bwrap bubblewrap "the chute instances' sandbox"
+  apt_install_missing slirp4netns slirp4netns "the sandbox's way out for chutes that allow external egress"
+  apt_install_missing ip iproute2 "the egress sandbox's routes"
+  apt_install_missing unshare util-linux "the egress sandbox's network namespace"
 }
 
 gpu_check_python() {
@@ -199,6 +204,7 @@ case "$command" in
     exit "$status" ;;
   demo)
     ensure_venv
+    ensure_bubblewrap  # the demo's miners run the deployed chutes sandboxed, as real miners do
     exec "$VENV/bin/python" -m neurons.demo "$@" ;;
   miner|validator|api)
     ensure_venv

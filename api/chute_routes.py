@@ -43,6 +43,7 @@ from api.gateway import Gateway
 from api.keys import KeyInfo
 from canopy.bundle import MAX_BUNDLE_BYTES, BundleError
 from canopy.chute import ChuteInfo, chute_id
+from canopy.image_environment import ImageEnvironment
 from canopy.inspect import ChuteInspectionError, inspect_bundle
 from node.sandbox import inspection_sandbox
 from canopy.node_selector import VRAM_SLACK, NodeSelector
@@ -148,6 +149,10 @@ class ChuteOut(BaseModel):
     urls: list[str] = Field(..., description="where each cord is called: BASE/chutes/OWNER/NAME{public_api_path}")
     created: bool = Field(..., description="this request created the chute")
     instances: int = Field(..., description="ready instances network-wide, as the API last saw")
+    environment: ImageEnvironment = Field(default_factory=ImageEnvironment, description=(
+        "what a miner without containers serves of the chute's image: pip requirements, env, and the steps only a "
+        "container runtime runs (miners on the default sandbox runtime refuse a chute that has any)"))
+    allow_external_egress: bool = Field(False, description="its instances may reach the internet (never a miner's ports)")
 
 
 class RevisionOut(BaseModel):
@@ -195,7 +200,9 @@ def chute_out(gateway: Gateway, request: Request, record: ChuteRecord, *, create
                     tagline=str(record.description.get("tagline") or ""),
                     model=str(record.description.get("model") or ""), cords=cords,
                     urls=[f"{base}/chutes/{record.owner}/{record.name}{cord.public_api_path}" for cord in cords],
-                    created=created, instances=gateway.directory.instances(record.chute_id))
+                    created=created, instances=gateway.directory.instances(record.chute_id),
+                    environment=ImageEnvironment.model_validate(record.description.get("environment") or {}),
+                    allow_external_egress=record.description.get("allow_external_egress") is True)
 
 
 # --- who may -----------------------------------------------------------------------------------

@@ -33,9 +33,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from canopy.cord import Cord, CordDefinitionError, CordInfo
+from canopy.image_environment import ImageEnvironment, image_environment
 from canopy.node_selector import NodeSelector
 
 if TYPE_CHECKING:
@@ -88,6 +89,12 @@ class ChuteInfo(BaseModel):
     max_instances: int
     cords: list[CordInfo]
     model: str = ""  # the model an LLM chute serves (OpenAI ``model``), "" for other chutes
+    # what a runtime without containers serves of the image (canopy.image_environment)
+    environment: ImageEnvironment = Field(default_factory=ImageEnvironment)
+    # the Chutes SDK's field: the instance may open connections to the internet (never to the miner's ports)
+    allow_external_egress: bool = False
+    # the image as a Dockerfile (what a container runtime builds), "" when the chute names none
+    dockerfile: str = Field("", max_length=65536)
 
 
 def image_reference(image: Any) -> str:
@@ -107,19 +114,30 @@ def image_reference(image: Any) -> str:
     return str(image)
 
 
+def dockerfile_of(image: Any) -> str:
+    """``image`` as a Dockerfile: an ``Image``'s rendering, ``FROM ref`` for a reference, "" for none."""
+    render = getattr(image, "render", None)
+    if callable(render):
+        return str(render())
+    return f"FROM {image}\n" if isinstance(image, str) and image.strip() else ""
+
+
 class Chute:
     """One app: its cords (routes), hooks, image and hardware needs. Hooks and cords get the
     Chute itself as ``self`` and keep their state on it (``self.model = ...``)."""
 
     def __init__(self, username: str, name: str, image: "Image | str | None" = None, readme: str = "",
                  tagline: str = "", node_selector: NodeSelector | dict | None = None,
-                 concurrency: int = 1, max_instances: int = 1, **extra: Any) -> None:
+                 concurrency: int = 1, max_instances: int = 1, allow_external_egress: bool = False,
+                 **extra: Any) -> None:
         check_username(username)
         check_chute_name(name)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 1024:
             raise ValueError(f"chute concurrency must be an integer in 1..1024, got {concurrency!r}")
         if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 1:
             raise ValueError(f"chute max_instances must be a positive integer, got {max_instances!r}")
+        if not isinstance(allow_external_egress, bool):
+            raise ValueError(f"allow_external_egress must be True or False, got {allow_external_egress!r}")
         try:
             selector = (node_selector if isinstance(node_selector, NodeSelector)
                         else NodeSelector.model_validate(node_selector or {}))
@@ -134,6 +152,8 @@ class Chute:
         self.node_selector: NodeSelector = selector
         self.concurrency = concurrency
         self.max_instances = max_instances
+        #: the instance may reach the internet (its sandbox still never reaches the miner's ports)
+        self.allow_external_egress = allow_external_egress
         self.extra: dict[str, Any] = dict(extra)
         self.cords: dict[str, Cord] = {}
         self._startup: list[tuple[int, int, Callable]] = []  # (priority, order, hook)
@@ -235,7 +255,9 @@ class Chute:
         return ChuteInfo(chute_id=self.chute_id, username=self.username, name=self.name, tagline=self.tagline,
                          readme=self.readme, image=image_reference(self.image), node_selector=self.node_selector,
                          concurrency=self.concurrency, max_instances=self.max_instances,
-                         cords=[c.info() for c in self.cords.values()], model=str(self.model_name or ""))
+                         cords=[c.info() for c in self.cords.values()], model=str(self.model_name or ""),
+                         environment=image_environment(self.image), allow_external_egress=self.allow_external_egress,
+                         dockerfile=dockerfile_of(self.image))
 
     def cord_by_name(self, name: str) -> Cord | None:
         """The cord whose function is called ``name`` (or whose path is ``/name``)."""

@@ -52,6 +52,10 @@ _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _APT_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(?::[a-z0-9-]+)?(?:=[A-Za-z0-9.+:~_-]+)?$")
 _USER = re.compile(r"^(?:[a-z_][a-z0-9_-]*\$?|\d+)(?::(?:[a-z_][a-z0-9_-]*|\d+))?$")
 _PYTHON = re.compile(r"^3\.(\d+)(?:\.(\d+))?$")
+# A requirement from the package index (PEP 508 name, extras, version specifiers; no URL, path or option)
+_VERSION_CLAUSE = r"(?:===|==|>=|<=|~=|!=|>|<)\s*[A-Za-z0-9.*+!_-]+"
+_REQUIREMENT = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?(?:\[[A-Za-z0-9._-]+(?:,[A-Za-z0-9._-]+)*\])?"
+                          rf"(?:{_VERSION_CLAUSE}(?:,{_VERSION_CLAUSE})*)?$")
 
 
 def _text(value: object, what: str, fix: str) -> str:
@@ -106,6 +110,17 @@ def validate_reference(ref: object) -> str:
     return text
 
 
+def check_requirement(value: object) -> str:
+    """``value`` when it is a requirement pip takes from the package index (``name[extra]==1.2``),
+    else ValueError naming the rule: no options, paths or URLs."""
+    text = re.sub(r"\s*(===|==|>=|<=|~=|!=|>|<|,)\s*", r"\1", _text(value, "pip requirement", "give e.g. 'cowsay==6.1'"))
+    if not _REQUIREMENT.match(text):
+        raise ValueError(f"pip requirement {text!r} is not a package from the index: give a name with optional "
+                         f"[extras] and version specifiers (e.g. 'cowsay==6.1', 'httpx>=0.27,<1'), no options, "
+                         f"paths or URLs")
+    return text
+
+
 def _quote(value: str) -> str:
     """A double-quoted Dockerfile word (ENV values): backslash, quote and ``$`` escaped."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
@@ -128,6 +143,9 @@ class Image:
         self.base = DEFAULT_BASE
         self.python: str | None = None
         self.directives: list[str] = []
+        # (method, argument) per call, in call order: what ``canopy.image_environment`` reads to
+        # tell the steps a sandbox runtime serves (from_base, pip, env) from those needing root
+        self.steps: list[tuple[str, str]] = []
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -153,7 +171,20 @@ class Image:
 
     def run_command(self, command: str) -> "Image":
         """``RUN command`` (one shell line; chain with ``&&`` or call again for more)."""
-        self.directives.append("RUN " + _text(command, "run_command", "join steps with '&&' or call run_command again"))
+        command = _text(command, "run_command", "join steps with '&&' or call run_command again")
+        self.directives.append("RUN " + command)
+        self.steps.append(("run_command", command))
+        return self
+
+    def pip_install(self, packages: str | Iterable[str]) -> "Image":
+        """``RUN pip install --no-cache-dir ...`` of requirement specifiers from the package index
+        (``"cowsay==6.1"``, ``["httpx>=0.27", "orjson"]``; no options, paths or URLs). The
+        sandbox runtime serves them from a cached environment per image on the miner."""
+        names = packages.split() if isinstance(packages, str) else list(packages) if packages is not None else []
+        if not names:
+            raise ValueError("pip_install needs at least one requirement (e.g. pip_install('cowsay==6.1'))")
+        names = [check_requirement(name) for name in names]
+        self.run_command("pip install --no-cache-dir " + " ".join(names))
         return self
 
     def apt_install(self, package: str | Iterable[str]) -> "Image":
@@ -167,6 +198,7 @@ class Image:
                 raise ValueError(f"apt package {pkg!r} is not a valid Debian package name "
                                  f"(lowercase letters, digits, '+', '-', '.', optional '=VERSION')")
         self.directives.append(_apt_run(names))
+        self.steps.append(("apt_install", " ".join(sorted(set(names)))))
         return self
 
     def with_python(self, version: str = "3.11") -> "Image":
@@ -196,6 +228,7 @@ class Image:
             f"ln -sf /usr/local/bin/pip{minor} /usr/local/bin/pip; "
             "python --version"
         )
+        self.steps.append(("with_python", full))
         return self
 
     def with_env(self, key: str, value: str) -> "Image":
@@ -209,6 +242,7 @@ class Image:
         if "\n" in value or "\r" in value or "\x00" in value:
             raise ValueError(f"env value for {key} must be a single line")
         self.directives.append(f"ENV {key}={_quote(value)}")
+        self.steps.append(("with_env", f"{key}={value}"))
         return self
 
     def add(self, source: str, dest: str) -> "Image":
@@ -222,6 +256,7 @@ class Image:
                 raise ValueError(f"add() source {source!r} must be relative to the build context "
                                  f"(inside the current directory, no '..' or absolute paths) or an http(s) URL")
         self.directives.append("ADD " + json.dumps([source, dest]))
+        self.steps.append(("add", f"{source} -> {dest}"))
         return self
 
     def set_workdir(self, directory: str) -> "Image":

@@ -299,6 +299,7 @@ class Autoscaler:
         self._frozen = False  # no fresh announcement: nothing decided until one arrives
         self._stopped: dict[str, tuple[str, float]] = {}  # revision -> (why, when) of a stop by idleness, ...
         self._unmet_since: dict[str, float] = {}  # chute_id -> since when its calls find no capacity
+        self._refused: set[str] = set()  # revisions this miner's runtime cannot run (logged once each)
         self._draining: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -358,7 +359,7 @@ class Autoscaler:
                 self._frozen = True
                 return []
             self._frozen = False
-            announced = self.announcements.merged(now)
+            announced = self._runnable(self.announcements.merged(now))
             self._track(announced, now)
             decisions = decide(announced, self.running(), self.devices, has_bundle=self.bundles.has,
                                cpu_slots=self.cpu_slots,
@@ -389,6 +390,21 @@ class Autoscaler:
                 self._unmet_since.pop(chute_id, None)
         for chute_id in set(self._unmet_since) - set(announced):
             del self._unmet_since[chute_id]
+
+    def _runnable(self, announced: Mapping[str, AnnouncedChute]) -> dict[str, AnnouncedChute]:
+        """The announced chutes this miner's runtime can run: one whose image needs root steps
+        (apt, arbitrary commands) is refused here, at load time, once per revision with the
+        reason and the fix, and never started."""
+        kept: dict[str, AnnouncedChute] = {}
+        for chute_id, chute in announced.items():
+            why = self.manager.refusal(chute.environment, chute.allow_external_egress)
+            if why is None:
+                kept[chute_id] = chute
+            elif chute.revision not in self._refused:
+                self._refused.add(chute.revision)
+                self.decisions_total.labels("refuse", "runtime").inc()
+                logger.error("autoscaler: not hosting {}/{} ({}): {}", chute.owner, chute.name, chute.revision[:12], why)
+        return kept
 
     # --- applying -------------------------------------------------------------------------
 
@@ -421,7 +437,8 @@ class Autoscaler:
                 revision=spec.revision, model=spec.model, cords=spec.cords, concurrency=spec.concurrency))
         self.manager.add(InstanceSpec(chute_id=spec.chute_id, name=spec.name, ref=entry, devices=decision.devices,
                                       concurrency=spec.concurrency, concurrency_override=True, revision=spec.revision,
-                                      cwd=str(folder), pinned=False))
+                                      cwd=str(folder), pinned=False, environment=spec.environment,
+                                      egress=spec.allow_external_egress, dockerfile=spec.dockerfile))
 
     async def _drain(self, instance: Instance) -> None:
         try:

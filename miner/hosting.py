@@ -163,7 +163,7 @@ class HostedPlan:
         return [InstanceSpec(chute_id=self.info.chute_id, name=self.info.name, ref=self.entry.ref,
                              devices=tuple(devices), concurrency=self.concurrency,
                              concurrency_override=self.entry.concurrency is not None, revision=self.revision,
-                             pinned=True)
+                             pinned=True, environment=self.info.environment, egress=self.info.allow_external_egress)
                 for devices in self.devices]
 
     def hosted_chute(self) -> HostedChute:

@@ -41,14 +41,12 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Sequence
@@ -56,14 +54,21 @@ from typing import Sequence
 import aiohttp
 from loguru import logger
 
+from canopy.image_environment import ImageEnvironment
+from canopy.paths import canopy_home
+from miner.environments import EnvironmentCache
 from miner.processes import LAUNCHER, ChildProcess, backoff_delay, bindable, exit_text, signal_group
-from miner.limits import InstanceCgroup
-from node.sandbox import SandboxPolicy, bwrap_path, sandboxed
+from miner.containers import ContainerImages, InstanceContainer
+from miner.sandboxing import InstanceSandbox, pip_build_sandbox, scratch_folder
+from node.egress import check_available as check_egress
+from node.sandbox import bwrap_path
 from protocol.graval.devices import DeviceSpec
 
 __all__ = ["HEALTH_PATH", "ChildProcess", "Instance", "InstanceManager", "InstanceSpec", "State", "backoff_delay"]
 
 HEALTH_PATH = "/_canopy/health"
+#: where an instance runs when not as a plain process: bubblewrap or the chute's container
+Confinement = InstanceSandbox | InstanceContainer
 class State(str, Enum):
     STARTING = "starting"
     READY = "ready"
@@ -78,7 +83,10 @@ class InstanceSpec:
 
     ``revision``: the sha256 of the code bundle it runs ("" when unknown); ``cwd``: its
     working directory (a registry chute's unpacked bundle; None: the manager's);
-    ``pinned``: a hosting-file chute, which the autoscaler never stops."""
+    ``pinned``: a hosting-file chute, which the autoscaler never stops; ``environment``: what
+    its image pip-installs and sets (``miner.environments`` builds it); ``egress``: the chute
+    declared ``allow_external_egress`` (a sandboxed instance then reaches the internet);
+    ``dockerfile``: its image, which the container runtime builds."""
 
     chute_id: str
     name: str
@@ -89,6 +97,9 @@ class InstanceSpec:
     revision: str = ""
     cwd: str | None = None
     pinned: bool = False
+    environment: ImageEnvironment = field(default_factory=ImageEnvironment, hash=False)
+    egress: bool = False
+    dockerfile: str = ""  # its image, for the container runtime
 
 
 class Instance:
@@ -101,8 +112,7 @@ class Instance:
         self.port: int | None = None
         self.url = ""
         self.session: aiohttp.ClientSession | None = None  # a sandboxed instance's own (its Unix socket)
-        self.scratch: Path | None = None  # a sandboxed instance's scratch folder
-        self.cgroup: InstanceCgroup | None = None  # a sandboxed instance's memory and process caps
+        self.sandbox: Confinement | None = None  # a confined start's (bubblewrap or container) folder, caps, network
         self.process: ChildProcess | None = None
         self.state = State.STARTING
         self.in_flight = 0
@@ -171,9 +181,11 @@ class InstanceManager:
         backoff_cap_s: float = 60.0,
         stable_s: float = 60.0,
         grace_s: float = 10.0,
-        sandbox: bool = False,
+        sandbox: bool = True,
         memory_mb: int = 8192,
         max_pids: int = 512,
+        environments: EnvironmentCache | None = None,
+        containers: ContainerImages | None = None,
     ) -> None:
         if port_range[1] < port_range[0]:
             raise ValueError(f"empty port range {port_range}")
@@ -190,12 +202,17 @@ class InstanceManager:
         self.backoff_cap_s = backoff_cap_s
         self.stable_s = stable_s
         self.grace_s = grace_s
-        # Registry chutes (a bundle folder as their cwd) run in bubblewrap (node.sandbox) and are
-        # reached over a Unix socket; pinned chutes, the operator's own code, run as processes.
+        # With ``sandbox`` every instance runs in bubblewrap (miner.sandboxing), reached over a
+        # Unix socket: a registry chute sees its bundle, a pinned one the folder of its reference.
         self.sandbox = sandbox
         self.memory_mb, self.max_pids = memory_mb, max_pids  # a sandboxed instance's caps (miner.limits)
         if sandbox:
             bwrap_path()  # SandboxUnavailable names the fix now, not at the first start
+        # --chutes.runtime container: registry chutes run in their image (miner.containers)
+        self.containers = containers
+        # the images' pip installs, one cached environment per image (pip itself sandboxed too)
+        self.environments = environments or EnvironmentCache(
+            canopy_home() / "environments", wrap=pip_build_sandbox if sandbox else None)
         self.instances: list[Instance] = []
         self.by_chute: dict[str, list[Instance]] = {}
         self._counts: dict[str, int] = {}  # instance numbers are never reused (nor their log files)
@@ -405,36 +422,65 @@ class InstanceManager:
             return port
         raise RuntimeError(f"no free port in {low}..{high} for a chute instance (widen --chutes.port_min/port_max)")
 
-    def _command(self, instance: Instance, policy: SandboxPolicy | None = None) -> list[str]:
-        where = ["--uds", str(policy.socket)] if policy else ["--host", "127.0.0.1", "--port", str(instance.port)]
-        command = [self.python, "-c", LAUNCHER, "serve", instance.spec.ref, *where]
+    def _command(self, instance: Instance, python: str, confinement: Confinement | None = None) -> list[str]:
+        where = ["--uds", str(confinement.socket)] if confinement else ["--host", "127.0.0.1", "--port", str(instance.port)]
+        serve = ["serve", instance.spec.ref, *where]
         if instance.spec.concurrency_override:
-            command += ["--concurrency", str(instance.spec.concurrency)]
+            serve += ["--concurrency", str(instance.spec.concurrency)]
         # in-flight requests get most of our grace period; SIGKILL comes after all of it
-        command += ["--graceful-timeout", f"{max(0.1, self.grace_s * 0.8):g}"]
-        return sandboxed(command, policy) if policy else command
+        serve += ["--graceful-timeout", f"{max(0.1, self.grace_s * 0.8):g}"]
+        if isinstance(confinement, InstanceContainer):
+            return confinement.command(serve, memory_mb=self.memory_mb, max_pids=self.max_pids)
+        command = [python, "-c", LAUNCHER, *serve]
+        if confinement is None:
+            return command
+        return confinement.command(command, name=f"canopy-{self._tag}-{confinement.scratch.name}",
+                                   memory_mb=self.memory_mb, max_pids=self.max_pids)
 
     def _environment(self, instance: Instance) -> dict[str, str]:
         env = dict(os.environ if self.env is None else self.env)
         env.update(CUDA_VISIBLE_DEVICES=instance.cuda_visible_devices(), CANOPY_INSTANCE_ID=instance.id,
-                   CANOPY_MINER_PID=str(os.getpid()), PYTHONUNBUFFERED="1")
+                   CANOPY_MINER_PID=str(os.getpid()), PYTHONUNBUFFERED="1", **instance.spec.environment.env)
         return env
+
+    async def _confine(self, instance: Instance) -> tuple[str, Confinement | None]:
+        """The Python that runs ``instance`` and where: a registry chute in its image's container
+        (``containers``), else in bubblewrap (``sandbox``) with its image's cached environment
+        (built now for the first instance of that image), else as a plain process.
+        RuntimeError (EnvironmentBuildError, a failed image build, no egress tools) names why not."""
+        spec = instance.spec
+        env = {"CUDA_VISIBLE_DEVICES": instance.cuda_visible_devices(), "CANOPY_INSTANCE_ID": instance.id,
+               **spec.environment.env}
+        if self.containers is not None and spec.cwd is not None:
+            tag = await self.containers.ensure(revision=spec.revision, dockerfile=spec.dockerfile, bundle=Path(spec.cwd))
+            scratch = scratch_folder(self._tag)
+            return "python", InstanceContainer.prepare(
+                self.containers.engine, tag=tag, name=f"canopy-{self._tag}-{scratch.name}", scratch=scratch,
+                gpu_uuids=[d.uuid for d in spec.devices if d.kind == "cuda"], env=env, egress=spec.egress)
+        interpreter = await self.environments.ensure(spec.environment, spec.ref)
+        python = str(interpreter) if interpreter else self.python
+        if not self.sandbox:
+            return python, None
+        return python, InstanceSandbox.prepare(
+            tag=self._tag, ref=spec.ref, bundle=spec.cwd, cwd=self.cwd or os.getcwd(),
+            gpu_indexes=[d.index for d in spec.devices if d.kind == "cuda"], env=env,
+            environment=interpreter.parent.parent if interpreter else None, egress=spec.egress)
 
     async def _launch(self, instance: Instance) -> bool:
         """Spawn the process and wait for its readiness; False (with ``last_error``) if it fails."""
         instance.state = State.STARTING
         instance.last_error = ""
         instance._poke.clear()
-        policy: SandboxPolicy | None = None
         try:
-            if self.sandboxed(instance):
-                policy = self._sandbox_policy(instance)
-                instance.port, instance.url, instance.scratch = None, "http://chute", policy.scratch
-                instance.session = _client(aiohttp.UnixConnector(path=str(policy.socket), limit=0))
+            python, sandbox = await self._confine(instance)
+            if sandbox is not None:
+                instance.sandbox = sandbox
+                instance.port, instance.url = None, "http://chute"
+                instance.session = _client(aiohttp.UnixConnector(path=str(sandbox.socket), limit=0))
             else:
                 instance.port = self._allocate_port()
                 instance.url = f"http://127.0.0.1:{instance.port}"
-        except (RuntimeError, OSError) as error:
+        except (RuntimeError, OSError) as error:  # a failed build, no free port, no egress tools
             instance.last_error = str(error)
             logger.error("instance {}: {}", instance.id, error)
             return False
@@ -445,24 +491,23 @@ class InstanceManager:
                       f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
             log.flush()
             try:
-                command = self._command(instance, policy)
-                if policy is not None:
-                    instance.cgroup = InstanceCgroup.create(f"canopy-{self._tag}-{policy.scratch.name}",
-                                                            memory_bytes=self.memory_mb << 20, max_pids=self.max_pids)
-                    if instance.cgroup is None:
-                        logger.warning("instance {}: no cgroup can be made here: it runs without memory and process "
-                                       "caps", instance.id)
-                    else:
-                        command = instance.cgroup.entered(command)
                 instance.process = ChildProcess(subprocess.Popen(
-                    command, cwd=instance.spec.cwd or self.cwd, env=self._environment(instance),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                    self._command(instance, python, sandbox), cwd=instance.spec.cwd or self.cwd,
+                    env=self._environment(instance), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True, pass_fds=sandbox.pass_fds if sandbox else ()))
             except OSError as error:
-                instance.last_error = f"cannot start {self.python}: {error}"
+                instance.last_error = f"cannot start {python}: {error}"
+                logger.error("instance {}: {}", instance.id, instance.last_error)
+                return False
+        if sandbox is not None:
+            try:
+                await sandbox.started(instance.process.pid)
+            except (RuntimeError, OSError, TimeoutError) as error:
+                instance.last_error = f"its network could not be set up: {error}"
                 logger.error("instance {}: {}", instance.id, instance.last_error)
                 return False
         logger.info("instance {} ({}) starting {} (pid {}, devices [{}])", instance.id, instance.spec.ref,
-                    f"sandboxed on {policy.socket}" if policy else f"on port {instance.port}", instance.process.pid,
+                    f"sandboxed on {sandbox.socket}" if sandbox else f"on port {instance.port}", instance.process.pid,
                     ", ".join(str(d.index) for d in instance.spec.devices))
         deadline = started + self.start_timeout_s
         pause = 0.02
@@ -510,7 +555,7 @@ class InstanceManager:
                     await asyncio.wait({exited}, timeout=1.0)
                 if exited.done():
                     memory = (f"; past its {self.memory_mb} MiB memory cap"
-                              if instance.cgroup is not None and instance.cgroup.oom_killed() else "")
+                              if instance.sandbox is not None and instance.sandbox.oom_killed() else "")
                     instance.last_error = (f"crashed ({exit_text(instance.process.returncode)}{memory}; "
                                            f"log: {instance.log_path})")
                     logger.error("instance {} ({}) {}", instance.id, instance.spec.ref, instance.last_error)
@@ -535,22 +580,22 @@ class InstanceManager:
         finally:
             exited.cancel()
 
+    def refusal(self, environment: ImageEnvironment, egress: bool = False, *, pinned: bool = False) -> str | None:
+        """Why this miner's runtime cannot run a chute with ``environment`` (and ``egress``), naming
+        the fix; None when it can. Checked before an instance is added (the autoscaler's load time).
+        The container runtime builds every image step; the others serve only what needs no root."""
+        if self.containers is not None and not pinned:
+            return None
+        if egress and self.sandbox:
+            try:
+                check_egress()
+            except RuntimeError as error:
+                return str(error)
+        return environment.refusal()
+
     def session_for(self, instance: Instance) -> aiohttp.ClientSession:
         """The client that reaches ``instance``: its Unix socket's (sandboxed), else the shared one."""
         return instance.session if instance.session is not None else self.session
-
-    def sandboxed(self, instance: Instance) -> bool:
-        return self.sandbox and instance.spec.cwd is not None
-
-    def _sandbox_policy(self, instance: Instance) -> SandboxPolicy:
-        """A fresh scratch folder (short: a Unix socket path must fit 108 bytes) and the instance's devices."""
-        scratch = Path(tempfile.gettempdir()) / f"canopy-{self._tag}" / secrets.token_hex(4)
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True, mode=0o700)
-        assert instance.spec.cwd is not None
-        env = {"CUDA_VISIBLE_DEVICES": instance.cuda_visible_devices(), "CANOPY_INSTANCE_ID": instance.id}
-        return SandboxPolicy(bundle=Path(instance.spec.cwd), scratch=scratch,
-                             gpu_indexes=tuple(d.index for d in instance.spec.devices if d.kind == "cuda"), env=env)
 
     async def _health(self, instance: Instance) -> tuple[int, object]:
         """(status, JSON body) of the instance's health route; (0, None) when it does not answer."""
@@ -568,30 +613,28 @@ class InstanceManager:
             return 0, None
 
     async def _terminate(self, instance: Instance) -> None:
-        """SIGTERM the process (its group), SIGKILL after ``grace_s``; wait for it."""
+        """SIGTERM the process (its group), SIGKILL after ``grace_s``; wait for it; then undo its sandbox."""
         process = instance.process
-        if process is None:
-            return
-        if process.returncode is None:
-            signal_group(process.pid, signal.SIGTERM)
+        if process is not None and process.returncode is None:
+            if instance.sandbox is not None:
+                instance.sandbox.terminate(process.pid)
+            else:
+                signal_group(process.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(process.wait(), self.grace_s)
             except TimeoutError:
                 logger.warning("instance {} ignored SIGTERM for {:g}s: SIGKILL", instance.id, self.grace_s)
                 signal_group(process.pid, signal.SIGKILL)
                 await process.wait()
-        else:
+        elif process is not None:
             signal_group(process.pid, signal.SIGKILL)  # whatever the instance left behind in its group
         instance.process = None
         if instance.session is not None:
             await instance.session.close()
             instance.session = None
-        if instance.scratch is not None:
-            shutil.rmtree(instance.scratch, ignore_errors=True)
-            instance.scratch = None
-        if instance.cgroup is not None:
-            await asyncio.to_thread(instance.cgroup.remove)
-            instance.cgroup = None
+        if instance.sandbox is not None:
+            await instance.sandbox.close()
+            instance.sandbox = None
 
     @staticmethod
     def _log_tail(instance: Instance, lines: int = 3, limit: int = 8192) -> str:

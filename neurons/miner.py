@@ -36,7 +36,10 @@ from miner.bundles import BundleStore, pinned_revision
 from miner.chutes_service import ChutesService
 from miner.graval.service import GravalService, ProverFactory
 from miner.hosting import HostingConfigError, HostingPlan, load_hosting_config, plan_hosting
+from miner.containers import ContainerEngine, ContainerImages, ContainerUnavailable
+from miner.environments import EnvironmentCache
 from miner.instances import InstanceManager
+from miner.sandboxing import pip_build_sandbox
 from miner.registry_service import RegistryService
 from node.sandbox import SandboxUnavailable
 from miner.inventory import cpu_device, discover_devices
@@ -67,15 +70,33 @@ async def hosting_plan(settings: ChutesSettings, devices: list[DeviceSpec]) -> H
 
 
 def instance_manager(settings: ChutesSettings, plan: HostingPlan) -> InstanceManager:
+    """The miner's instances, on the configured runtime; StartupError naming the fix when the
+    runtime is missing or cannot run a chute of the hosting file."""
+    sandbox = settings.runtime in ("sandbox", "container")
+    containers = None
+    if settings.runtime == "container":
+        try:
+            engine = ContainerEngine.detect(settings.container_engine)
+        except ContainerUnavailable as error:
+            raise StartupError(str(error)) from None
+        containers = ContainerImages(engine, canopy_home() / "images")
+    environments = EnvironmentCache(Path(settings.environment_dir).expanduser() if settings.environment_dir
+                                    else canopy_home() / "environments", index_url=settings.pip_index_url,
+                                    wrap=pip_build_sandbox if sandbox else None)
     try:
-        return InstanceManager(
+        manager = InstanceManager(
             plan.instance_specs(), port_range=(settings.port_min, settings.port_max),
             log_dir=settings.log_dir or canopy_home() / "logs", start_timeout_s=settings.start_timeout_s,
             health_interval_s=settings.health_interval_s, grace_s=settings.shutdown_grace_s,
-            sandbox=settings.runtime == "sandbox", memory_mb=settings.instance_memory_mb,
-            max_pids=settings.instance_max_pids)
+            sandbox=sandbox, memory_mb=settings.instance_memory_mb, max_pids=settings.instance_max_pids,
+            environments=environments, containers=containers)
     except SandboxUnavailable as error:
         raise StartupError(str(error)) from None
+    for chute in plan.hosted:
+        why = manager.refusal(chute.info.environment, chute.info.allow_external_egress, pinned=True)
+        if why is not None:
+            raise StartupError(f"chute {chute.entry.ref} of the hosting file cannot run here: {why}")
+    return manager
 
 
 async def serve(ctx: NeuronContext, *, prover_factory: ProverFactory | None = None) -> None:

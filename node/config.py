@@ -101,9 +101,18 @@ class ChutesSettings(BaseModel):
                                    description="Miner: largest Invoke payload (JSON bytes); --axon.max_body_bytes also caps it.")
     shutdown_grace_s: float = Field(10.0, ge=0, description="Miner: seconds instances get to exit after SIGTERM before SIGKILL.")
     log_dir: str | None = Field(None, description="Miner: folder of the instances' stdout/stderr logs (default: $CANOPY_HOME/logs).")
-    runtime: Literal["process", "sandbox"] = Field(
-        "sandbox", description="Miner: how registry chutes run: sandbox (bubblewrap: no file of the miner's, no network, "
-                               "memory and process caps) or process (the miner's own user, files and network).")
+    runtime: Literal["process", "sandbox", "container"] = Field(
+        "sandbox", description="Miner: how chute instances run: sandbox (bubblewrap: no file of the miner's, no network "
+                               "unless the chute allows external egress and then never the miner's ports, memory and "
+                               "process caps), container (registry chutes in their own image, built with Podman or "
+                               "Docker: every Image step honoured; pinned chutes sandboxed) or process (the miner's "
+                               "own user, files and network).")
+    container_engine: Literal["podman", "docker"] | None = Field(
+        None, description="Miner: the engine of --chutes.runtime container (default: the first of podman, docker that answers).")
+    environment_dir: str | None = Field(None, description="Miner: folder of the chutes' cached pip environments, one per "
+                                                          "image (default: $CANOPY_HOME/environments).")
+    pip_index_url: str | None = Field(None, description="Miner: package index the chutes' pip installs come from "
+                                                        "(default: pip's own configuration, PIP_INDEX_URL or PyPI).")
     instance_memory_mb: int = Field(8192, ge=64, description="Miner: memory cap of a sandboxed instance (MiB; past it the "
                                                                "kernel kills it and it restarts).")
     instance_max_pids: int = Field(512, ge=16, description="Miner: most processes and threads a sandboxed instance may run.")

@@ -42,12 +42,13 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 from loguru import logger
 
 import canopy
 from canopy.paths import canopy_home
+from node.egress import resolv_conf
 
 NOBODY = 65534
 SOCKET_NAME = "instance.sock"
@@ -68,13 +69,23 @@ class SandboxUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class SandboxPolicy:
-    """One instance's sandbox: its bundle (read-only, the working directory), its scratch
-    folder (read-write, HOME; the socket lives there) and its GPUs' indexes."""
+    """One sandbox: its bundle (read-only, the working directory; None: ``chdir`` or the scratch
+    folder), its scratch folder (read-write, HOME; the socket lives there), its GPUs' indexes,
+    more folders read-only (``readonly``: a chute's cached environment, a pinned chute's code)
+    or read-write (``writable``: what a pip build fills), folders hidden behind an empty tmpfs
+    (``masked``), and its network: ``none`` (its own loopback only), ``egress`` (the internet
+    through ``node.egress``, never the host's addresses) or ``host`` (the node's network: only
+    for the miner's own pip, which runs no package code)."""
 
-    bundle: Path
+    bundle: Path | None
     scratch: Path
     gpu_indexes: tuple[int, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    readonly: tuple[Path, ...] = ()
+    writable: tuple[Path, ...] = ()
+    masked: tuple[Path, ...] = ()
+    chdir: Path | None = None
+    network: Literal["none", "egress", "host"] = "none"
 
     @property
     def socket(self) -> Path:
@@ -146,21 +157,61 @@ def environment(policy: SandboxPolicy) -> dict[str, str]:
 
 
 def sandboxed(command: Sequence[str], policy: SandboxPolicy) -> list[str]:
-    """``command`` run inside the instance's sandbox (see the module docstring)."""
-    args = [bwrap_path(), "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
+    """``command`` run inside the sandbox ``policy`` describes (see the module docstring). With
+    ``network="egress"`` the result still needs ``node.egress.Egress.wrap`` and ``attach``."""
+    network = ["--unshare-net"] if policy.network == "none" else []
+    args = [bwrap_path(), "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", *network,
             "--unshare-cgroup-try", "--uid", str(NOBODY), "--gid", str(NOBODY), "--die-with-parent",
             "--hostname", "chute", "--ro-bind", "/usr", "/usr", *_root_links(), *_etc(),
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
+    if policy.network == "egress":
+        args += ["--ro-bind", str(resolv_conf(policy.scratch.parent)), "/etc/resolv.conf"]
     for path in runtime_paths():
         args += ["--ro-bind", str(path), str(path)]
     models = model_cache()
     models.mkdir(parents=True, exist_ok=True)
     args += ["--bind", str(models), str(models)]
-    args += ["--ro-bind", str(policy.bundle), str(policy.bundle), "--bind", str(policy.scratch), str(policy.scratch),
-             *_gpu_nodes(policy.gpu_indexes), "--chdir", str(policy.bundle), "--clearenv"]
+    for path in ([policy.bundle] if policy.bundle else []) + list(policy.readonly):
+        args += ["--ro-bind", str(path), str(path)]
+    for path in policy.masked:
+        args += ["--tmpfs", str(path)]
+    for path in [policy.scratch, *policy.writable]:
+        args += ["--bind", str(path), str(path)]
+    if policy.gpu_indexes:  # CUDA and NVML read the GPUs' PCI details there
+        args += ["--ro-bind-try", "/sys", "/sys"]
+    workdir = policy.bundle or policy.chdir or policy.scratch
+    args += [*_gpu_nodes(policy.gpu_indexes), "--chdir", str(workdir), "--clearenv"]
     for name, value in environment(policy).items():
         args += ["--setenv", name, value]
     return [*args, "--", *command]
+
+
+def hidden_from_chutes(bound: Sequence[Path]) -> tuple[Path, ...]:
+    """The node's secrets that lie inside a folder given to a sandbox (``$CANOPY_HOME``, the
+    wallets, ``~/.ssh``...): each to be masked by an empty tmpfs."""
+    home = Path.home()
+    secrets = [canopy_home().expanduser().resolve(), home / ".bittensor", home / ".ssh", home / ".aws",
+               home / ".config", home / ".cache" / "pip"]
+    wallets = os.environ.get("BT_WALLET_PATH") or os.environ.get("CANOPY_WALLET_PATH")
+    if wallets:
+        secrets.append(Path(wallets).expanduser().resolve())
+    inside = {secret for secret in secrets for folder in bound
+              if secret.exists() and (secret == folder or folder in secret.parents)}
+    return tuple(sorted(inside))
+
+
+def ref_root(ref: str, cwd: Path) -> Path | None:
+    """What of ``cwd`` a chute reference needs (a pinned chute's code, to bind read-only): a file
+    ref's folder, a module ref's top-level package or module; None for a module the runtime has."""
+    target = ref.split(":", 1)[0]
+    if target.endswith(".py") or "/" in target:
+        path = (cwd / target).resolve()
+        return path.parent if path.is_file() else path if path.exists() else None
+    top = target.split(".", 1)[0]
+    for candidate in (cwd / top, cwd / f"{top}.py"):
+        if candidate.exists():
+            return candidate.resolve()
+    return None
 
 
 def inspection_sandbox() -> Callable[[list[str], Path], list[str]] | None:

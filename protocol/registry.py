@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from canopy.bundle import MAX_BUNDLE_BYTES
+from canopy.image_environment import ImageEnvironment
 from protocol.chutes import MAX_CORDS, HostedCord
 from protocol.synapse import Synapse, SynapseResponse
 
@@ -75,6 +76,11 @@ class AnnouncedChute(BaseModel):
     shutdown_after_seconds: int = Field(300, ge=0)
     model: str = ""  # an LLM chute's OpenAI model name
     tagline: str = ""
+    # what a runtime without containers serves of the chute's image, and whether it may reach
+    # the internet (canopy.image_environment; ChuteInfo's fields as the deploy inspection found them)
+    environment: ImageEnvironment = Field(default_factory=ImageEnvironment)
+    allow_external_egress: bool = False
+    dockerfile: str = Field("", max_length=65536)  # what a miner's container runtime builds
     demand: ChuteDemand = Field(default_factory=ChuteDemand)
     # This miner's place (0 first) in the validator's rendezvous order of the serving miners
     # for this chute (sha256 of chute, revision and hotkey): the first ``max_instances`` start

@@ -32,6 +32,7 @@ from typing import Any, Collection, Mapping, Sequence
 from loguru import logger
 from pydantic import ValidationError
 
+from canopy.image_environment import ImageEnvironment
 from protocol.chutes import HostedCord
 from protocol.dendrite import Dendrite
 from protocol.registry import MAX_ANNOUNCED, AnnouncedChute, Announce, AnnounceResponse, BundleReceipt, ChuteDemand, DeliverBundle
@@ -62,6 +63,9 @@ def announced_chute(record: ChuteRecord, demand: Demand, instances: int, now: fl
             concurrency=int(description.get("concurrency") or 1), max_instances=record.max_instances,
             shutdown_after_seconds=record.shutdown_after_seconds, model=str(description.get("model") or ""),
             tagline=str(description.get("tagline") or ""),
+            environment=ImageEnvironment.model_validate(description.get("environment") or {}),
+            allow_external_egress=description.get("allow_external_egress") is True,
+            dockerfile=str(description.get("dockerfile") or ""),
             demand=ChuteDemand(calls=demand.calls, refused=demand.refused, instances=instances, warmup=demand.warmups > 0,
                               idle_s=None if demand.last_at is None else max(0.0, now - demand.last_at)))
     except (ValidationError, TypeError, ValueError) as error:

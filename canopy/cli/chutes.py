@@ -198,7 +198,9 @@ def chute_table(chute: dict[str, Any], title: str | None = None) -> Table:
             ("revision", chute.get("revision")), ("public", "yes" if chute.get("public") else "no (private)"),
             ("instances", chute.get("instances")), ("max instances", chute.get("max_instances")),
             ("shutdown after", f"{chute.get('shutdown_after_seconds')} s idle"),
-            ("model", chute.get("model")), ("tagline", chute.get("tagline"))]
+            ("model", chute.get("model")), ("tagline", chute.get("tagline")),
+            ("pip", " ".join((chute.get("environment") or {}).get("pip") or [])),
+            ("external egress", "allowed" if chute.get("allow_external_egress") else "")]
     for label, value in rows:
         if value not in (None, ""):
             table.add_row(label, escape(str(value)))

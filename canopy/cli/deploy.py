@@ -157,6 +157,10 @@ def _print_deployed(chute: dict[str, Any]) -> None:
     console.print(chute_table(chute, title=f"deployed: {what}"))
     if chute.get("urls"):
         console.print(urls_table(chute))
+    environment = chute.get("environment") or {}
+    if environment.get("unsupported"):
+        console.print(f"[yellow]note:[/yellow] its Image needs {escape(', '.join(environment['unsupported']))}: miners "
+                      "on the default sandbox runtime refuse it; only miners on --chutes.runtime container host it")
     if not chute.get("instances"):
         console.print("no instance runs yet: a miner starts one when validators next announce the registry "
                       "(`--wait` waits for it)")

@@ -98,6 +98,22 @@ async def test_a_deploy_creates_then_adds_revisions_as_the_key_owner(api, tmp_pa
     assert demand.warmups == 3, "each deploy asks the network for an instance"
 
 
+async def test_the_image_environment_and_egress_are_stored_and_shown(api, tmp_path):
+    prelude = ("from canopy.image import Image\n"
+               "IMAGE = Image('bob', 'imaged', '1').pip_install('cowsay==6.1').apt_install(['git'])\n")
+    ref = chute_file(tmp_path / "imaged", "imaged", prelude=prelude)
+    path = Path(ref.rsplit(":", 1)[0])
+    path.write_text(path.read_text().replace('max_instances=3)', 'max_instances=3, image=IMAGE, allow_external_egress=True)'))
+    deployed = await upload(api, api.bob, build_bundle(ref).data)
+    assert deployed.status_code == 201, deployed.text
+    body = deployed.json()
+    assert body["environment"]["pip"] == ["cowsay==6.1"] and body["environment"]["unsupported"] == ["apt_install('git')"]
+    assert body["allow_external_egress"] is True
+    stored = (await api.registry.get("bob", "imaged")).description
+    assert stored["environment"]["pip"] == ["cowsay==6.1"] and "apt-get install" in stored["dockerfile"], \
+        "what the miners are announced: the environment, and the Dockerfile for container runtimes"
+
+
 async def test_the_bundle_limit_replaces_the_body_cap_on_uploads_only(api, tmp_path):
     garbage = os.urandom(200 * 1024)  # over the gateway's 64 KiB test cap, under the bundle limit
     refused = await upload(api, api.bob, garbage)

@@ -1,9 +1,13 @@
-"""miner.instances: real instance processes: readiness, pinning, restarts, health, shutdown."""
+"""miner.instances: real instance processes: readiness, pinning, restarts, health, shutdown.
+
+Every test that starts instances runs on both runtimes: ``sandbox`` (bubblewrap, reached over
+a Unix socket: the default) and ``process`` (a plain child on a port of the range)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import time
@@ -23,15 +27,33 @@ def port_range(size: int = 40) -> tuple[int, int]:
     return low, low + size - 1
 
 
+RUNTIMES = ["sandbox", "process"] if shutil.which("bwrap") or os.environ.get("CANOPY_REQUIRE_BWRAP") else ["process"]
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime(request, monkeypatch) -> str:
+    """Each test that starts instances, on each runtime (``manager`` below reads it)."""
+    monkeypatch.setattr(__import__(__name__, fromlist=["_"]), "SANDBOX", request.param == "sandbox")
+    return request.param
+
+
+SANDBOX = True
+
+
 def manager(specs, tmp_path, **options) -> InstanceManager:
     settings = dict(port_range=port_range(), log_dir=tmp_path / "logs", cwd=ROOT, backoff_base_s=0.2,
-                    backoff_cap_s=2.0, grace_s=3.0, start_timeout_s=30.0)
+                    backoff_cap_s=2.0, grace_s=3.0, start_timeout_s=30.0, sandbox=SANDBOX)
     settings.update(options)
     return InstanceManager(specs, **settings)
 
 
+def address(instance: Instance) -> object:
+    """Where the instance listens: its Unix socket (sandboxed) or its port."""
+    return instance.sandbox.socket if instance.sandbox is not None else instance.port
+
+
 async def get(manager: InstanceManager, instance: Instance, path: str) -> dict:
-    async with manager.session.post(instance.url + path) as response:
+    async with manager.session_for(instance).post(instance.url + path) as response:
         assert response.status == 200, await response.text()
         return await response.json()
 
@@ -41,7 +63,7 @@ def test_backoff_doubles_up_to_the_cap():
     assert backoff_delay(10_000, 1.0, 60.0) == 60.0
 
 
-async def test_instances_start_pinned_to_their_gpus_and_stop_gracefully(tmp_path):
+async def test_instances_start_pinned_to_their_gpus_and_stop_gracefully(tmp_path, runtime):
     gpus = fake_h100s(2)
     specs = [InstanceSpec(ECHO_ID, "echo", ECHO, (gpu,), concurrency=2) for gpu in gpus]
     instances = manager(specs, tmp_path)
@@ -49,13 +71,16 @@ async def test_instances_start_pinned_to_their_gpus_and_stop_gracefully(tmp_path
     try:
         first, second = instances.instances
         assert first.state is State.READY and second.state is State.READY
-        assert 0 < first.cold_start_s < 30 and first.port != second.port
-        assert all(instances.port_range[0] <= i.port <= instances.port_range[1] for i in instances.instances)
+        assert 0 < first.cold_start_s < 30 and address(first) != address(second)
+        if runtime == "process":
+            assert all(instances.port_range[0] <= i.port <= instances.port_range[1] for i in instances.instances)
+        else:
+            assert first.port is None and first.sandbox.socket.is_socket(), "no port: its Unix socket only"
         seen = [await get(instances, i, "/whoami") for i in (first, second)]
         assert [s["cuda_visible_devices"] for s in seen] == [gpu.uuid for gpu in gpus]
         assert [s["instance"] for s in seen] == [first.id, second.id]
         assert instances.load(ECHO_ID) == (2, 2, 0)
-        pids = [s["pid"] for s in seen]
+        pids = [i.process.pid for i in (first, second)]  # the host's pids (inside a sandbox it has its own)
     finally:
         started = time.monotonic()
         await instances.stop()
@@ -68,25 +93,25 @@ async def test_instances_start_pinned_to_their_gpus_and_stop_gracefully(tmp_path
     assert "serving chute tests/echo" in log and "shutdown hooks" in log, "stdout/stderr go to the instance's log file"
 
 
-async def test_a_cpu_pseudo_device_is_shared_and_hides_the_gpus(tmp_path):
+async def test_a_cpu_pseudo_device_is_shared_and_hides_the_gpus(tmp_path, runtime):
     [cpu] = cpu_devices(1)
     instances = manager([InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,), concurrency=3, concurrency_override=True)], tmp_path)
     async with instances:
         [instance] = instances.instances
         assert (await get(instances, instance, "/whoami"))["cuda_visible_devices"] == ""
-        async with instances.session.get(instance.url + "/_canopy/health") as response:
+        async with instances.session_for(instance).get(instance.url + "/_canopy/health") as response:
             assert (await response.json())["concurrency"] == 3, "the hosting config's concurrency reaches the instance"
 
 
-async def test_a_crash_restarts_the_instance_with_backoff_and_the_other_keeps_serving(tmp_path):
+async def test_a_crash_restarts_the_instance_with_backoff_and_the_other_keeps_serving(tmp_path, runtime):
     [cpu] = cpu_devices(1)
     specs = [InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,), concurrency=2) for _ in range(2)]
     instances = manager(specs, tmp_path)
     async with instances:
         victim, other = instances.instances
-        old_port = victim.port
+        old_address = address(victim)
         pid = (await get(instances, victim, "/whoami"))["pid"]
-        os.kill(pid, signal.SIGKILL)
+        os.killpg(victim.process.pid, signal.SIGKILL)  # the instance and, sandboxed, its bubblewrap
         for _ in range(200):
             if victim.state is not State.READY:
                 break
@@ -96,12 +121,12 @@ async def test_a_crash_restarts_the_instance_with_backoff_and_the_other_keeps_se
         instances.release(other)
         assert (await get(instances, other, "/whoami"))["instance"] == other.id
         assert await instances.wait_ready(victim, 20), victim.last_error
-        assert victim.restarts == 1 and victim.starts == 2 and victim.port != old_port
+        assert victim.restarts == 1 and victim.starts == 2 and address(victim) != old_address
         assert victim.failures[0].startswith("crashed (killed by SIGKILL")
-        assert (await get(instances, victim, "/whoami"))["pid"] != pid
+        assert runtime == "sandbox" or (await get(instances, victim, "/whoami"))["pid"] != pid
 
 
-async def test_a_startup_hook_that_raises_is_logged_and_retried_while_others_serve(tmp_path):
+async def test_a_startup_hook_that_raises_is_logged_and_retried_while_others_serve(tmp_path, runtime):
     [cpu] = cpu_devices(1)
     specs = [InstanceSpec(BAD_ID, "bad-hook", BAD_HOOK, (cpu,)), InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,))]
     instances = manager(specs, tmp_path, backoff_base_s=0.5)
@@ -120,7 +145,7 @@ async def test_a_startup_hook_that_raises_is_logged_and_retried_while_others_ser
         assert (await get(instances, echo, "/whoami"))["instance"] == echo.id
 
 
-async def test_an_instance_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
+async def test_an_instance_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path, runtime):
     [cpu] = cpu_devices(1)
     instances = manager([InstanceSpec(STUBBORN_ID, "stubborn", STUBBORN, (cpu,))], tmp_path, grace_s=0.5)
     await instances.start()
@@ -133,14 +158,14 @@ async def test_an_instance_that_ignores_sigterm_is_killed_after_the_grace_period
     assert process.returncode == -signal.SIGKILL
 
 
-async def test_an_unresponsive_instance_fails_its_health_checks_and_is_replaced(tmp_path):
+async def test_an_unresponsive_instance_fails_its_health_checks_and_is_replaced(tmp_path, runtime):
     [cpu] = cpu_devices(1)
     instances = manager([InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,))], tmp_path, health_interval_s=0.1,
                         health_timeout_s=0.2, health_failures=2, grace_s=0.3)
     async with instances:
         [instance] = instances.instances
         frozen = instance.process
-        os.kill(frozen.pid, signal.SIGSTOP)  # alive, but answers nothing
+        os.killpg(frozen.pid, signal.SIGSTOP)  # alive, but answers nothing
         for _ in range(300):
             if instance.starts >= 2:
                 break
@@ -179,7 +204,7 @@ def test_acquire_picks_the_least_loaded_ready_instance_with_room(tmp_path):
     assert instances.acquire("unknown") is None
 
 
-async def test_added_instances_start_at_once_and_a_drain_lets_the_call_in_flight_finish(tmp_path):
+async def test_added_instances_start_at_once_and_a_drain_lets_the_call_in_flight_finish(tmp_path, runtime):
     [cpu] = cpu_devices(1)
     old, new = "a" * 64, "b" * 64
     instances = manager([], tmp_path)
@@ -200,7 +225,7 @@ async def test_added_instances_start_at_once_and_a_drain_lets_the_call_in_flight
             taken = instances.acquire(ECHO_ID, old)
             assert taken is first
             try:
-                async with instances.session.post(first.url + "/sleep", json={"seconds": 2.0}) as response:
+                async with instances.session_for(first).post(first.url + "/sleep", json={"seconds": 2.0}) as response:
                     return response.status, await response.json()
             finally:
                 instances.release(taken)
@@ -224,7 +249,7 @@ async def test_added_instances_start_at_once_and_a_drain_lets_the_call_in_flight
         await instances.stop()
 
 
-async def test_a_drain_stops_the_instance_after_its_timeout_and_never_restarts_it(tmp_path):
+async def test_a_drain_stops_the_instance_after_its_timeout_and_never_restarts_it(tmp_path, runtime):
     [cpu] = cpu_devices(1)
     instances = manager([], tmp_path, grace_s=0.5)
     await instances.start()

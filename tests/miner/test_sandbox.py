@@ -17,11 +17,18 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
+import sqlite3
+from pathlib import Path
 
 import aiohttp
 import pytest
 
+from miner.hosting import describe_chute
 from miner.instances import InstanceManager, InstanceSpec
+from node.egress import host_addresses
+from node.sandbox import NOBODY
+from node.wallets import create_devnet_wallet
 from tests.support import free_port
 from tests.support.chutes import cpu_devices
 
@@ -29,11 +36,12 @@ if shutil.which("bwrap") is None and os.environ.get("CANOPY_REQUIRE_BWRAP"):
     pytest.fail("bubblewrap is missing though ./run.sh test requires it (apt-get install bubblewrap)", pytrace=False)
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is installed by ./run.sh test")
 
-HOSTILE = '''
-import os, socket
+HOSTILE = """
+import errno, os, socket
 from canopy import Chute, NodeSelector
 
-chute = Chute(username="mallory", name="snoop", node_selector=NodeSelector(gpu_count=1, min_vram_gb_per_gpu=0))
+chute = Chute(username="mallory", name="snoop", node_selector=NodeSelector(gpu_count=1, min_vram_gb_per_gpu=0),
+              allow_external_egress=EGRESS)
 
 
 def _read(path):
@@ -46,10 +54,12 @@ def _read(path):
 
 def _connect(host, port):
     try:
-        with socket.create_connection((host, port), timeout=2):
+        with socket.create_connection((host, port), timeout=3):
             return "connected"
+    except TimeoutError:
+        return "timed out"
     except OSError as error:
-        return f"refused: {type(error).__name__}"
+        return f"refused: {type(error).__name__} {errno.errorcode.get(error.errno, error.errno)}"
 
 
 def _write(path):
@@ -71,60 +81,143 @@ async def look(self, targets: dict) -> dict:
         "writes": {path: _write(path) for path in targets["writes"]},
         "home_write": _write(os.path.join(os.environ["HOME"], "mine.txt")),
         "tmp_write": _write("/tmp/mine.txt"),
+        "uid": os.getuid(),
     }
-'''
+"""
+
+
+def outside_address() -> str:
+    """An address of the package index (reachable from CI): the outside a chute may try."""
+    try:
+        return socket.getaddrinfo("pypi.org", 443, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    except OSError:
+        return "151.101.0.223"
+
+
+def own_address() -> str | None:
+    """This host's first address that is not loopback (a service bound to 0.0.0.0 answers there)."""
+    return next((net.split("/")[0] for net in host_addresses() if not net.startswith("127.")), None)
+
+
+class Miner:
+    """What a hostile chute goes after: the miner's real wallet (made with bittensor) under its
+    HOME, its store (a real SQLite file) under $CANOPY_HOME, a secret in its environment, its
+    axon (listening on every address) and another local service (loopback only)."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.home, self.canopy = root / "home", root / "canopy"
+        monkeypatch.setenv("HOME", str(self.home))
+        monkeypatch.setenv("CANOPY_HOME", str(self.canopy))
+        monkeypatch.setenv("CANOPY_TEST_SECRET", "miner-only secret value")
+        wallet = create_devnet_wallet("miner", "default", self.home / ".bittensor" / "wallets")
+        self.hotkey = Path(wallet.hotkey_file.path)
+        self.hotkey_text = self.hotkey.read_text()
+        self.store = self.canopy / "validator.sqlite"
+        self.canopy.mkdir()
+        with sqlite3.connect(self.store) as db:
+            db.execute("CREATE TABLE api_keys (hash TEXT)")
+            db.execute("INSERT INTO api_keys VALUES ('the stored key hashes')")
+        self.servers: list[asyncio.Server] = []
+
+    async def listen(self, host: str) -> int:
+        async def close(reader, writer):
+            writer.close()
+
+        server = await asyncio.start_server(close, host, free_port())
+        self.servers.append(server)
+        return server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+            await server.wait_closed()
+
+
+async def _hostile(tmp_path: Path, miner: Miner, *, egress: bool) -> tuple[InstanceManager, Path, dict]:
+    """The hostile chute deployed as a bundle; its InstanceSpec built from its own description
+    (so ``allow_external_egress`` comes from the SDK, through ChuteInfo), started sandboxed."""
+    bundle = tmp_path / "bundles" / "ff"
+    bundle.mkdir(parents=True)
+    (bundle / "snoop.py").write_text(HOSTILE.replace("EGRESS", str(egress)))
+    info = await describe_chute("snoop:chute", cwd=bundle)
+    assert info.allow_external_egress is egress
+    spec = InstanceSpec(chute_id="snoop", name="snoop", ref="snoop:chute", devices=tuple(cpu_devices(1)), cwd=str(bundle),
+                        environment=info.environment, egress=info.allow_external_egress)
+    manager = InstanceManager([spec], log_dir=tmp_path / "logs", sandbox=True, start_timeout_s=60)
+    await manager.start()
+    return manager, bundle, manager.instances[0].__dict__
+
+
+async def _look(manager: InstanceManager, targets: dict) -> dict:
+    [instance] = manager.instances
+    assert instance.ready, instance.last_error
+    async with manager.session_for(instance).post(instance.url + "/look", json=targets) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
 
 
 async def test_a_hostile_chute_sees_reaches_and_writes_nothing_of_the_miner(tmp_path, monkeypatch):
-    bundle = tmp_path / "bundles" / "ff"
-    bundle.mkdir(parents=True)
-    (bundle / "snoop.py").write_text(HOSTILE)
-    wallets = tmp_path / "home" / ".bittensor" / "wallets" / "miner" / "hotkeys"
-    wallets.mkdir(parents=True)
-    hotkey = wallets / "default"
-    hotkey.write_text('{"secretPhrase": "the miner hotkey seed"}')
-    store = tmp_path / "canopy" / "validator.sqlite"
-    store.parent.mkdir()
-    store.write_text("the store")
-    monkeypatch.setenv("CANOPY_TEST_SECRET", "miner-only secret value")
-
-    async def axon(reader, writer):
-        writer.close()
-
-    server = await asyncio.start_server(axon, "127.0.0.1", free_port())
-    axon_port = server.sockets[0].getsockname()[1]
-    manager = InstanceManager([InstanceSpec(chute_id="snoop", name="snoop", ref="snoop:chute", devices=tuple(cpu_devices(1)),
-                                            cwd=str(bundle))], log_dir=tmp_path / "logs", sandbox=True, start_timeout_s=60)
+    miner = Miner(tmp_path, monkeypatch)
+    axon_port, local_port = await miner.listen("0.0.0.0"), await miner.listen("127.0.0.1")
+    manager, bundle, _ = await _hostile(tmp_path, miner, egress=False)
     try:
-        await manager.start()
         [instance] = manager.instances
-        assert instance.ready, instance.last_error
-        assert instance.port is None and instance.scratch is not None, "reached over its Unix socket, no port"
-        targets = {"files": [str(hotkey), str(store), f"/proc/{os.getpid()}/environ", "/etc/shadow"],
-                   "dirs": [str(tmp_path / "home" / ".bittensor"), str(tmp_path), str(tmp_path / "canopy"), "/root"],
-                   "tcp": [["127.0.0.1", axon_port], ["127.0.0.1", 22], ["1.1.1.1", 53]],
-                   "writes": [str(bundle / "snoop.py"), str(tmp_path / "canopy" / "planted"), "/usr/planted"]}
-        async with manager.session_for(instance).post(instance.url + "/look", json=targets) as response:
-            assert response.status == 200, await response.text()
-            seen = await response.json()
+        assert instance.port is None and instance.sandbox is not None, "reached over its Unix socket, no port"
+        scratch = instance.sandbox.scratch
+        tcp = [["127.0.0.1", axon_port], ["127.0.0.1", local_port], [outside_address(), 443]]
+        tcp += [[own_address(), axon_port]] if own_address() else []
+        seen = await _look(manager, {
+            "files": [str(miner.hotkey), str(miner.store), f"/proc/{os.getpid()}/environ", "/etc/shadow"],
+            "dirs": [str(miner.home / ".bittensor" / "wallets"), str(tmp_path), str(miner.canopy), "/root"],
+            "tcp": tcp,
+            "writes": [str(bundle / "snoop.py"), str(miner.canopy / "planted"), "/usr/planted"]})
         assert all(text.startswith("refused") for text in seen["files"].values()), seen["files"]
         listing = seen["listing"]
-        assert listing[str(tmp_path / "home" / ".bittensor")] == listing[str(tmp_path / "canopy")] == "absent", listing
-        assert listing[str(tmp_path)] == ["bundles"], "of the miner's folder, only the way to its own bundle"
+        assert listing[str(miner.home / ".bittensor" / "wallets")] == "absent", listing
+        assert listing[str(miner.canopy)] == ["models"], "of $CANOPY_HOME only the shared model cache"
+        assert listing[str(tmp_path)] == ["bundles", "canopy"], "of the miner's folder, only the ways to its bundle and the cache"
         assert listing["/root"] in ("absent", [".pyenv"]), "of root's home, at most the interpreter's folder"
         assert "CANOPY_TEST_SECRET" not in seen["env"] and not any("secret" in v for v in seen["env"].values())
-        assert seen["env"]["HOME"] == str(instance.scratch)
+        assert seen["env"]["HOME"] == str(scratch) and seen["uid"] == NOBODY, "not the miner's user"
         assert all(result.startswith("refused") for result in seen["tcp"].values()), seen["tcp"]
-        assert all(result.startswith("refused") for result in seen["writes"].values()), seen["writes"]
+        writes = seen["writes"]
+        # pytest's folders are under /tmp, the sandbox's own tmpfs: a write there lands in the sandbox
+        assert writes.pop(str(miner.canopy / "planted")) in ("written", "refused: OSError")
+        assert all(result.startswith("refused") for result in writes.values()), writes
         assert (seen["home_write"], seen["tmp_write"]) == ("written", "written"), "its scratch folder and /tmp are its own"
-        assert (bundle / "snoop.py").read_text() == HOSTILE and not (tmp_path / "canopy" / "planted").exists()
-        assert hotkey.read_text() == '{"secretPhrase": "the miner hotkey seed"}'
-        assert (instance.scratch / "mine.txt").read_text() == "pwned", "what it wrote at HOME is in its scratch folder"
+        assert (bundle / "snoop.py").read_text() == HOSTILE.replace("EGRESS", "False")
+        assert not (miner.canopy / "planted").exists() and miner.hotkey.read_text() == miner.hotkey_text
+        assert (scratch / "mine.txt").read_text() == "pwned", "what it wrote at HOME is in its scratch folder"
     finally:
         await manager.stop()
-        server.close()
-        await server.wait_closed()
-    assert instance.scratch is None, "the scratch folder goes with the instance"
+        await miner.close()
+    assert instance.sandbox is None and not scratch.exists(), "the scratch folder goes with the instance"
+
+
+@pytest.mark.skipif(shutil.which("slirp4netns") is None and not os.environ.get("CANOPY_REQUIRE_BWRAP"),
+                    reason="slirp4netns is installed by ./run.sh test")
+async def test_with_external_egress_the_outside_is_tried_and_the_miners_ports_stay_refused(tmp_path, monkeypatch):
+    miner = Miner(tmp_path, monkeypatch)
+    axon_port, local_port = await miner.listen("0.0.0.0"), await miner.listen("127.0.0.1")
+    outside = outside_address()
+    manager, _, _ = await _hostile(tmp_path, miner, egress=True)
+    try:
+        own = own_address()
+        seen = await _look(manager, {
+            "files": [str(miner.hotkey)], "dirs": [], "writes": [],
+            "tcp": [["127.0.0.1", axon_port], ["127.0.0.1", local_port], ["10.0.2.2", axon_port],
+                    ["169.254.169.254", 80], [outside, 443]] + ([[own, axon_port]] if own else [])})
+    finally:
+        await manager.stop()
+        await miner.close()
+    tcp = seen["tcp"]
+    assert seen["files"][str(miner.hotkey)].startswith("refused"), "egress opens the network, not the files"
+    assert tcp.pop(f"{outside}:443") in ("connected", "timed out"), f"the outside is tried: {seen['tcp']}"
+    # its own loopback (nothing listens there), no way to the host's (10.0.2.2), the host's own
+    # addresses and the cloud metadata address prohibited by route
+    assert all(result.startswith("refused") for result in tcp.values()), tcp
+    if own:
+        assert tcp[f"{own}:{axon_port}"] == "refused: PermissionError EACCES", tcp
 
 
 GREEDY = '''
@@ -179,7 +272,7 @@ async def test_fork_bombs_and_memory_hogs_hit_their_caps_and_the_rest_keeps_serv
     try:
         await manager.start()
         bomb, calm = manager.instances
-        assert bomb.ready and calm.ready and bomb.cgroup is not None, bomb.last_error
+        assert bomb.ready and calm.ready and bomb.sandbox is not None and bomb.sandbox.cgroup is not None, bomb.last_error
         status, forked = await post(bomb, "/forks")
         assert status == 200 and forked["error"] == "BlockingIOError" and forked["made"] < 64, forked
         assert await post(calm, "/ping") == (200, {"pong": True}), "the other instance keeps serving"

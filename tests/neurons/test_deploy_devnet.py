@@ -53,6 +53,27 @@ async def shout(self, args: Words) -> dict:
     return {"text": args.text.upper() + SUFFIX, "version": VERSION}
 '''
 SHOUT_ID = chute_id("alice", "shout")
+# An image that pip-installs what the miners' virtualenv lacks: each miner builds the
+# environment (from the announced ChuteInfo.environment) before its first instance.
+MOO = '''
+from pydantic import BaseModel
+from canopy import Chute, Image, NodeSelector
+
+image = Image(username="alice", name="moo", tag="1").from_base("parachutes/python:3.12").pip_install("cowsay==6.1")
+chute = Chute(username="alice", name="moo", image=image, node_selector=NodeSelector(gpu_count=1, min_vram_gb_per_gpu=0))
+
+
+class Say(BaseModel):
+    text: str
+
+
+@chute.cord(public_api_path="/say")
+async def say(self, args: Say) -> dict:
+    import cowsay
+
+    return {"said": cowsay.get_output_string("cow", args.text), "module": cowsay.__file__}
+'''
+MOO_ID = chute_id("alice", "moo")
 
 
 def chute_file(folder: Path, name: str, body: str, **constants: object) -> str:
@@ -123,6 +144,17 @@ async def test_deploy_call_redeploy_and_delete_on_the_devnet(tmp_path):
             assert status == 403, body
             status, body, _ = await net.call(http, "/chutes/alice/secret/shout", {"text": "hi"}, key=alice)
             assert (status, body) == (200, {"text": "HI?", "version": 1}), body
+
+            # The image's pip installs: deployed with the CLI, built by each miner, imported by the cord.
+            assert net.cli("deploy", chute_file(tmp_path / "moo", "moo", MOO), key=alice).returncode == 0
+
+            async def moo_hosted() -> bool:
+                seen = await net.inventories("m1", "m2")
+                return any(c.chute_id == MOO_ID and c.ready_instances for name in seen for c in seen[name])
+
+            await net.until("a miner hosting alice/moo (its pip environment built)", moo_hosted, 180)
+            status, body, _ = await net.call(http, "/chutes/alice/moo/say", {"text": "moo"}, key=alice)
+            assert status == 200 and "moo" in body["said"] and "/environments/" in body["module"], body
 
             # The README's deploy examples, run as written (owner "me"): deploy, list, get, call, warmup, delete.
             me = await net.key("me", owner="me")

@@ -1,0 +1,147 @@
+"""Egress: a sandbox that may reach the internet and still never the node's own ports.
+
+The seam between ``node.sandbox`` (a chute declaring ``allow_external_egress=True``) and two
+Debian tools, util-linux ``unshare`` and ``slirp4netns`` (installed by ``./run.sh``):
+
+1. ``wrap(command)`` puts the sandbox's command (bwrap, run *without* ``--unshare-net``)
+   behind ``unshare --user --map-root-user --net``: a network namespace of its own, owned by
+   a user namespace in which the setup script below is root;
+2. the miner starts it and calls ``attach(pid)``: ``slirp4netns`` gives that namespace a
+   ``tap0`` with a user-mode NAT to the outside (DNS at 10.0.2.3), with
+   ``--disable-host-loopback`` (10.0.2.2 does not lead to the host's 127.0.0.1);
+3. the setup script then adds ``prohibit`` routes for every address of the host (its public
+   addresses too: a service bound to 0.0.0.0 would otherwise be one hop away) and for the
+   private, shared, link-local (cloud metadata at 169.254.169.254) and loopback ranges
+   (``PROHIBITED``), and only then execs bwrap, which enters a nested user namespace without
+   capabilities: the chute cannot change those routes.
+
+So the chute reaches public addresses through slirp4netns, and gets "permission denied" for the
+host's addresses and private networks; its own ``127.0.0.1`` is its own. ``close()`` ends
+slirp4netns (it also ends by itself when the namespace's last process exits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from loguru import logger
+
+#: Never reachable from an egress sandbox (besides every address of the host): loopback,
+#: private (RFC 1918), shared (RFC 6598), link-local (cloud metadata) and multicast.
+PROHIBITED = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
+              "224.0.0.0/4", "0.0.0.0/8")
+SLIRP_DNS = "10.0.2.3"
+ATTACH_TIMEOUT_S = 10.0
+# $1: the fd that says the namespace exists, $2: the fd to wait on until slirp4netns is up,
+# $3: the prohibit routes (space-separated); then the sandbox's own command
+# (through /proc/self/fd: dash takes only one-digit fds in redirections)
+_SETUP = ('set -e; echo up > "/proc/self/fd/$1"; read -r _ < "/proc/self/fd/$2"; '
+          'for net in $3; do ip route add prohibit "$net"; done; shift 3; exec "$@"')
+
+
+class EgressUnavailable(RuntimeError):
+    """slirp4netns or unshare is missing; the message names the fix."""
+
+
+def host_addresses() -> list[str]:
+    """Every IPv4 address of this host's interfaces (``ip -j -4 addr``), as /32 networks."""
+    try:
+        output = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True, timeout=5).stdout
+        links = json.loads(output or "[]")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+    return sorted({f"{info['local']}/32" for link in links for info in link.get("addr_info", []) if "local" in info})
+
+
+def prohibited_networks() -> list[str]:
+    """``PROHIBITED`` plus the host's own addresses outside those ranges (deduplicated)."""
+    ranges = [ipaddress.IPv4Network(net) for net in PROHIBITED]
+    own = [net for net in host_addresses() if not any(ipaddress.IPv4Network(net).subnet_of(r) for r in ranges)]
+    return [*PROHIBITED, *own]
+
+
+def check_available() -> None:
+    """EgressUnavailable naming the fix unless slirp4netns, unshare and ip are installed."""
+    missing = [tool for tool in ("slirp4netns", "unshare", "ip") if shutil.which(tool) is None]
+    if missing:
+        raise EgressUnavailable(f"{', '.join(missing)} missing: chutes with allow_external_egress need them "
+                                f"(apt-get install slirp4netns util-linux iproute2; ./run.sh setup does)")
+
+
+def resolv_conf(folder: Path) -> Path:
+    """A resolv.conf naming slirp4netns's DNS (the host's resolver may be on its loopback)."""
+    path = folder / "egress-resolv.conf"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"nameserver {SLIRP_DNS}\n")
+    return path
+
+
+class Egress:
+    """One sandbox's way out (see the module docstring); ``pass_fds`` go to its Popen."""
+
+    def __init__(self) -> None:
+        check_available()
+        self._up_read, self._up_write = os.pipe()
+        self._go_read, self._go_write = os.pipe()
+        self._open = {self._up_read, self._up_write, self._go_read, self._go_write}
+        self.slirp: asyncio.subprocess.Process | None = None
+
+    @property
+    def pass_fds(self) -> tuple[int, int]:
+        return (self._up_write, self._go_read)
+
+    def wrap(self, command: list[str]) -> list[str]:
+        """``command`` in a network namespace that ``attach`` then connects to the outside."""
+        return ["unshare", "--user", "--map-root-user", "--net", "--", "sh", "-c", _SETUP, "canopy-egress",
+                str(self._up_write), str(self._go_read), " ".join(prohibited_networks()), *command]
+
+    async def attach(self, pid: int) -> None:
+        """Once the process ``pid`` (``wrap``'s, started) has its namespace: start slirp4netns
+        on it and let the setup go on. RuntimeError if the namespace never came up."""
+        self._close(*self.pass_fds)
+        loop = asyncio.get_running_loop()
+        up = await asyncio.wait_for(loop.run_in_executor(None, os.read, self._up_read, 16), ATTACH_TIMEOUT_S)
+        if not up:
+            raise RuntimeError("the sandbox exited before its network namespace was up")
+        ready_read, ready_write = os.pipe()
+        try:
+            self.slirp = await asyncio.create_subprocess_exec(
+                "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", "--ready-fd", str(ready_write),
+                f"--userns-path=/proc/{pid}/ns/user", str(pid), "tap0", pass_fds=(ready_write,),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            os.close(ready_write)
+            ready = await asyncio.wait_for(loop.run_in_executor(None, os.read, ready_read, 1), ATTACH_TIMEOUT_S)
+        finally:
+            os.close(ready_read)
+        if ready != b"1":
+            error = b""
+            if self.slirp.stderr is not None and self.slirp.returncode is not None:
+                error = await self.slirp.stderr.read()
+            raise RuntimeError(f"slirp4netns did not come up: {error.decode(errors='replace').strip() or 'no reason'}")
+        os.write(self._go_write, b"go\n")
+        self._close(self._up_read, self._go_write)
+        logger.debug("egress for pid {} up through slirp4netns (pid {})", pid, self.slirp.pid)
+
+    def _close(self, *fds: int) -> None:
+        for fd in fds:
+            if fd in self._open:
+                self._open.discard(fd)
+                os.close(fd)
+
+    async def close(self) -> None:
+        """End slirp4netns (if the sandbox did not take it with it) and close what is left open."""
+        self._close(*list(self._open))
+        if self.slirp is not None and self.slirp.returncode is None:
+            self.slirp.terminate()
+            try:
+                await asyncio.wait_for(self.slirp.wait(), 5)
+            except TimeoutError:
+                self.slirp.kill()
+                await self.slirp.wait()
