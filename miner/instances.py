@@ -19,9 +19,13 @@ for SIGTERM when the miner dies, so a killed miner leaves no orphans holding GPU
 ``-c`` puts the working directory first on ``sys.path``, where a bundle's entry module is),
 with ``CUDA_VISIBLE_DEVICES`` set to the uuids of its GPUs (uuids, not indexes: they mean
 the same whatever the miner's own CUDA_VISIBLE_DEVICES; empty for the CPU pseudo-device)
-and ``CANOPY_INSTANCE_ID``.
+and ``CANOPY_INSTANCE_ID``. Where it runs (``_confine``): with ``sandbox`` (the default) in
+bubblewrap (``miner.sandboxing``), serving ``--uds`` a Unix socket in its scratch folder
+instead of a port; with ``containers`` a registry chute in its image (``miner.containers``),
+likewise on a socket; an image's pip installs come from its cached environment
+(``miner.environments``), whose interpreter then runs the instance.
 
-One supervisor task per instance: pick a free port from the configured range, spawn, poll
+One supervisor task per instance: pick a free port from the configured range (or a socket), spawn, poll
 ``GET /_canopy/health`` until 200 (``cold_start_s`` is spawn to ready) or the start
 timeout, then check health every ``health_interval_s``. A crash, a failed start (e.g. a
 startup hook that raised) or ``health_failures`` failed checks in a row end the process
@@ -30,7 +34,7 @@ and restart it after an exponential backoff (``backoff_base_s`` doubling up to
 instance that dropped a request (``report_failure``) leaves routing at once and is checked
 then: restarted if its process died or its health fails, back in routing otherwise.
 ``stop`` sends SIGTERM to every instance (in-flight requests get uvicorn's graceful
-shutdown), SIGKILL after ``grace_s``. Each instance's stdout and stderr go to
+shutdown; sandboxed, to what runs inside bubblewrap), SIGKILL after ``grace_s``. Each instance's stdout and stderr go to
 ``<log_dir>/<instance id>.log``; why an instance failed (its health error, else the log's
 last lines) is logged with loguru.
 """
@@ -45,9 +49,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Sequence
 
@@ -56,109 +57,17 @@ from loguru import logger
 
 from canopy.image_environment import ImageEnvironment
 from canopy.paths import canopy_home
-from miner.environments import EnvironmentCache
-from miner.processes import LAUNCHER, ChildProcess, backoff_delay, bindable, exit_text, signal_group
 from miner.containers import ContainerImages, InstanceContainer
+from miner.environments import EnvironmentCache
+from miner.instance_state import Confinement, Instance, InstanceSpec, State, client_session
+from miner.processes import LAUNCHER, ChildProcess, backoff_delay, bindable, exit_text, signal_group
 from miner.sandboxing import InstanceSandbox, pip_build_sandbox, scratch_folder
 from node.egress import check_available as check_egress
 from node.sandbox import bwrap_path
-from protocol.graval.devices import DeviceSpec
 
 __all__ = ["HEALTH_PATH", "ChildProcess", "Instance", "InstanceManager", "InstanceSpec", "State", "backoff_delay"]
 
 HEALTH_PATH = "/_canopy/health"
-#: where an instance runs when not as a plain process: bubblewrap or the chute's container
-Confinement = InstanceSandbox | InstanceContainer
-class State(str, Enum):
-    STARTING = "starting"
-    READY = "ready"
-    CHECKING = "checking"  # a request to it failed at the connection: no new requests until checked
-    BACKOFF = "backoff"  # waiting to restart after a failure
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class InstanceSpec:
-    """What to run: one instance of chute ``ref`` on ``devices``.
-
-    ``revision``: the sha256 of the code bundle it runs ("" when unknown); ``cwd``: its
-    working directory (a registry chute's unpacked bundle; None: the manager's);
-    ``pinned``: a hosting-file chute, which the autoscaler never stops; ``environment``: what
-    its image pip-installs and sets (``miner.environments`` builds it); ``egress``: the chute
-    declared ``allow_external_egress`` (a sandboxed instance then reaches the internet);
-    ``dockerfile``: its image, which the container runtime builds."""
-
-    chute_id: str
-    name: str
-    ref: str
-    devices: tuple[DeviceSpec, ...] = ()
-    concurrency: int = 1
-    concurrency_override: bool = False  # pass --concurrency (the hosting config overrides the chute's)
-    revision: str = ""
-    cwd: str | None = None
-    pinned: bool = False
-    environment: ImageEnvironment = field(default_factory=ImageEnvironment, hash=False)
-    egress: bool = False
-    dockerfile: str = ""  # its image, for the container runtime
-
-
-class Instance:
-    """One supervised instance process and its live counters."""
-
-    def __init__(self, spec: InstanceSpec, instance_id: str, log_path: Path) -> None:
-        self.spec = spec
-        self.id = instance_id
-        self.log_path = log_path
-        self.port: int | None = None
-        self.url = ""
-        self.session: aiohttp.ClientSession | None = None  # a sandboxed instance's own (its Unix socket)
-        self.sandbox: Confinement | None = None  # a confined start's (bubblewrap or container) folder, caps, network
-        self.process: ChildProcess | None = None
-        self.state = State.STARTING
-        self.in_flight = 0
-        self.served = 0
-        self.starts = 0
-        self.restarts = 0
-        self.cold_start_s: float | None = None  # the latest spawn-to-ready time
-        self.ready_since: float | None = None
-        self.last_error = ""
-        self.failures: deque[str] = deque(maxlen=10)  # why it was restarted, latest last
-        self.last_used = time.monotonic()  # the idle clock: a request taken or ended, or ready
-        self.draining = False  # out of routing for good: finishing its in-flight requests
-        self._halt = False  # stop the process now (drain's end)
-        self._task: asyncio.Task[None] | None = None
-        self._poke = asyncio.Event()
-        self._first_outcome = asyncio.Event()  # set once the first start attempt is decided
-
-    @property
-    def available(self) -> bool:
-        return self.state is State.READY and not self.draining and self.in_flight < self.spec.concurrency
-
-    @property
-    def ready(self) -> bool:
-        """Ready and in routing (a draining instance is not)."""
-        return self.state is State.READY and not self.draining
-
-    def idle_s(self, now: float | None = None) -> float:
-        """Seconds since its last request (0 while one is in flight)."""
-        return 0.0 if self.in_flight else max(0.0, (time.monotonic() if now is None else now) - self.last_used)
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-    def cuda_visible_devices(self) -> str:
-        return ",".join(device.uuid for device in self.spec.devices if device.kind == "cuda")
-
-    def __repr__(self) -> str:
-        return f"Instance({self.id}, {self.state.value}, port={self.port}, in_flight={self.in_flight})"
-
-
-def _client(connector: aiohttp.BaseConnector) -> aiohttp.ClientSession:
-    """A keep-alive client to instances over ``connector``: no timeout of its own (each request
-    sets one), bodies passed through as the instance sent them."""
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False,
-                                 skip_auto_headers=("User-Agent",), raise_for_status=False)
 
 
 class InstanceManager:
@@ -233,7 +142,7 @@ class InstanceManager:
     def session(self) -> aiohttp.ClientSession:
         """One keep-alive client for every instance (closed by ``stop``)."""
         if self._session is None or self._session.closed:
-            self._session = _client(aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0, force_close=False))
+            self._session = client_session(aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0, force_close=False))
         return self._session
 
     def _of(self, chute_id: str, revision: str | None) -> list[Instance]:
@@ -476,7 +385,7 @@ class InstanceManager:
             if sandbox is not None:
                 instance.sandbox = sandbox
                 instance.port, instance.url = None, "http://chute"
-                instance.session = _client(aiohttp.UnixConnector(path=str(sandbox.socket), limit=0))
+                instance.session = client_session(aiohttp.UnixConnector(path=str(sandbox.socket), limit=0))
             else:
                 instance.port = self._allocate_port()
                 instance.url = f"http://127.0.0.1:{instance.port}"

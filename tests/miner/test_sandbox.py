@@ -1,15 +1,17 @@
-"""A hostile chute in the miner's sandbox (``node.sandbox`` through ``InstanceManager(sandbox=True)``).
+"""Hostile chutes in the miner's sandbox (``node.sandbox`` through ``InstanceManager(sandbox=True)``).
 
-The chute is written here, to a folder that stands for its verified bundle, and started by
-a real InstanceManager in bubblewrap. Its cord tries what a stranger's code would try and
-returns what it saw: the miner's hotkey file, its wallets folder, the store, the miner's
-``/proc/<pid>/environ`` and a secret in the miner's environment; TCP to a port the miner
-listens on (its "axon") and to an outside address; writes outside its scratch folder. The
-test asserts it saw nothing, reached nothing and wrote nowhere but its scratch folder,
-while an ordinary call of the same instance is served over the sandbox's Unix socket. A
-second chute forks without end (stopped at its process cap, the miner and another
-instance unaffected) and allocates past its memory cap (killed by the kernel mid-call,
-restarted, its failure naming the cap).
+Each chute is written here, to a folder that stands for its verified bundle, described as the
+API would (``allow_external_egress`` comes from its code) and started by a real
+InstanceManager in bubblewrap. The snoop's cord tries what a stranger's code would try and
+returns what it saw: the miner's hotkey file (a real bittensor wallet), its wallets folder,
+the store (a real SQLite file), the miner's ``/proc/<pid>/environ`` and a secret in the
+miner's environment; TCP to the miner's "axon" (on loopback and on the host's own address),
+to another loopback port and to an outside address; writes outside its scratch folder. It
+sees, reaches and writes nothing; with ``allow_external_egress`` it reaches (or tries) the
+outside while the miner's ports stay refused. A second chute forks without end (stopped at
+its process cap, the miner and another instance unaffected) and allocates past its memory
+cap (killed by the kernel mid-call, the chute service's caller gets ``instance_crashed``,
+it restarts, its failure naming the cap).
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ import socket
 import sqlite3
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from miner.hosting import describe_chute
+from chain.base import Neuron
+from miner.chutes_service import ChutesService
+from miner.hosting import ChuteEntry, HostedPlan, describe_chute
 from miner.instances import InstanceManager, InstanceSpec
 from node.egress import host_addresses
 from node.sandbox import NOBODY
 from node.wallets import create_devnet_wallet
+from protocol.axon import Caller
+from protocol.chutes import Invoke
+from protocol.errors import InstanceCrashed
 from tests.support import free_port
 from tests.support.chutes import cpu_devices
 
@@ -278,9 +284,16 @@ async def test_fork_bombs_and_memory_hogs_hit_their_caps_and_the_rest_keeps_serv
         assert await post(calm, "/ping") == (200, {"pong": True}), "the other instance keeps serving"
         assert (await asyncio.create_subprocess_exec("true")).pid > 0, "the miner can still start processes"
 
-        with pytest.raises(aiohttp.ClientError):
-            await post(bomb, "/hog")  # past 192 MiB: the kernel kills it mid-call
-        manager.report_failure(bomb, "dropped a request (test)")
+        # Through the miner's chute service, as an Invoke from the axon: past 192 MiB the kernel
+        # kills it mid-call and the caller gets instance_crashed.
+        info = await describe_chute("greedy:chute", cwd=bundle)
+        hosted = HostedPlan(entry=ChuteEntry(ref="greedy:chute"), info=info, devices=[list(cpu_devices(1))]).hosted_chute()
+        service = ChutesService(manager, [hosted.model_copy(update={"chute_id": "bomb"})])
+        caller = Caller(hotkey="validator", nonce_ns=0, neuron=Neuron(uid=1, hotkey="validator", coldkey="c", stake=1.0,
+                                                                      validator_permit=True, axon=None))
+        with pytest.raises(InstanceCrashed):
+            [chunk async for chunk in service.invoke(Invoke(chute_id="bomb", path="/hog", payload=None), caller)]
+        assert service.ledger.recent[-1].error == "instance_crashed"
         assert await manager.wait_ready(bomb, 30), bomb.last_error
         assert bomb.restarts >= 1 and "memory cap" in bomb.failures[-1], list(bomb.failures)
         assert await post(bomb, "/ping") == (200, {"pong": True}), "restarted"
