@@ -58,14 +58,16 @@ class InstanceSandbox:
         scratch.mkdir(mode=0o700)
         readonly: list[Path] = [environment] if environment is not None else []
         masked: tuple[Path, ...] = ()
-        if bundle is None:  # a pinned chute: only the folder its reference names
+        chdir = None
+        if bundle is None:  # a pinned chute: only the folder its reference names, in the miner's cwd
             root = ref_root(ref, Path(cwd))
-            if root is not None:
+            if root is not None:  # else a module of the runtime: it works in its scratch folder
                 readonly.append(root)
                 masked = hidden_from_chutes([root])
+                chdir = Path(cwd)
         policy = SandboxPolicy(bundle=Path(bundle) if bundle else None, scratch=scratch, gpu_indexes=tuple(gpu_indexes),
-                               env=dict(env), readonly=tuple(readonly), masked=masked,
-                               chdir=None if bundle else Path(cwd), network="egress" if egress else "none")
+                               env=dict(env), readonly=tuple(readonly), masked=masked, chdir=chdir,
+                               network="egress" if egress else "none")
         return cls(policy=policy, egress=Egress() if egress else None)
 
     def command(self, command: Sequence[str], *, name: str, memory_mb: int, max_pids: int) -> list[str]:
