@@ -51,8 +51,15 @@ class Child:
 
     def close(self, timeout: float = 30.0) -> None:
         if self.process.poll() is None:
-            self.process.stdin.close()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+            end(self.process, timeout)
+
+
+def end(process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Close a serving child's stdin (its signal to stop) and wait for it; kill it past ``timeout``."""
+    if process.stdin is not None and not process.stdin.closed:
+        process.stdin.close()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -384,13 +384,9 @@ class Child:
         return json.loads(lines[-1]) if lines else None
 
     def stop(self) -> None:
-        if not self.process.stdin.closed:
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        from bench.children import end
+
+        end(self.process)
 
 
 def proof_figures(prefix: str, results: list, seconds: float) -> dict[str, Any]:

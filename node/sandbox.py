@@ -26,7 +26,13 @@ What the instance gets:
   miner starts bwrap in a session of its own, so the miner's SIGTERM to that process group
   reaches the instance too).
 - **Network**: its own network namespace with only a loopback of its own: no connection to
-  the outside, to the miner's axon or to any port of the host.
+  the outside, to the miner's axon or to any port of the host. A chute that declares
+  ``allow_external_egress`` (``policy.network == "egress"``) gets the internet through
+  ``node.egress`` (slirp4netns), never the host's addresses; the miner's own pip builds
+  (``"host"``) use the node's network, and run no package code.
+- **More folders**, per policy: read-only ones (a chute's cached pip environment, a pinned
+  chute's code: ``ref_root``), read-write ones (what a pip build fills), and the node's
+  secrets that lie inside them masked by an empty tmpfs (``hidden_from_chutes``).
 - **Environment**: cleared, then only what an instance needs (``PATH``, ``HOME``,
   ``CUDA_VISIBLE_DEVICES``, ``CANOPY_INSTANCE_ID`` ...): no secret of the miner's environment.
 - **Devices**: the GPU device nodes of its own GPUs (and NVIDIA's control nodes) where the
