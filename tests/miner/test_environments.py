@@ -51,6 +51,32 @@ async def say(self, text: str) -> dict:
     return {"said": cowsay.get_output_string("cow", text), "from": cowsay.__file__}
 '''
 
+# Shaped like the Chutes SDK README's example: an image that is only a base, a pydantic input.
+BASE_ONLY = '''
+from pydantic import BaseModel, Field
+from canopy import Chute, Image, NodeSelector
+
+image = Image(username="chutes", name="base-python", tag="3.12.7", readme="## cuda + python").from_base(
+    "parachutes/base-python:3.12.7")
+chute = Chute(username="test", name="example", image=image, readme="## Example Chute",
+              node_selector=NodeSelector(gpu_count=1, min_vram_gb_per_gpu=0))
+
+
+class MicroArgs(BaseModel):
+    foo: str = Field(..., max_length=100)
+    bar: int = Field(0, ge=0, le=100)
+
+
+@chute.on_startup()
+async def initialize(self):
+    self.billygoat = "billy"
+
+
+@chute.cord(public_api_path="/echo")
+async def echo(self, args: MicroArgs) -> str:
+    return f"{self.billygoat} says: {args.foo} x {args.bar}"
+'''
+
 ROOTY = '''
 from canopy import Chute, Image
 
@@ -138,3 +164,26 @@ async def test_an_image_that_needs_root_is_refused_at_load_time_naming_the_steps
     assert len(refusals) == 1 and "apt_install('git')" in refusals[0], lines
     assert registry.get_sample_value("canopy_miner_autoscaler_decisions_total",
                                      {"action": "refuse", "reason": "runtime"}) == 1.0
+
+
+async def test_an_image_that_is_only_a_base_runs_on_the_base_runtime(tmp_path):
+    bundle = tmp_path / "bundles" / "example"
+    bundle.mkdir(parents=True)
+    (bundle / "example.py").write_text(BASE_ONLY)
+    info = await describe_chute("example:chute", cwd=bundle)
+    assert info.environment.pip == [] and info.environment.refusal() is None
+    assert info.dockerfile.splitlines()[2] == "FROM parachutes/base-python:3.12.7"
+    environments = EnvironmentCache(tmp_path / "environments")
+    manager = InstanceManager([InstanceSpec(chute_id=info.chute_id, name="example", ref="example:chute",
+                                            devices=tuple(cpu_devices(1)), cwd=str(bundle), environment=info.environment)],
+                              log_dir=tmp_path / "logs", sandbox=True, start_timeout_s=60, environments=environments)
+    try:
+        await manager.start()
+        [instance] = manager.instances
+        assert instance.ready and instance.sandbox is not None, instance.last_error
+        async with manager.session_for(instance).post(instance.url + "/echo", json={"foo": "hi", "bar": 3}) as response:
+            assert response.status == 200, await response.text()
+            assert await response.json() == "billy says: hi x 3"
+        assert environments.builds == 0, "nothing to install: the base runtime serves it"
+    finally:
+        await manager.stop()
