@@ -146,6 +146,7 @@ ensure_bubblewrap() {
   apt_install_missing slirp4netns slirp4netns "the sandbox's way out for chutes that allow external egress"
   apt_install_missing ip iproute2 "the egress sandbox's routes"
   apt_install_missing unshare util-linux "the egress sandbox's network namespace"
+  apt_install_missing bash bash "the egress sandbox's setup"
 }
 
 gpu_check_python() {
@@ -177,7 +178,8 @@ command=${1:-help}
 [ $# -gt 0 ] && shift
 case "$command" in
   setup)
-    ensure_venv ;;
+    ensure_venv
+    ensure_bubblewrap || echo "run.sh: miners need bubblewrap and slirp4netns for the chutes' sandbox (see above)" >&2 ;;
   lint)
     ensure_venv
     echo "==> ruff (ruff.toml)"
@@ -208,6 +210,7 @@ case "$command" in
     exec "$VENV/bin/python" -m neurons.demo "$@" ;;
   miner|validator|api)
     ensure_venv
+    if [ "$command" = miner ]; then ensure_bubblewrap; fi
     exec "$VENV/bin/python" -m "neurons.$command" "$@" ;;
   canopy)
     ensure_venv

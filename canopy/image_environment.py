@@ -10,7 +10,9 @@ serve only what needs no root on the host:
 - pip installs (``Image.pip_install`` or ``run_command("pip install ...")`` with only
   requirements from the package index): ``pip`` below, built by the miner into a cached
   environment per image hash, layered over the base runtime (``miner.environments``);
-- ``with_env``: ``env`` below, set in the instance;
+- ``with_env``: ``env`` below, set in the instance (inside its sandbox only), except the
+  keys that steer the loader, the interpreter or the node's tools (``RESERVED_ENV``:
+  ``LD_*``, ``PYTHON*``, ``PATH``, ...), which only a container may set;
 - ``with_python``: ``python`` below; served when it is the base runtime's minor version;
 - ``set_workdir``, ``set_user``, ``with_entrypoint``: the runtime's own (the bundle is the
   working directory, the sandbox's user, ``canopy.instance``);
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 import sys
 from typing import Any
@@ -35,6 +38,11 @@ from pydantic import BaseModel, Field, field_validator
 from canopy.image import check_requirement
 
 MAX_REQUIREMENTS = 64
+#: environment variables an image may not set for a runtime without containers: they steer the
+#: loader, the interpreter or the node's own tools (and would reach them) or are the runtime's
+RESERVED_ENV = re.compile(r"^(LD_.*|PYTHON.*|CANOPY_.*|DOCKER_.*|PATH|HOME|TMPDIR|SHELL|ENV|BASH_ENV|IFS|"
+                          r"CUDA_VISIBLE_DEVICES|NVIDIA_VISIBLE_DEVICES|GCONV_PATH|MALLOC_.*|GLIBC_.*)$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: pip options a ``run_command`` pip line may carry and still be served from the package index
 _HARMLESS_PIP_OPTIONS = frozenset({"--no-cache-dir", "-U", "--upgrade", "-q", "--quiet", "--no-input",
                                    "--disable-pip-version-check", "--progress-bar=off"})
@@ -55,6 +63,16 @@ class ImageEnvironment(BaseModel):
     @classmethod
     def _requirements(cls, value: list[str]) -> list[str]:
         return [check_requirement(item) for item in value]
+
+    @field_validator("env")
+    @classmethod
+    def _environment(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            if not _ENV_KEY.match(key) or RESERVED_ENV.match(key.upper()):
+                raise ValueError(f"env key {key!r} is reserved or invalid in a runtime without containers")
+            if "\n" in text or "\x00" in text or len(text) > 4096:
+                raise ValueError(f"env value of {key} must be one line of at most 4096 characters")
+        return value
 
     def key(self) -> str:
         """The cached environment's name: sha256 of the requirements and the Python minor version
@@ -111,7 +129,10 @@ def image_environment(image: Any) -> ImageEnvironment:
                 result.pip += [r for r in requirements if r not in result.pip]
         elif method == "with_env":
             key, _, value = argument.partition("=")
-            result.env[key] = value
+            if RESERVED_ENV.match(key.upper()):
+                result.unsupported.append(f"with_env({key!r}) (reserved outside a container)")
+            else:
+                result.env[key] = value
         elif method == "with_python":
             result.python = argument
         else:

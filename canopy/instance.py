@@ -274,15 +274,17 @@ def _openapi(app: FastAPI, chute: Chute) -> Callable[[], dict]:
 
 
 def create_app(chute: Chute, dev: bool = False, *, concurrency: int | None = None, instance_id: str | None = None,
-               on_startup_failed: Callable[[BaseException], Any] | None = None) -> FastAPI:
-    """The FastAPI app serving ``chute``. ``dev``: permissive CORS and dependencies of the
-    chute without a URL in CANOPY_CHUTE_URLS run in-process (``canopy run --dev``)."""
+               on_startup_failed: Callable[[BaseException], Any] | None = None,
+               local_dependencies: bool = False) -> FastAPI:
+    """The FastAPI app serving ``chute``. ``dev``: permissive CORS and local dependencies;
+    ``local_dependencies`` (``dev`` implies it; the miner asks for it): dependencies of the
+    chute without a URL in CANOPY_CHUTE_URLS run in-process, from the chute's own code."""
     state = InstanceState(chute, concurrency or chute.concurrency,
                           instance_id or os.environ.get("CANOPY_INSTANCE_ID", "") or "local")
 
     async def startup() -> None:
         try:
-            if dev:
+            if dev or local_dependencies:
                 from canopy.chains import start_local_dependencies
 
                 state.local_graph = await start_local_dependencies(chute)
@@ -369,7 +371,7 @@ def _setup_logging(role: str) -> None:
 
 def serve(ref: str | Chute, host: str = "127.0.0.1", port: int = 8000, *, concurrency: int | None = None,
           dev: bool = False, graceful_timeout_s: float = 30.0, failed_exit_delay_s: float | None = None,
-          uds: str | None = None) -> int:
+          uds: str | None = None, fd: int | None = None, local_dependencies: bool = False) -> int:
     """Serve a chute until SIGTERM/SIGINT; the exit code (0, 2 load failed, 3 startup failed)."""
     import uvicorn
 
@@ -388,13 +390,15 @@ def serve(ref: str | Chute, host: str = "127.0.0.1", port: int = 8000, *, concur
         exit_code = STARTUP_FAILED_EXIT
         asyncio.get_running_loop().call_later(delay, setattr, server, "should_exit", True)
 
-    app = create_app(chute, dev=dev, concurrency=concurrency, on_startup_failed=startup_failed)
-    config = uvicorn.Config(app, host=host, port=port, uds=uds, log_config=None, access_log=dev, lifespan="on",
+    app = create_app(chute, dev=dev, concurrency=concurrency, on_startup_failed=startup_failed,
+                     local_dependencies=local_dependencies)
+    config = uvicorn.Config(app, host=host, port=port, uds=uds, fd=fd, log_config=None, access_log=dev, lifespan="on",
                             timeout_graceful_shutdown=graceful_timeout_s,  # type: ignore[arg-type]  # uvicorn annotates int; a float works
                             timeout_keep_alive=30)
     server = uvicorn.Server(config)
     logger.info("serving chute {}/{} ({}) on {} (concurrency {})", chute.username, chute.name, chute.chute_id,
-                f"unix:{uds}" if uds else f"http://{host}:{port}", concurrency or chute.concurrency)
+                f"unix:{uds}" if uds else f"fd {fd}" if fd is not None else f"http://{host}:{port}",
+                concurrency or chute.concurrency)
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with these no-op handlers in
     # place that re-raise is harmless, so a stopped instance exits 0 instead of dying by signal.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -433,9 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("ref", help="MODULE:ATTR or path/to/file.py:ATTR (ATTR defaults to chute)")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
-    run.add_argument("--uds", default=None, help="serve on this Unix socket instead of host:port (the miner's sandbox)")
+    run.add_argument("--uds", default=None, help="serve on this Unix socket instead of host:port (a container)")
+    run.add_argument("--fd", type=int, default=None, help="serve on this inherited listening Unix socket (the miner's "
+                                                           "sandbox: the miner binds it where the chute cannot reach)")
     run.add_argument("--concurrency", type=int, default=None, help="override the chute's concurrency")
     run.add_argument("--dev", action="store_true", help="development mode (CORS, local dependencies)")
+    run.add_argument("--local-dependencies", action="store_true",
+                     help="run the chutes this one depends on in this process when CANOPY_CHUTE_URLS names none (the miner)")
     run.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM")
     info = commands.add_parser("describe", help="print the ChuteInfo JSON")
     info.add_argument("ref")
@@ -446,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--concurrency must be >= 1")
     _setup_logging("instance")
     return serve(args.ref, args.host, args.port, concurrency=args.concurrency, dev=args.dev,
-                 graceful_timeout_s=args.graceful_timeout, uds=args.uds)
+                 graceful_timeout_s=args.graceful_timeout, uds=args.uds, fd=args.fd,
+                 local_dependencies=args.local_dependencies)
 
 
 if __name__ == "__main__":

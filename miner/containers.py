@@ -43,6 +43,7 @@ from loguru import logger
 
 import canopy
 from canopy.image import DEFAULT_BASE
+from node.sandbox import SOCKET_NAME
 
 ENGINES = ("podman", "docker")
 CONTAINER_USER = "65534:65534"
@@ -215,7 +216,10 @@ class InstanceContainer:
 
     @property
     def socket(self) -> Path:
-        return self.scratch / "instance.sock"
+        return self.scratch / SOCKET_NAME
+
+    def serve_args(self) -> list[str]:
+        return ["--uds", str(self.socket)]
 
     @classmethod
     def prepare(cls, engine: ContainerEngine, *, tag: str, name: str, scratch: Path, gpu_uuids: Sequence[str],

@@ -12,7 +12,7 @@ taken or ended, or the instance became ready).
 
 Each instance is its own process, in its own process group::
 
-    python -m canopy.instance serve REF --host 127.0.0.1 --port P [--concurrency N]
+    python -m canopy.instance serve REF --host 127.0.0.1 --port P [--concurrency N] --local-dependencies
 
 (run through ``miner.processes.LAUNCHER``, a few lines of ``-c`` that first ask the kernel
 for SIGTERM when the miner dies, so a killed miner leaves no orphans holding GPUs or ports;
@@ -20,8 +20,8 @@ for SIGTERM when the miner dies, so a killed miner leaves no orphans holding GPU
 with ``CUDA_VISIBLE_DEVICES`` set to the uuids of its GPUs (uuids, not indexes: they mean
 the same whatever the miner's own CUDA_VISIBLE_DEVICES; empty for the CPU pseudo-device)
 and ``CANOPY_INSTANCE_ID``. Where it runs (``_confine``): with ``sandbox`` (the default) in
-bubblewrap (``miner.sandboxing``), serving ``--uds`` a Unix socket in its scratch folder
-instead of a port; with ``containers`` a registry chute in its image (``miner.containers``),
+bubblewrap (``miner.sandboxing``), serving ``--fd`` a Unix socket the miner bound outside
+the sandbox instead of a port; with ``containers`` a registry chute in its image (``miner.containers``),
 likewise on a socket; an image's pip installs come from its cached environment
 (``miner.environments``), whose interpreter then runs the instance.
 
@@ -68,6 +68,9 @@ from node.sandbox import bwrap_path
 __all__ = ["HEALTH_PATH", "ChildProcess", "Instance", "InstanceManager", "InstanceSpec", "State", "backoff_delay"]
 
 HEALTH_PATH = "/_canopy/health"
+#: PATH of the host-side wrappers of a confined instance (never the miner's, never the chute's)
+HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+ENGINE_ENV = ("HOME", "XDG_RUNTIME_DIR", "DOCKER_HOST", "DOCKER_CONFIG", "CONTAINER_HOST", "CONTAINERS_CONF")
 
 
 class InstanceManager:
@@ -95,6 +98,7 @@ class InstanceManager:
         max_pids: int = 512,
         environments: EnvironmentCache | None = None,
         containers: ContainerImages | None = None,
+        egress_prohibited: Sequence[str] = (),
     ) -> None:
         if port_range[1] < port_range[0]:
             raise ValueError(f"empty port range {port_range}")
@@ -119,6 +123,9 @@ class InstanceManager:
             bwrap_path()  # SandboxUnavailable names the fix now, not at the first start
         # --chutes.runtime container: registry chutes run in their image (miner.containers)
         self.containers = containers
+        # addresses of this miner on no interface of the host (its public IP behind a NAT): never
+        # reachable from a chute with external egress, like the host's own addresses
+        self.egress_prohibited = tuple(egress_prohibited)
         # the images' pip installs, one cached environment per image (pip itself sandboxed too)
         self.environments = environments or EnvironmentCache(
             canopy_home() / "environments", wrap=pip_build_sandbox if sandbox else None)
@@ -332,24 +339,41 @@ class InstanceManager:
         raise RuntimeError(f"no free port in {low}..{high} for a chute instance (widen --chutes.port_min/port_max)")
 
     def _command(self, instance: Instance, python: str, confinement: Confinement | None = None) -> list[str]:
-        where = ["--uds", str(confinement.socket)] if confinement else ["--host", "127.0.0.1", "--port", str(instance.port)]
-        serve = ["serve", instance.spec.ref, *where]
+        where = confinement.serve_args() if confinement else ["--host", "127.0.0.1", "--port", str(instance.port)]
+        # a chain's dependencies run inside the instance, from the chute's own code: the miner
+        # gives no CANOPY_CHUTE_URLS (and a sandboxed instance has no network to reach one)
+        serve = ["serve", instance.spec.ref, *where, "--local-dependencies"]
         if instance.spec.concurrency_override:
             serve += ["--concurrency", str(instance.spec.concurrency)]
         # in-flight requests get most of our grace period; SIGKILL comes after all of it
         serve += ["--graceful-timeout", f"{max(0.1, self.grace_s * 0.8):g}"]
         if isinstance(confinement, InstanceContainer):
-            return confinement.command(serve, memory_mb=self.memory_mb, max_pids=self.max_pids)
+            return confinement.command(serve, memory_mb=self.memory_cap_mb(instance.spec), max_pids=self.max_pids)
         command = [python, "-c", LAUNCHER, *serve]
         if confinement is None:
             return command
         return confinement.command(command, name=f"canopy-{self._tag}-{confinement.scratch.name}",
-                                   memory_mb=self.memory_mb, max_pids=self.max_pids)
+                                   memory_mb=self.memory_cap_mb(instance.spec), max_pids=self.max_pids)
+
+    def memory_cap_mb(self, spec: InstanceSpec) -> int:
+        """A confined instance's memory cap: ``memory_mb`` per GPU its NodeSelector gave it (a
+        chute that asks for 8 GPUs gets 8 times a 1-GPU chute's host memory), at least one share."""
+        return self.memory_mb * max(1, sum(1 for device in spec.devices if device.kind == "cuda"))
 
     def _environment(self, instance: Instance) -> dict[str, str]:
+        """The environment of the process the miner starts. Confined, that process is the host-side
+        wrapper (cgroup shell, unshare, bubblewrap, the container engine's client): only PATH and
+        the locale, nothing of the miner's and nothing of the chute's (its sandbox's own
+        environment is set inside: ``node.sandbox.environment``; bubblewrap's PID 1 keeps what it
+        was started with, readable in ``/proc/1/environ`` by the chute)."""
+        if instance.sandbox is not None:
+            # the container engine's client finds its service through these (the operator's own)
+            kept = ("LANG", "LC_ALL") + (ENGINE_ENV if isinstance(instance.sandbox, InstanceContainer) else ())
+            return {"PATH": HOST_PATH, **{k: os.environ[k] for k in kept if k in os.environ}}
         env = dict(os.environ if self.env is None else self.env)
+        env.update(instance.spec.environment.env)
         env.update(CUDA_VISIBLE_DEVICES=instance.cuda_visible_devices(), CANOPY_INSTANCE_ID=instance.id,
-                   CANOPY_MINER_PID=str(os.getpid()), PYTHONUNBUFFERED="1", **instance.spec.environment.env)
+                   CANOPY_MINER_PID=str(os.getpid()), PYTHONUNBUFFERED="1")
         return env
 
     async def _confine(self, instance: Instance) -> tuple[str, Confinement | None]:
@@ -358,8 +382,8 @@ class InstanceManager:
         (built now for the first instance of that image), else as a plain process.
         RuntimeError (EnvironmentBuildError, a failed image build, no egress tools) names why not."""
         spec = instance.spec
-        env = {"CUDA_VISIBLE_DEVICES": instance.cuda_visible_devices(), "CANOPY_INSTANCE_ID": instance.id,
-               **spec.environment.env}
+        env = {**spec.environment.env, "CUDA_VISIBLE_DEVICES": instance.cuda_visible_devices(),
+               "CANOPY_INSTANCE_ID": instance.id}
         if self.containers is not None and spec.cwd is not None:
             tag = await self.containers.ensure(revision=spec.revision, dockerfile=spec.dockerfile, bundle=Path(spec.cwd))
             scratch = scratch_folder(self._tag)
@@ -373,7 +397,8 @@ class InstanceManager:
         return python, InstanceSandbox.prepare(
             tag=self._tag, ref=spec.ref, bundle=spec.cwd, cwd=self.cwd or os.getcwd(),
             gpu_indexes=[d.index for d in spec.devices if d.kind == "cuda"], env=env,
-            environment=interpreter.parent.parent if interpreter else None, egress=spec.egress)
+            environment=interpreter.parent.parent if interpreter else None, egress=spec.egress,
+            egress_prohibited=self.egress_prohibited)
 
     async def _launch(self, instance: Instance) -> bool:
         """Spawn the process and wait for its readiness; False (with ``last_error``) if it fails."""
@@ -404,7 +429,7 @@ class InstanceManager:
                     self._command(instance, python, sandbox), cwd=instance.spec.cwd or self.cwd,
                     env=self._environment(instance), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True, pass_fds=sandbox.pass_fds if sandbox else ()))
-            except OSError as error:
+            except (OSError, RuntimeError, ValueError) as error:  # RuntimeError: SandboxUnavailable
                 instance.last_error = f"cannot start {python}: {error}"
                 logger.error("instance {}: {}", instance.id, instance.last_error)
                 return False
@@ -463,7 +488,7 @@ class InstanceManager:
                 if checking and not exited.done():  # a dropped connection: is the process going down?
                     await asyncio.wait({exited}, timeout=1.0)
                 if exited.done():
-                    memory = (f"; past its {self.memory_mb} MiB memory cap"
+                    memory = (f"; past its {self.memory_cap_mb(instance.spec)} MiB memory cap"
                               if instance.sandbox is not None and instance.sandbox.oom_killed() else "")
                     instance.last_error = (f"crashed ({exit_text(instance.process.returncode)}{memory}; "
                                            f"log: {instance.log_path})")

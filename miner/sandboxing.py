@@ -21,6 +21,7 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class InstanceSandbox:
     """What one sandboxed start of an instance holds (see the module docstring)."""
 
     policy: SandboxPolicy
+    listener: socket.socket
     cgroup: InstanceCgroup | None = None
     egress: Egress | None = None
 
@@ -48,14 +50,26 @@ class InstanceSandbox:
 
     @property
     def socket(self) -> Path:
-        return self.policy.socket
+        """Where the miner reaches the instance: a socket the miner bound in its own folder (beside
+        the scratch folder, never inside the sandbox: the chute cannot swap it for a link to
+        another socket of the host), whose listening fd the instance inherits (``--fd``)."""
+        return Path(self.listener.getsockname())
+
+    def serve_args(self) -> list[str]:
+        return ["--fd", str(self.listener.fileno())]
 
     @classmethod
     def prepare(cls, *, tag: str, ref: str, bundle: str | None, cwd: str, gpu_indexes: Sequence[int],
-                env: Mapping[str, str], environment: Path | None, egress: bool) -> "InstanceSandbox":
-        """A fresh scratch folder and the policy."""
+                env: Mapping[str, str], environment: Path | None, egress: bool,
+                egress_prohibited: Sequence[str] = ()) -> "InstanceSandbox":
+        """A fresh scratch folder, the listening socket and the policy (EgressUnavailable first)."""
+        way_out = Egress(egress_prohibited) if egress else None
         scratch = scratch_folder(tag)
         scratch.mkdir(mode=0o700)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(scratch.parent / f"{scratch.name}.sock"))
+        listener.listen(1024)
+        listener.set_inheritable(True)
         readonly: list[Path] = [environment] if environment is not None else []
         masked: tuple[Path, ...] = ()
         chdir = None
@@ -68,7 +82,7 @@ class InstanceSandbox:
         policy = SandboxPolicy(bundle=Path(bundle) if bundle else None, scratch=scratch, gpu_indexes=tuple(gpu_indexes),
                                env=dict(env), readonly=tuple(readonly), masked=masked, chdir=chdir,
                                network="egress" if egress else "none")
-        return cls(policy=policy, egress=Egress() if egress else None)
+        return cls(policy=policy, listener=listener, egress=way_out)
 
     def command(self, command: Sequence[str], *, name: str, memory_mb: int, max_pids: int) -> list[str]:
         """``command`` in the sandbox, in a network namespace of its own (with egress when asked),
@@ -84,7 +98,7 @@ class InstanceSandbox:
 
     @property
     def pass_fds(self) -> tuple[int, ...]:
-        return self.egress.pass_fds if self.egress is not None else ()
+        return (self.listener.fileno(), *(self.egress.pass_fds if self.egress is not None else ()))
 
     async def started(self, pid: int) -> None:
         """The process ``pid`` runs: connect its network to the outside if it has egress."""
@@ -107,6 +121,10 @@ class InstanceSandbox:
         """Once the process is gone: end its egress, remove its cgroup and scratch folder."""
         if self.egress is not None:
             await self.egress.close()
+        with contextlib.suppress(OSError):
+            path = self.socket
+            self.listener.close()
+            path.unlink()
         shutil.rmtree(self.policy.scratch, ignore_errors=True)
         if self.cgroup is not None:
             await asyncio.to_thread(self.cgroup.remove)

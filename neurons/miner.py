@@ -21,6 +21,7 @@ On shutdown the axon stops first, then the autoscaler, then every instance gets 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 from pathlib import Path
 
@@ -69,7 +70,7 @@ async def hosting_plan(settings: ChutesSettings, devices: list[DeviceSpec]) -> H
     return plan
 
 
-def instance_manager(settings: ChutesSettings, plan: HostingPlan) -> InstanceManager:
+def instance_manager(settings: ChutesSettings, plan: HostingPlan, public_ip: str | None = None) -> InstanceManager:
     """The miner's instances, on the configured runtime; StartupError naming the fix when the
     runtime is missing or cannot run a chute of the hosting file."""
     sandbox = settings.runtime in ("sandbox", "container")
@@ -89,7 +90,8 @@ def instance_manager(settings: ChutesSettings, plan: HostingPlan) -> InstanceMan
             log_dir=settings.log_dir or canopy_home() / "logs", start_timeout_s=settings.start_timeout_s,
             health_interval_s=settings.health_interval_s, grace_s=settings.shutdown_grace_s,
             sandbox=sandbox, memory_mb=settings.instance_memory_mb, max_pids=settings.instance_max_pids,
-            environments=environments, containers=containers)
+            environments=environments, containers=containers,
+            egress_prohibited=[public_ip] if public_ip and _ipv4(public_ip) else [])
     except SandboxUnavailable as error:
         raise StartupError(str(error)) from None
     for chute in plan.hosted:
@@ -97,6 +99,14 @@ def instance_manager(settings: ChutesSettings, plan: HostingPlan) -> InstanceMan
         if why is not None:
             raise StartupError(f"chute {chute.entry.ref} of the hosting file cannot run here: {why}")
     return manager
+
+
+def _ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 async def serve(ctx: NeuronContext, *, prover_factory: ProverFactory | None = None) -> None:
@@ -120,7 +130,7 @@ async def serve(ctx: NeuronContext, *, prover_factory: ProverFactory | None = No
 
     chutes = ctx.settings.chutes
     plan = await hosting_plan(chutes, devices)
-    manager = instance_manager(chutes, plan)
+    manager = instance_manager(chutes, plan, ctx.settings.axon.external_ip)
     service = ChutesService(manager, plan.hosted_chutes(), refused=plan.refused, devices=devices,
                             loads=verification.loads, invoke_timeout_s=chutes.invoke_timeout_s,
                             max_payload_bytes=chutes.max_payload_bytes).attach(axon)

@@ -26,9 +26,9 @@ import asyncio
 import ipaddress
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
+from typing import Sequence
 
 from loguru import logger
 
@@ -37,12 +37,14 @@ from loguru import logger
 PROHIBITED = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
               "224.0.0.0/4", "0.0.0.0/8")
 SLIRP_DNS = "10.0.2.3"
+#: where the egress tools are looked for (the system's folders, whatever the PATH)
+TOOL_FOLDERS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 ATTACH_TIMEOUT_S = 10.0
-# $1: the fd that says the namespace exists, $2: the fd to wait on until slirp4netns is up,
-# $3: the prohibit routes (space-separated); then the sandbox's own command
-# (through /proc/self/fd: dash takes only one-digit fds in redirections)
-_SETUP = ('set -e; echo up > "/proc/self/fd/$1"; read -r _ < "/proc/self/fd/$2"; '
-          'for net in $3; do ip route add prohibit "$net"; done; shift 3; exec "$@"')
+# bash (dash takes only one-digit fds): $1 the fd that says the namespace exists, $2 the fd to
+# wait on until slirp4netns is up, both closed before the sandbox runs; $3 the ip binary, $4
+# the prohibit routes (space-separated); then the sandbox's own command
+_SETUP = ('set -e; up=$1 go=$2; echo up >&"$up"; read -r _ <&"$go"; exec {up}>&- {go}<&-; '
+          'for net in $4; do "$3" route add prohibit "$net"; done; shift 4; exec "$@"')
 
 
 class EgressUnavailable(RuntimeError):
@@ -50,28 +52,40 @@ class EgressUnavailable(RuntimeError):
 
 
 def host_addresses() -> list[str]:
-    """Every IPv4 address of this host's interfaces (``ip -j -4 addr``), as /32 networks."""
+    """Every IPv4 address of this host's interfaces (``ip -j -4 addr``), as /32 networks;
+    EgressUnavailable when ``ip`` cannot tell (an egress sandbox is not made blind)."""
     try:
-        output = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True, timeout=5).stdout
-        links = json.loads(output or "[]")
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return []
+        answer = subprocess.run([tool("ip"), "-j", "-4", "addr"], capture_output=True, text=True, timeout=5,
+                                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        links = json.loads(answer.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as error:
+        raise EgressUnavailable(f"cannot list this host's addresses with `ip -j -4 addr`: {error}") from None
     return sorted({f"{info['local']}/32" for link in links for info in link.get("addr_info", []) if "local" in info})
 
 
-def prohibited_networks() -> list[str]:
-    """``PROHIBITED`` plus the host's own addresses outside those ranges (deduplicated)."""
+def prohibited_networks(extra: Sequence[str] = ()) -> list[str]:
+    """``PROHIBITED``, the host's own addresses outside those ranges, and ``extra`` addresses
+    (the miner's public address behind a NAT, on no interface of the host), deduplicated."""
     ranges = [ipaddress.IPv4Network(net) for net in PROHIBITED]
-    own = [net for net in host_addresses() if not any(ipaddress.IPv4Network(net).subnet_of(r) for r in ranges)]
-    return [*PROHIBITED, *own]
+    own = [*host_addresses(), *(f"{ipaddress.IPv4Address(address)}/32" for address in extra)]
+    outside = sorted({net for net in own if not any(ipaddress.IPv4Network(net).subnet_of(r) for r in ranges)})
+    return [*PROHIBITED, *outside]
+
+
+def tool(name: str) -> str:
+    """The absolute path of a system tool (never one found through a chute's or a caller's PATH)."""
+    for folder in TOOL_FOLDERS:
+        path = Path(folder) / name
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    raise EgressUnavailable(f"{name} is missing: chutes with allow_external_egress need it "
+                            f"(apt-get install slirp4netns util-linux iproute2; ./run.sh setup does)")
 
 
 def check_available() -> None:
-    """EgressUnavailable naming the fix unless slirp4netns, unshare and ip are installed."""
-    missing = [tool for tool in ("slirp4netns", "unshare", "ip") if shutil.which(tool) is None]
-    if missing:
-        raise EgressUnavailable(f"{', '.join(missing)} missing: chutes with allow_external_egress need them "
-                                f"(apt-get install slirp4netns util-linux iproute2; ./run.sh setup does)")
+    """EgressUnavailable naming the fix unless slirp4netns, unshare, ip and bash are installed."""
+    for name in ("slirp4netns", "unshare", "ip", "bash"):
+        tool(name)
 
 
 def resolv_conf(folder: Path) -> Path:
@@ -86,8 +100,9 @@ def resolv_conf(folder: Path) -> Path:
 class Egress:
     """One sandbox's way out (see the module docstring); ``pass_fds`` go to its Popen."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_prohibited: Sequence[str] = ()) -> None:
         check_available()
+        self.prohibited = prohibited_networks(extra_prohibited)
         self._up_read, self._up_write = os.pipe()
         self._go_read, self._go_write = os.pipe()
         self._open = {self._up_read, self._up_write, self._go_read, self._go_write}
@@ -99,8 +114,8 @@ class Egress:
 
     def wrap(self, command: list[str]) -> list[str]:
         """``command`` in a network namespace that ``attach`` then connects to the outside."""
-        return ["unshare", "--user", "--map-root-user", "--net", "--", "sh", "-c", _SETUP, "canopy-egress",
-                str(self._up_write), str(self._go_read), " ".join(prohibited_networks()), *command]
+        return [tool("unshare"), "--user", "--map-root-user", "--net", "--", tool("bash"), "-c", _SETUP, "canopy-egress",
+                str(self._up_write), str(self._go_read), tool("ip"), " ".join(self.prohibited), *command]
 
     async def attach(self, pid: int) -> None:
         """Once the process ``pid`` (``wrap``'s, started) has its namespace: start slirp4netns
@@ -113,8 +128,9 @@ class Egress:
         ready_read, ready_write = os.pipe()
         try:
             self.slirp = await asyncio.create_subprocess_exec(
-                "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", "--ready-fd", str(ready_write),
-                f"--userns-path=/proc/{pid}/ns/user", str(pid), "tap0", pass_fds=(ready_write,),
+                tool("slirp4netns"), "--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox",
+                "--enable-seccomp", "--ready-fd", str(ready_write), f"--userns-path=/proc/{pid}/ns/user", str(pid),
+                "tap0", pass_fds=(ready_write,), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
             os.close(ready_write)
             ready = await asyncio.wait_for(loop.run_in_executor(None, os.read, ready_read, 1), ATTACH_TIMEOUT_S)

@@ -4,8 +4,9 @@ The seam between the node processes that run strangers' code (``miner.instances`
 instance, the API inspects an uploaded bundle: ``inspection_sandbox``) and the kernel's
 namespaces, through bubblewrap (``bwrap``, Debian package ``bubblewrap``, installed by
 ``./run.sh``). ``sandboxed(command, policy)`` wraps an instance's command line; the miner
-then reaches the instance over a Unix socket in the instance's scratch folder
-(``policy.socket``), the only way in: the instance has a network namespace of its own.
+then reaches the instance over a Unix socket it bound outside the sandbox, whose listening
+fd the instance inherits (``miner.sandboxing``): the only way in, since the instance has a
+network namespace of its own.
 
 What the instance gets:
 
@@ -21,6 +22,8 @@ What the instance gets:
   template converts a model once per node (a chute could write into it; a model it altered
   would answer the validators' probes unlike the other hosts). Inside a user namespace as
   ``nobody`` (65534), files that only root may read stay unreadable.
+- **Namespaces**: no further user namespace inside (``--disable-userns``: no
+  unprivileged-namespace route to kernel attack surface such as nf_tables).
 - **Processes**: its own PID namespace (it sees only its own processes: ``/proc/<miner
   pid>`` is not the miner), killed with the miner (``--die-with-parent``); no terminal (the
   miner starts bwrap in a session of its own, so the miner's SIGTERM to that process group
@@ -38,7 +41,7 @@ What the instance gets:
 - **Devices**: the GPU device nodes of its own GPUs (and NVIDIA's control nodes) where the
   host has them, no others.
 - **Caps**: memory and processes, from a cgroup of its own (``miner.limits``, applied by
-  ``miner.instances`` around this command).
+  ``miner.sandboxing`` around this command).
 """
 
 from __future__ import annotations
@@ -92,10 +95,6 @@ class SandboxPolicy:
     masked: tuple[Path, ...] = ()
     chdir: Path | None = None
     network: Literal["none", "egress", "host"] = "none"
-
-    @property
-    def socket(self) -> Path:
-        return self.scratch / SOCKET_NAME
 
 
 def bwrap_path() -> str:
@@ -166,8 +165,8 @@ def sandboxed(command: Sequence[str], policy: SandboxPolicy) -> list[str]:
     """``command`` run inside the sandbox ``policy`` describes (see the module docstring). With
     ``network="egress"`` the result still needs ``node.egress.Egress.wrap`` and ``attach``."""
     network = ["--unshare-net"] if policy.network == "none" else []
-    args = [bwrap_path(), "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", *network,
-            "--unshare-cgroup-try", "--uid", str(NOBODY), "--gid", str(NOBODY), "--die-with-parent",
+    args = [bwrap_path(), "--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            *network, "--unshare-cgroup-try", "--uid", str(NOBODY), "--gid", str(NOBODY), "--die-with-parent",
             "--hostname", "chute", "--ro-bind", "/usr", "/usr", *_root_links(), *_etc(),
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
     if policy.network == "egress":
@@ -186,7 +185,9 @@ def sandboxed(command: Sequence[str], policy: SandboxPolicy) -> list[str]:
     if policy.gpu_indexes:  # CUDA and NVML read the GPUs' PCI details there
         args += ["--ro-bind-try", "/sys", "/sys"]
     workdir = policy.bundle or policy.chdir or policy.scratch
-    args += [*_gpu_nodes(policy.gpu_indexes), "--chdir", str(workdir), "--clearenv"]
+    # the root bubblewrap built (a tmpfs with the mount points) read-only: writes land only in
+    # the scratch folder, /tmp, /dev/shm and what ``writable`` names
+    args += [*_gpu_nodes(policy.gpu_indexes), "--remount-ro", "/", "--chdir", str(workdir), "--clearenv"]
     for name, value in environment(policy).items():
         args += ["--setenv", name, value]
     return [*args, "--", *command]

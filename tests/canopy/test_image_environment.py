@@ -75,3 +75,14 @@ def test_chute_info_carries_the_environment_and_egress():
     assert Chute(username="me", name="plain").describe().allow_external_egress is False
     with pytest.raises(ValueError, match="allow_external_egress must be True or False"):
         Chute(username="me", name="bad", allow_external_egress="yes")  # type: ignore[arg-type]
+
+
+def test_env_that_steers_the_loader_or_the_interpreter_is_left_to_containers():
+    environment = image_environment(image().with_env("LD_PRELOAD", "./x.so").with_env("PYTHONPATH", "/x")
+                                    .with_env("HF_HOME", "/cache"))
+    assert environment.env == {"HF_HOME": "/cache"}
+    assert environment.unsupported == ["with_env('LD_PRELOAD') (reserved outside a container)",
+                                       "with_env('PYTHONPATH') (reserved outside a container)"]
+    for key in ("LD_PRELOAD", "PATH", "CANOPY_HOME", "DOCKER_HOST", "bad-key"):
+        with pytest.raises(ValidationError):
+            ImageEnvironment.model_validate({"env": {key: "x"}})

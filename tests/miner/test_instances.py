@@ -31,18 +31,14 @@ RUNTIMES = ["sandbox", "process"] if shutil.which("bwrap") or os.environ.get("CA
 
 
 @pytest.fixture(params=RUNTIMES)
-def runtime(request, monkeypatch) -> str:
-    """Each test that starts instances, on each runtime (``manager`` below reads it)."""
-    monkeypatch.setattr(__import__(__name__, fromlist=["_"]), "SANDBOX", request.param == "sandbox")
+def runtime(request) -> str:
+    """Each test that starts instances runs on each runtime (it passes it to ``manager``)."""
     return request.param
 
 
-SANDBOX = True
-
-
-def manager(specs, tmp_path, **options) -> InstanceManager:
+def manager(specs, tmp_path, runtime: str = "process", **options) -> InstanceManager:
     settings = dict(port_range=port_range(), log_dir=tmp_path / "logs", cwd=ROOT, backoff_base_s=0.2,
-                    backoff_cap_s=2.0, grace_s=3.0, start_timeout_s=30.0, sandbox=SANDBOX)
+                    backoff_cap_s=2.0, grace_s=3.0, start_timeout_s=30.0, sandbox=runtime == "sandbox")
     settings.update(options)
     return InstanceManager(specs, **settings)
 
@@ -66,7 +62,7 @@ def test_backoff_doubles_up_to_the_cap():
 async def test_instances_start_pinned_to_their_gpus_and_stop_gracefully(tmp_path, runtime):
     gpus = fake_h100s(2)
     specs = [InstanceSpec(ECHO_ID, "echo", ECHO, (gpu,), concurrency=2) for gpu in gpus]
-    instances = manager(specs, tmp_path)
+    instances = manager(specs, tmp_path, runtime)
     await instances.start()
     try:
         first, second = instances.instances
@@ -95,7 +91,7 @@ async def test_instances_start_pinned_to_their_gpus_and_stop_gracefully(tmp_path
 
 async def test_a_cpu_pseudo_device_is_shared_and_hides_the_gpus(tmp_path, runtime):
     [cpu] = cpu_devices(1)
-    instances = manager([InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,), concurrency=3, concurrency_override=True)], tmp_path)
+    instances = manager([InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,), concurrency=3, concurrency_override=True)], tmp_path, runtime)
     async with instances:
         [instance] = instances.instances
         assert (await get(instances, instance, "/whoami"))["cuda_visible_devices"] == ""
@@ -106,7 +102,7 @@ async def test_a_cpu_pseudo_device_is_shared_and_hides_the_gpus(tmp_path, runtim
 async def test_a_crash_restarts_the_instance_with_backoff_and_the_other_keeps_serving(tmp_path, runtime):
     [cpu] = cpu_devices(1)
     specs = [InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,), concurrency=2) for _ in range(2)]
-    instances = manager(specs, tmp_path)
+    instances = manager(specs, tmp_path, runtime)
     async with instances:
         victim, other = instances.instances
         old_address = address(victim)
@@ -129,7 +125,7 @@ async def test_a_crash_restarts_the_instance_with_backoff_and_the_other_keeps_se
 async def test_a_startup_hook_that_raises_is_logged_and_retried_while_others_serve(tmp_path, runtime):
     [cpu] = cpu_devices(1)
     specs = [InstanceSpec(BAD_ID, "bad-hook", BAD_HOOK, (cpu,)), InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,))]
-    instances = manager(specs, tmp_path, backoff_base_s=0.5)
+    instances = manager(specs, tmp_path, runtime, backoff_base_s=0.5)
     async with instances:
         bad, echo = instances.instances
         assert echo.state is State.READY
@@ -147,7 +143,7 @@ async def test_a_startup_hook_that_raises_is_logged_and_retried_while_others_ser
 
 async def test_an_instance_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path, runtime):
     [cpu] = cpu_devices(1)
-    instances = manager([InstanceSpec(STUBBORN_ID, "stubborn", STUBBORN, (cpu,))], tmp_path, grace_s=0.5)
+    instances = manager([InstanceSpec(STUBBORN_ID, "stubborn", STUBBORN, (cpu,))], tmp_path, runtime, grace_s=0.5)
     await instances.start()
     [instance] = instances.instances
     assert instance.state is State.READY
@@ -160,7 +156,7 @@ async def test_an_instance_that_ignores_sigterm_is_killed_after_the_grace_period
 
 async def test_an_unresponsive_instance_fails_its_health_checks_and_is_replaced(tmp_path, runtime):
     [cpu] = cpu_devices(1)
-    instances = manager([InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,))], tmp_path, health_interval_s=0.1,
+    instances = manager([InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,))], tmp_path, runtime, health_interval_s=0.1,
                         health_timeout_s=0.2, health_failures=2, grace_s=0.3)
     async with instances:
         [instance] = instances.instances
@@ -207,7 +203,7 @@ def test_acquire_picks_the_least_loaded_ready_instance_with_room(tmp_path):
 async def test_added_instances_start_at_once_and_a_drain_lets_the_call_in_flight_finish(tmp_path, runtime):
     [cpu] = cpu_devices(1)
     old, new = "a" * 64, "b" * 64
-    instances = manager([], tmp_path)
+    instances = manager([], tmp_path, runtime)
     await instances.start()
     try:
         first = instances.add(InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,), concurrency=2, revision=old))
@@ -251,7 +247,7 @@ async def test_added_instances_start_at_once_and_a_drain_lets_the_call_in_flight
 
 async def test_a_drain_stops_the_instance_after_its_timeout_and_never_restarts_it(tmp_path, runtime):
     [cpu] = cpu_devices(1)
-    instances = manager([], tmp_path, grace_s=0.5)
+    instances = manager([], tmp_path, runtime, grace_s=0.5)
     await instances.start()
     try:
         instance = instances.add(InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,), concurrency=2))
@@ -267,3 +263,17 @@ async def test_a_drain_stops_the_instance_after_its_timeout_and_never_restarts_i
             instances.add(InstanceSpec(ECHO_ID, "echo", ECHO, (cpu,)))
     finally:
         await instances.stop()
+
+
+async def test_a_chain_runs_its_dependency_in_the_same_instance(tmp_path, runtime):
+    """A chute that calls another (``canopy.depends``) with no URL for it: the dependency runs
+    inside the same instance (``canopy.chains_local``), sandboxed like it."""
+    [cpu] = cpu_devices(1)
+    instances = manager([InstanceSpec("pipeline-id", "pipeline", "tests.canopy.chutes.pipeline:chute", (cpu,))], tmp_path,
+                        runtime)
+    async with instances:
+        [instance] = instances.instances
+        assert instance.ready, instance.last_error
+        async with instances.session_for(instance).post(instance.url + "/run", json={"text": "ok"}) as response:
+            assert response.status == 200, await response.text()
+            assert await response.json() == {"result": "OK!", "letters": ["O", "K"]}

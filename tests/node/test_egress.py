@@ -29,7 +29,15 @@ def test_the_hosts_own_addresses_are_read_from_ip():
     assert "127.0.0.1/32" in addresses and all(a.endswith("/32") for a in addresses)
 
 
-def test_missing_tools_are_named_with_the_fix(monkeypatch):
-    monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(egress.EgressUnavailable, match=r"slirp4netns.*apt-get install slirp4netns"):
+def test_missing_tools_are_named_with_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setattr(egress, "TOOL_FOLDERS", (str(tmp_path),))
+    with pytest.raises(egress.EgressUnavailable, match=r"slirp4netns is missing.*apt-get install slirp4netns"):
         egress.Egress()
+
+
+def test_tools_are_found_by_absolute_path_whatever_the_path(monkeypatch, tmp_path):
+    planted = tmp_path / "ip"
+    planted.write_text("#!/bin/sh\necho planted\n")
+    planted.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin")
+    assert egress.tool("ip") != str(planted) and egress.tool("ip").startswith(("/usr/", "/sbin", "/bin"))
