@@ -19,7 +19,7 @@ for SIGTERM when the miner dies, so a killed miner leaves no orphans holding GPU
 ``-c`` puts the working directory first on ``sys.path``, where a bundle's entry module is),
 with ``CUDA_VISIBLE_DEVICES`` set to the uuids of its GPUs (uuids, not indexes: they mean
 the same whatever the miner's own CUDA_VISIBLE_DEVICES; empty for the CPU pseudo-device)
-and ``CANOPY_INSTANCE_ID``. Where it runs (``_confine``): with ``sandbox`` (the default) in
+and ``CANOPY_INSTANCE_ID``. Where it runs (``miner.launch``): with ``sandbox`` (the default) in
 bubblewrap (``miner.sandboxing``), serving ``--fd`` a Unix socket the miner bound outside
 the sandbox instead of a port; with ``containers`` a registry chute in its image (``miner.containers``),
 likewise on a socket; an image's pip installs come from its cached environment
@@ -57,20 +57,17 @@ from loguru import logger
 
 from canopy.image_environment import ImageEnvironment
 from canopy.paths import canopy_home
-from miner.containers import ContainerImages, InstanceContainer
+from miner.containers import ContainerImages
 from miner.environments import EnvironmentCache
-from miner.instance_state import Confinement, Instance, InstanceSpec, State, client_session
-from miner.processes import LAUNCHER, ChildProcess, backoff_delay, bindable, exit_text, signal_group
-from miner.sandboxing import InstanceSandbox, pip_build_sandbox, scratch_folder
-from node.egress import check_available as check_egress
+from miner.instance_state import Instance, InstanceSpec, State, client_session
+from miner.launch import Launcher
+from miner.processes import ChildProcess, backoff_delay, bindable, exit_text, signal_group
+from miner.sandboxing import pip_build_sandbox
 from node.sandbox import bwrap_path
 
 __all__ = ["HEALTH_PATH", "ChildProcess", "Instance", "InstanceManager", "InstanceSpec", "State", "backoff_delay"]
 
 HEALTH_PATH = "/_canopy/health"
-#: PATH of the host-side wrappers of a confined instance (never the miner's, never the chute's)
-HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-ENGINE_ENV = ("HOME", "XDG_RUNTIME_DIR", "DOCKER_HOST", "DOCKER_CONFIG", "CONTAINER_HOST", "CONTAINERS_CONF")
 
 
 class InstanceManager:
@@ -106,7 +103,6 @@ class InstanceManager:
         self.log_dir = Path(log_dir) if log_dir else Path(os.environ.get("CANOPY_HOME", ".canopy")).expanduser() / "logs"
         self.python = python or sys.executable
         self.cwd = str(cwd) if cwd else None
-        self.env = env
         self.start_timeout_s = start_timeout_s
         self.health_interval_s = health_interval_s
         self.health_timeout_s = health_timeout_s
@@ -115,26 +111,24 @@ class InstanceManager:
         self.backoff_cap_s = backoff_cap_s
         self.stable_s = stable_s
         self.grace_s = grace_s
-        # With ``sandbox`` every instance runs in bubblewrap (miner.sandboxing), reached over a
-        # Unix socket: a registry chute sees its bundle, a pinned one the folder of its reference.
-        self.sandbox = sandbox
-        self.memory_mb, self.max_pids = memory_mb, max_pids  # a sandboxed instance's caps (miner.limits)
         if sandbox:
             bwrap_path()  # SandboxUnavailable names the fix now, not at the first start
-        # --chutes.runtime container: registry chutes run in their image (miner.containers)
-        self.containers = containers
-        # addresses of this miner on no interface of the host (its public IP behind a NAT): never
-        # reachable from a chute with external egress, like the host's own addresses
-        self.egress_prohibited = tuple(egress_prohibited)
-        # the images' pip installs, one cached environment per image (pip itself sandboxed too)
-        self.environments = environments or EnvironmentCache(
-            canopy_home() / "environments", wrap=pip_build_sandbox if sandbox else None)
-        self.instances: list[Instance] = []
-        self.by_chute: dict[str, list[Instance]] = {}
-        self._counts: dict[str, int] = {}  # instance numbers are never reused (nor their log files)
         # A tag per manager: several miners on one host must never take each other's
         # instances (same chute, same number) for their own in health checks or logs.
         self._tag = secrets.token_hex(3)
+        # Where and how each start runs (miner.launch): with ``sandbox`` in bubblewrap, with
+        # ``containers`` a registry chute in its image; an image's pip installs from its cached
+        # environment (pip itself sandboxed too); ``egress_prohibited``: this miner's addresses on
+        # no interface of the host (its public IP behind a NAT), never reachable by egress chutes.
+        self.launcher = Launcher(
+            python=self.python, cwd=self.cwd, env=env, sandbox=sandbox, containers=containers,
+            environments=environments or EnvironmentCache(canopy_home() / "environments",
+                                                          wrap=pip_build_sandbox if sandbox else None),
+            memory_mb=memory_mb, max_pids=max_pids, grace_s=grace_s, tag=self._tag,
+            egress_prohibited=tuple(egress_prohibited))
+        self.instances: list[Instance] = []
+        self.by_chute: dict[str, list[Instance]] = {}
+        self._counts: dict[str, int] = {}  # instance numbers are never reused (nor their log files)
         for spec in specs:
             self._new_instance(spec)
         self._session: aiohttp.ClientSession | None = None
@@ -338,75 +332,13 @@ class InstanceManager:
             return port
         raise RuntimeError(f"no free port in {low}..{high} for a chute instance (widen --chutes.port_min/port_max)")
 
-    def _command(self, instance: Instance, python: str, confinement: Confinement | None = None) -> list[str]:
-        where = confinement.serve_args() if confinement else ["--host", "127.0.0.1", "--port", str(instance.port)]
-        # a chain's dependencies run inside the instance, from the chute's own code: the miner
-        # gives no CANOPY_CHUTE_URLS (and a sandboxed instance has no network to reach one)
-        serve = ["serve", instance.spec.ref, *where, "--local-dependencies"]
-        if instance.spec.concurrency_override:
-            serve += ["--concurrency", str(instance.spec.concurrency)]
-        # in-flight requests get most of our grace period; SIGKILL comes after all of it
-        serve += ["--graceful-timeout", f"{max(0.1, self.grace_s * 0.8):g}"]
-        if isinstance(confinement, InstanceContainer):
-            return confinement.command(serve, memory_mb=self.memory_cap_mb(instance.spec), max_pids=self.max_pids)
-        command = [python, "-c", LAUNCHER, *serve]
-        if confinement is None:
-            return command
-        return confinement.command(command, name=f"canopy-{self._tag}-{confinement.scratch.name}",
-                                   memory_mb=self.memory_cap_mb(instance.spec), max_pids=self.max_pids)
-
-    def memory_cap_mb(self, spec: InstanceSpec) -> int:
-        """A confined instance's memory cap: ``memory_mb`` per GPU its NodeSelector gave it (a
-        chute that asks for 8 GPUs gets 8 times a 1-GPU chute's host memory), at least one share."""
-        return self.memory_mb * max(1, sum(1 for device in spec.devices if device.kind == "cuda"))
-
-    def _environment(self, instance: Instance) -> dict[str, str]:
-        """The environment of the process the miner starts. Confined, that process is the host-side
-        wrapper (cgroup shell, unshare, bubblewrap, the container engine's client): only PATH and
-        the locale, nothing of the miner's and nothing of the chute's (its sandbox's own
-        environment is set inside: ``node.sandbox.environment``; bubblewrap's PID 1 keeps what it
-        was started with, readable in ``/proc/1/environ`` by the chute)."""
-        if instance.sandbox is not None:
-            # the container engine's client finds its service through these (the operator's own)
-            kept = ("LANG", "LC_ALL") + (ENGINE_ENV if isinstance(instance.sandbox, InstanceContainer) else ())
-            return {"PATH": HOST_PATH, **{k: os.environ[k] for k in kept if k in os.environ}}
-        env = dict(os.environ if self.env is None else self.env)
-        env.update(instance.spec.environment.env)
-        env.update(CUDA_VISIBLE_DEVICES=instance.cuda_visible_devices(), CANOPY_INSTANCE_ID=instance.id,
-                   CANOPY_MINER_PID=str(os.getpid()), PYTHONUNBUFFERED="1")
-        return env
-
-    async def _confine(self, instance: Instance) -> tuple[str, Confinement | None]:
-        """The Python that runs ``instance`` and where: a registry chute in its image's container
-        (``containers``), else in bubblewrap (``sandbox``) with its image's cached environment
-        (built now for the first instance of that image), else as a plain process.
-        RuntimeError (EnvironmentBuildError, a failed image build, no egress tools) names why not."""
-        spec = instance.spec
-        env = {**spec.environment.env, "CUDA_VISIBLE_DEVICES": instance.cuda_visible_devices(),
-               "CANOPY_INSTANCE_ID": instance.id}
-        if self.containers is not None and spec.cwd is not None:
-            tag = await self.containers.ensure(revision=spec.revision, dockerfile=spec.dockerfile, bundle=Path(spec.cwd))
-            scratch = scratch_folder(self._tag)
-            return "python", InstanceContainer.prepare(
-                self.containers.engine, tag=tag, name=f"canopy-{self._tag}-{scratch.name}", scratch=scratch,
-                gpu_uuids=[d.uuid for d in spec.devices if d.kind == "cuda"], env=env, egress=spec.egress)
-        interpreter = await self.environments.ensure(spec.environment, spec.ref)
-        python = str(interpreter) if interpreter else self.python
-        if not self.sandbox:
-            return python, None
-        return python, InstanceSandbox.prepare(
-            tag=self._tag, ref=spec.ref, bundle=spec.cwd, cwd=self.cwd or os.getcwd(),
-            gpu_indexes=[d.index for d in spec.devices if d.kind == "cuda"], env=env,
-            environment=interpreter.parent.parent if interpreter else None, egress=spec.egress,
-            egress_prohibited=self.egress_prohibited)
-
     async def _launch(self, instance: Instance) -> bool:
         """Spawn the process and wait for its readiness; False (with ``last_error``) if it fails."""
         instance.state = State.STARTING
         instance.last_error = ""
         instance._poke.clear()
         try:
-            python, sandbox = await self._confine(instance)
+            python, sandbox = await self.launcher.confine(instance)
             if sandbox is not None:
                 instance.sandbox = sandbox
                 instance.port, instance.url = None, "http://chute"
@@ -426,8 +358,8 @@ class InstanceManager:
             log.flush()
             try:
                 instance.process = ChildProcess(subprocess.Popen(
-                    self._command(instance, python, sandbox), cwd=instance.spec.cwd or self.cwd,
-                    env=self._environment(instance), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    self.launcher.command(instance, python, sandbox), cwd=instance.spec.cwd or self.cwd,
+                    env=self.launcher.environment(instance), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True, pass_fds=sandbox.pass_fds if sandbox else ()))
             except (OSError, RuntimeError, ValueError) as error:  # RuntimeError: SandboxUnavailable
                 instance.last_error = f"cannot start {python}: {error}"
@@ -488,7 +420,7 @@ class InstanceManager:
                 if checking and not exited.done():  # a dropped connection: is the process going down?
                     await asyncio.wait({exited}, timeout=1.0)
                 if exited.done():
-                    memory = (f"; past its {self.memory_cap_mb(instance.spec)} MiB memory cap"
+                    memory = (f"; past its {self.launcher.memory_cap_mb(instance.spec)} MiB memory cap"
                               if instance.sandbox is not None and instance.sandbox.oom_killed() else "")
                     instance.last_error = (f"crashed ({exit_text(instance.process.returncode)}{memory}; "
                                            f"log: {instance.log_path})")
@@ -515,17 +447,8 @@ class InstanceManager:
             exited.cancel()
 
     def refusal(self, environment: ImageEnvironment, egress: bool = False, *, pinned: bool = False) -> str | None:
-        """Why this miner's runtime cannot run a chute with ``environment`` (and ``egress``), naming
-        the fix; None when it can. Checked before an instance is added (the autoscaler's load time).
-        The container runtime builds every image step; the others serve only what needs no root."""
-        if self.containers is not None and not pinned:
-            return None
-        if egress and self.sandbox:
-            try:
-                check_egress()
-            except RuntimeError as error:
-                return str(error)
-        return environment.refusal()
+        """Why this miner's runtime cannot run a chute (``miner.launch.Launcher.refusal``); None when it can."""
+        return self.launcher.refusal(environment, egress, pinned=pinned)
 
     def session_for(self, instance: Instance) -> aiohttp.ClientSession:
         """The client that reaches ``instance``: its Unix socket's (sandboxed), else the shared one."""
