@@ -48,7 +48,8 @@ _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,}$")
 _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::\d+)?$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: an environment variable's name (``with_env``; ``canopy.image_environment`` checks announced ones)
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _APT_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(?::[a-z0-9-]+)?(?:=[A-Za-z0-9.+:~_-]+)?$")
 _USER = re.compile(r"^(?:[a-z_][a-z0-9_-]*\$?|\d+)(?::(?:[a-z_][a-z0-9_-]*|\d+))?$")
 _PYTHON = re.compile(r"^3\.(\d+)(?:\.(\d+))?$")
@@ -234,7 +235,7 @@ class Image:
     def with_env(self, key: str, value: str) -> "Image":
         """``ENV key="value"`` (key: letters, digits, '_', not starting with a digit)."""
         key = _text(key, "env key", "use e.g. 'HF_HOME'")
-        if not _ENV_KEY.match(key):
+        if not ENV_KEY.match(key):
             raise ValueError(f"env key {key!r} is invalid: letters, digits and '_', not starting with a digit")
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ValueError(f"env value for {key} must be a string or number, got {type(value).__name__}")

@@ -35,14 +35,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from canopy.image import check_requirement
+from canopy.image import ENV_KEY, check_requirement
 
 MAX_REQUIREMENTS = 64
 #: environment variables an image may not set for a runtime without containers: they steer the
 #: loader, the interpreter or the node's own tools (and would reach them) or are the runtime's
 RESERVED_ENV = re.compile(r"^(LD_.*|PYTHON.*|CANOPY_.*|DOCKER_.*|PATH|HOME|TMPDIR|SHELL|ENV|BASH_ENV|IFS|"
                           r"CUDA_VISIBLE_DEVICES|NVIDIA_VISIBLE_DEVICES|GCONV_PATH|MALLOC_.*|GLIBC_.*)$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: pip options a ``run_command`` pip line may carry and still be served from the package index
 _HARMLESS_PIP_OPTIONS = frozenset({"--no-cache-dir", "-U", "--upgrade", "-q", "--quiet", "--no-input",
                                    "--disable-pip-version-check", "--progress-bar=off"})
@@ -68,7 +67,7 @@ class ImageEnvironment(BaseModel):
     @classmethod
     def _environment(cls, value: dict[str, str]) -> dict[str, str]:
         for key, text in value.items():
-            if not _ENV_KEY.match(key) or RESERVED_ENV.match(key.upper()):
+            if not ENV_KEY.match(key) or RESERVED_ENV.match(key.upper()):
                 raise ValueError(f"env key {key!r} is reserved or invalid in a runtime without containers")
             if "\n" in text or "\x00" in text or len(text) > 4096:
                 raise ValueError(f"env value of {key} must be one line of at most 4096 characters")

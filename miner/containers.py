@@ -43,9 +43,10 @@ from loguru import logger
 
 import canopy
 from canopy.image import DEFAULT_BASE
-from node.sandbox import SOCKET_NAME
+from miner.processes import run_logged
 
 ENGINES = ("podman", "docker")
+SOCKET_NAME = "instance.sock"  # in the container's scratch folder
 CONTAINER_USER = "65534:65534"
 APP = "/app"
 SDK = "/opt/canopy-sdk"
@@ -172,31 +173,22 @@ class ContainerImages:
         return await asyncio.shield(self._building[tag])
 
     async def _exists(self, tag: str) -> bool:
-        process = await asyncio.create_subprocess_exec(self.engine.binary, "image", "inspect", tag,
-                                                       stdout=asyncio.subprocess.DEVNULL,
-                                                       stderr=asyncio.subprocess.DEVNULL)
-        return await process.wait() == 0
+        answer = await asyncio.to_thread(subprocess.run, [self.engine.binary, "image", "inspect", tag],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return answer.returncode == 0
 
     async def _build(self, tag: str, dockerfile: str, bundle: Path) -> str:
         self.builds += 1
         context = await asyncio.to_thread(build_context, self.root / re.sub(r"[^a-z0-9]", "-", tag), dockerfile=dockerfile,
                                           bundle=bundle)
         logger.info("container image {}: {} build (first instance of this revision here)", tag, self.engine.name)
-        process = await asyncio.create_subprocess_exec(self.engine.binary, "build", "--tag", tag, str(context),
-                                                       stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                                                       env={**os.environ, "DOCKER_BUILDKIT": "1"})
-        tail: list[str] = []
-        assert process.stdout is not None
-        async with asyncio.timeout(BUILD_TIMEOUT_S):
-            async for raw in process.stdout:
-                line = raw.decode(errors="replace").rstrip()
-                tail = (tail + [line])[-8:]
-                if line.startswith(("STEP", "Step", "#")):
-                    logger.info("container image {}: {}", tag, line[:200])
-            code = await process.wait()
-        shutil.rmtree(context, ignore_errors=True)
-        if code != 0:
-            raise RuntimeError(f"{self.engine.name} build of {tag} failed (exit {code}): " + " | ".join(tail[-4:]))
+        try:
+            await asyncio.to_thread(run_logged, [self.engine.binary, "build", "--tag", tag, str(context)],
+                                    label=f"container image {tag}", what=f"{self.engine.name} build",
+                                    env={**os.environ, "DOCKER_BUILDKIT": "1"}, timeout_s=BUILD_TIMEOUT_S,
+                                    progress=("STEP", "Step", "#"))
+        finally:
+            shutil.rmtree(context, ignore_errors=True)
         return tag
 
 
@@ -254,8 +246,6 @@ class InstanceContainer:
         return answer.stdout.strip() == "true"
 
     async def close(self) -> None:
-        process = await asyncio.create_subprocess_exec(self.engine.binary, "rm", "--force", self.name,
-                                                       stdout=asyncio.subprocess.DEVNULL,
-                                                       stderr=asyncio.subprocess.DEVNULL)
-        await process.wait()
+        await asyncio.to_thread(subprocess.run, [self.engine.binary, "rm", "--force", self.name],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(self.scratch, ignore_errors=True)

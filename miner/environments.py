@@ -35,14 +35,18 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 from loguru import logger
 
 from canopy.image_environment import ImageEnvironment
+from miner.processes import run_logged
 
 MARKER = "canopy-env.json"
 BUILD_TIMEOUT_S = 900.0
+#: what of the miner's environment pip's build gets: its PATH, locale, index and proxy settings
+PIP_ENV = ("PATH", "LANG", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_CERT", "HTTPS_PROXY",
+           "HTTP_PROXY", "NO_PROXY")
 #: pip's lines worth a line in the miner's log (its progress)
 _PROGRESS = ("Collecting", "Downloading", "Installing", "Successfully", "ERROR", "Requirement already satisfied")
 
@@ -60,6 +64,10 @@ def base_interpreter() -> str:
     """The interpreter the miner's virtualenv was made from (a venv made from a venv would
     point its ``home`` at the first venv's bin, which the sandbox binds anyway)."""
     return getattr(sys, "_base_executable", None) or sys.executable
+
+
+def _build_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in PIP_ENV if name in os.environ}
 
 
 class EnvironmentCache:
@@ -113,7 +121,9 @@ class EnvironmentCache:
         logger.info("environment {} for {}: pip install {} (first instance of this image on this miner)",
                     key[:12], chute, " ".join(environment.pip))
         try:
-            await self._run([base_interpreter(), "-m", "venv", "--without-pip", str(folder)], None, None, key)
+            await asyncio.to_thread(run_logged, [base_interpreter(), "-m", "venv", "--without-pip", str(folder)],
+                                    label=f"environment {key[:12]}", what="python -m venv", env=_build_env(),
+                                    timeout_s=self.timeout_s, error=EnvironmentBuildError)
             purelib = folder / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
             (purelib / "_canopy_base_runtime.pth").write_text(f"import site; site.addsitedir({site_packages()!r})\n")
             pip = [sys.executable, "-m", "pip", "--python", str(self.interpreter(folder)), "install", "--no-input",
@@ -121,7 +131,7 @@ class EnvironmentCache:
                    "--only-binary", ":all:"]
             if self.index_url:
                 pip += ["--index-url", self.index_url]
-            await self._run([*pip, "--", *environment.pip], work, scratch, key)
+            await self._pip([*pip, "--", *environment.pip], work, scratch, key)
             (folder / MARKER).write_text(json.dumps({"pip": environment.pip, "python": sys.version.split()[0],
                                                      "chute": chute, "built_s": round(time.monotonic() - started, 2)}))
             try:
@@ -134,30 +144,10 @@ class EnvironmentCache:
         logger.info("environment {} for {} ready in {:.1f}s", key[:12], chute, time.monotonic() - started)
         return final
 
-    async def _run(self, command: Sequence[str], work: Path | None, scratch: Path | None, key: str) -> None:
-        argv = list(command)
-        env = {name: os.environ[name] for name in ("PATH", "LANG", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL",
-                                                   "PIP_TRUSTED_HOST", "PIP_CERT", "HTTPS_PROXY", "HTTP_PROXY",
-                                                   "NO_PROXY") if name in os.environ}
-        if work is not None and scratch is not None:
-            env["HOME"] = str(scratch)
-            if self.wrap is not None:
-                argv = self.wrap(argv, work, scratch)
-        process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, env=env,
-                                                       stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        tail: list[str] = []
-        assert process.stdout is not None
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                async for raw in process.stdout:
-                    line = raw.decode(errors="replace").rstrip()
-                    tail = (tail + [line])[-12:]
-                    if line.startswith(_PROGRESS):
-                        logger.info("environment {}: {}", key[:12], line)
-                code = await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise EnvironmentBuildError(f"pip did not finish within {self.timeout_s:g}s") from None
-        if code != 0:
-            raise EnvironmentBuildError(f"{' '.join(command[:3])} ... failed (exit {code}): " + " | ".join(tail[-6:]))
+    async def _pip(self, command: list[str], work: Path, scratch: Path, key: str) -> None:
+        """pip's command, in the build sandbox (``wrap``) with only pip's settings of the
+        miner's environment, its progress in the log."""
+        env = {**_build_env(), "HOME": str(scratch)}
+        argv = self.wrap(command, work, scratch) if self.wrap is not None else command
+        await asyncio.to_thread(run_logged, argv, label=f"environment {key[:12]}", what="pip", env=env,
+                                timeout_s=self.timeout_s, progress=_PROGRESS, error=EnvironmentBuildError)

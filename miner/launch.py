@@ -29,10 +29,9 @@ from miner.environments import EnvironmentCache
 from miner.instance_state import Confinement, Instance, InstanceSpec
 from miner.processes import LAUNCHER
 from miner.sandboxing import InstanceSandbox, scratch_folder
+from node.egress import SYSTEM_PATH
 from node.egress import check_available as check_egress
 
-#: PATH of the host-side wrappers of a confined instance (never the miner's, never the chute's)
-HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 #: what a container engine's client needs to find its service (the operator's own settings)
 ENGINE_ENV = ("HOME", "XDG_RUNTIME_DIR", "DOCKER_HOST", "DOCKER_CONFIG", "CONTAINER_HOST", "CONTAINERS_CONF")
 
@@ -120,7 +119,7 @@ class Launcher:
         """The environment of the process the miner starts (see the module docstring)."""
         if instance.sandbox is not None:
             kept = ("LANG", "LC_ALL") + (ENGINE_ENV if isinstance(instance.sandbox, InstanceContainer) else ())
-            return {"PATH": HOST_PATH, **{k: os.environ[k] for k in kept if k in os.environ}}
+            return {"PATH": SYSTEM_PATH, **{k: os.environ[k] for k in kept if k in os.environ}}
         env = dict(os.environ if self.env is None else self.env)
         env.update(instance.spec.environment.env)
         env.update(CUDA_VISIBLE_DEVICES=instance.cuda_visible_devices(), CANOPY_INSTANCE_ID=instance.id,

@@ -4,7 +4,8 @@ The seam between ``miner.instances`` (which supervises instances) and the operat
 system: the launcher that runs ``canopy.instance`` after asking the kernel for SIGTERM when
 the miner dies (``PR_SET_PDEATHSIG`` on Linux, so a killed miner leaves no orphans holding
 GPUs or ports), the handle the supervisor polls (``ChildProcess``), signals to a process
-group, port probing and the restart backoff.
+group, port probing, the restart backoff, and the one way the miner runs a build to its end
+with its progress in the log (``run_logged``: a chute's pip environment, a chute's image).
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ import os
 import signal
 import socket
 import subprocess
+import threading
+from collections import deque
+from typing import Mapping, Sequence
+
+from loguru import logger
 
 # Runs canopy.instance as `python -m` would, after asking for SIGTERM when the miner dies.
 LAUNCHER = """\
@@ -82,3 +88,37 @@ def bindable(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def run_logged(command: Sequence[str], *, label: str, what: str, env: Mapping[str, str], timeout_s: float,
+               progress: tuple[str, ...] = (), error: type[RuntimeError] = RuntimeError) -> None:
+    """Run ``command`` to its end (blocking: call it through ``asyncio.to_thread``), reading its
+    output line by line: a line starting with one of ``progress`` is logged as ``LABEL: line``.
+    ``error`` naming ``label``, ``what`` ran and the output's last lines when it fails; past
+    ``timeout_s`` it is killed and ``error`` says so. ``subprocess.Popen``, as for instances
+    (``ChildProcess``), not the event loop's subprocess support."""
+    process = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, env=dict(env), text=True, errors="replace")
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        process.kill()
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.start()
+    tail: deque[str] = deque(maxlen=6)
+    try:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip()
+            tail.append(line)
+            if line.startswith(progress):
+                logger.info("{}: {}", label, line[:300])
+        code = process.wait()
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        raise error(f"{label}: {what} did not finish within {timeout_s:g}s")
+    if code != 0:
+        raise error(f"{label}: {what} failed ({exit_text(code)}): " + " | ".join(tail))

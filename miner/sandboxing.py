@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import psutil
 from loguru import logger
 
 from miner.limits import InstanceCgroup
@@ -109,10 +110,11 @@ class InstanceSandbox:
     def terminate(pid: int) -> None:
         """SIGTERM what runs inside the sandbox of process ``pid`` (not bubblewrap itself: it would
         exit at once and take the instance with it by SIGKILL, before its graceful shutdown)."""
-        for child, name in descendants(pid):
-            if name != "bwrap":
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(child, signal.SIGTERM)
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if child.name() != "bwrap":
+                        child.send_signal(signal.SIGTERM)
 
     def oom_killed(self) -> bool:
         return self.cgroup is not None and self.cgroup.oom_killed()
@@ -139,28 +141,6 @@ def scratch_folder(tag: str) -> Path:
     scratch = parent / secrets.token_hex(4)
     shutil.rmtree(scratch, ignore_errors=True)
     return scratch
-
-
-def descendants(pid: int) -> list[tuple[int, str]]:
-    """(host pid, command name) of every process below ``pid``, from a scan of ``/proc``."""
-    children: dict[int, list[tuple[int, str]]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        name, rest = stat[stat.find("(") + 1:stat.rfind(")")], stat[stat.rfind(")") + 2:].split()
-        children.setdefault(int(rest[1]), []).append((int(entry.name), name))
-    found: list[tuple[int, str]] = []
-    pending = [pid]
-    while pending:
-        for child in children.get(pending.pop(), []):
-            found.append(child)
-            pending.append(child[0])
-    return found
 
 
 def pip_build_sandbox(command: list[str], work: Path, scratch: Path) -> list[str]:

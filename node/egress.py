@@ -39,6 +39,8 @@ PROHIBITED = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "1
 SLIRP_DNS = "10.0.2.3"
 #: where the egress tools are looked for (the system's folders, whatever the PATH)
 TOOL_FOLDERS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+#: the PATH of the node's own tools when they run for a sandbox (never a chute's or a caller's)
+SYSTEM_PATH = ":".join(TOOL_FOLDERS)
 ATTACH_TIMEOUT_S = 10.0
 # bash (dash takes only one-digit fds): $1 the fd that says the namespace exists, $2 the fd to
 # wait on until slirp4netns is up, both closed before the sandbox runs; $3 the ip binary, $4
@@ -56,7 +58,7 @@ def host_addresses() -> list[str]:
     EgressUnavailable when ``ip`` cannot tell (an egress sandbox is not made blind)."""
     try:
         answer = subprocess.run([tool("ip"), "-j", "-4", "addr"], capture_output=True, text=True, timeout=5,
-                                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+                                env={"PATH": SYSTEM_PATH})
         links = json.loads(answer.stdout)
     except (OSError, subprocess.SubprocessError, ValueError) as error:
         raise EgressUnavailable(f"cannot list this host's addresses with `ip -j -4 addr`: {error}") from None
@@ -106,7 +108,7 @@ class Egress:
         self._up_read, self._up_write = os.pipe()
         self._go_read, self._go_write = os.pipe()
         self._open = {self._up_read, self._up_write, self._go_read, self._go_write}
-        self.slirp: asyncio.subprocess.Process | None = None
+        self.slirp: subprocess.Popen[bytes] | None = None
 
     @property
     def pass_fds(self) -> tuple[int, int]:
@@ -126,20 +128,19 @@ class Egress:
         if not up:
             raise RuntimeError("the sandbox exited before its network namespace was up")
         ready_read, ready_write = os.pipe()
-        try:
-            self.slirp = await asyncio.create_subprocess_exec(
-                tool("slirp4netns"), "--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox",
-                "--enable-seccomp", "--ready-fd", str(ready_write), f"--userns-path=/proc/{pid}/ns/user", str(pid),
-                "tap0", pass_fds=(ready_write,), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:  # Popen, as for instances (miner.processes.ChildProcess), not the loop's subprocess support
+            self.slirp = subprocess.Popen(
+                [tool("slirp4netns"), "--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox",
+                 "--enable-seccomp", "--ready-fd", str(ready_write), f"--userns-path=/proc/{pid}/ns/user", str(pid),
+                 "tap0"], pass_fds=(ready_write,), env={"PATH": SYSTEM_PATH}, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             os.close(ready_write)
             ready = await asyncio.wait_for(loop.run_in_executor(None, os.read, ready_read, 1), ATTACH_TIMEOUT_S)
         finally:
             os.close(ready_read)
         if ready != b"1":
-            error = b""
-            if self.slirp.stderr is not None and self.slirp.returncode is not None:
-                error = await self.slirp.stderr.read()
+            exited = self.slirp.poll() is not None
+            error = self.slirp.stderr.read() if exited and self.slirp.stderr is not None else b""
             raise RuntimeError(f"slirp4netns did not come up: {error.decode(errors='replace').strip() or 'no reason'}")
         os.write(self._go_write, b"go\n")
         self._close(self._up_read, self._go_write)
@@ -154,10 +155,12 @@ class Egress:
     async def close(self) -> None:
         """End slirp4netns (if the sandbox did not take it with it) and close what is left open."""
         self._close(*list(self._open))
-        if self.slirp is not None and self.slirp.returncode is None:
+        if self.slirp is not None and self.slirp.poll() is None:
             self.slirp.terminate()
             try:
-                await asyncio.wait_for(self.slirp.wait(), 5)
-            except TimeoutError:
+                await asyncio.to_thread(self.slirp.wait, 5)
+            except subprocess.TimeoutExpired:
                 self.slirp.kill()
-                await self.slirp.wait()
+                await asyncio.to_thread(self.slirp.wait)
+        if self.slirp is not None and self.slirp.stderr is not None:
+            self.slirp.stderr.close()

@@ -26,8 +26,8 @@ What the instance gets:
   unprivileged-namespace route to kernel attack surface such as nf_tables).
 - **Processes**: its own PID namespace (it sees only its own processes: ``/proc/<miner
   pid>`` is not the miner), killed with the miner (``--die-with-parent``); no terminal (the
-  miner starts bwrap in a session of its own, so the miner's SIGTERM to that process group
-  reaches the instance too).
+  miner starts bwrap in a session of its own); stopped by a SIGTERM to what runs inside
+  (``miner.sandboxing``), since bubblewrap itself would take it down by SIGKILL.
 - **Network**: its own network namespace with only a loopback of its own: no connection to
   the outside, to the miner's axon or to any port of the host. A chute that declares
   ``allow_external_egress`` (``policy.network == "egress"``) gets the internet through
@@ -60,7 +60,6 @@ from canopy.paths import canopy_home
 from node.egress import resolv_conf
 
 NOBODY = 65534
-SOCKET_NAME = "instance.sock"
 #: Environment variables an instance keeps from the miner's (none is a secret).
 KEPT_ENV = ("LANG", "LC_ALL", "TZ", "CANOPY_DEBUG", "CANOPY_FAILED_EXIT_DELAY_S", "CANOPY_MODEL_CACHE")
 _NVIDIA_CONTROL = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
@@ -79,7 +78,7 @@ class SandboxUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class SandboxPolicy:
     """One sandbox: its bundle (read-only, the working directory; None: ``chdir`` or the scratch
-    folder), its scratch folder (read-write, HOME; the socket lives there), its GPUs' indexes,
+    folder), its scratch folder (read-write, HOME), its GPUs' indexes,
     more folders read-only (``readonly``: a chute's cached environment, a pinned chute's code)
     or read-write (``writable``: what a pip build fills), folders hidden behind an empty tmpfs
     (``masked``), and its network: ``none`` (its own loopback only), ``egress`` (the internet

@@ -24,7 +24,7 @@ from miner.announcements import Announcements
 from miner.autoscaler import Autoscaler
 from miner.bundles import BundleStore
 from miner.chutes_service import ChutesService
-from miner.environments import MARKER, EnvironmentCache
+from miner.environments import MARKER, EnvironmentBuildError, EnvironmentCache
 from miner.hosting import describe_chute
 from miner.instances import InstanceManager, InstanceSpec
 from miner.sandboxing import pip_build_sandbox
@@ -187,3 +187,16 @@ async def test_an_image_that_is_only_a_base_runs_on_the_base_runtime(tmp_path):
         assert environments.builds == 0, "nothing to install: the base runtime serves it"
     finally:
         await manager.stop()
+
+
+def test_a_build_that_fails_or_overruns_names_what_and_its_last_lines():
+    from miner.processes import run_logged
+
+    env = {"PATH": "/usr/bin:/bin"}
+    with pytest.raises(EnvironmentBuildError, match=r"environment x: pip failed \(exit code 3\): .*no such wheel"):
+        run_logged(["sh", "-c", "echo Collecting a; echo 'ERROR: no such wheel'; exit 3"], label="environment x",
+                   what="pip", env=env, timeout_s=30, error=EnvironmentBuildError)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"image y: docker build did not finish within 0.5s"):
+        run_logged(["sleep", "30"], label="image y", what="docker build", env=env, timeout_s=0.5)
+    assert time.monotonic() - started < 10, "killed at its timeout, not waited for"
